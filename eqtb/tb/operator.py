@@ -1,0 +1,234 @@
+"""The real-space blocks of one operator (H, S or D) of one structure, and its Bloch sums.
+
+An :class:`Operator` holds
+  * ``onsite``  (N, F, F): the block ``O_ii(0)`` of every atom;
+  * ``i, j, R`` (E,), (E,), (E, 3) and ``offsite`` (E, F, F): the block ``O_ij(R)`` of every bond
+    in the canonical half (``i < j``, or ``i == j`` with R lexicographically positive, see
+    :mod:`eqtb.structure`); the other direction is ``O_ji(-R) = O_ij(R)^dagger``;
+in the *full-basis layout* of :class:`eqtb.basis.Basis` (F = ``basis.full_norb``; rows and columns
+an element does not have are zero). ``block[mu, nu] = <phi_{i,mu}(r - r_i)| O |phi_{j,nu}(r - r_j - R.A)>``,
+orbitals in eqtb's (= DeePTB's) order. Units: H in eV, S and D dimensionless.
+
+The Bloch sum uses DeePTB's sign, ``O(k) = sum_R O(R) exp(-i 2 pi k.R)`` with k in fractional
+reciprocal coordinates (positions not in the phase). Rows of ``O(k)`` are atoms in structure order,
+each with its own ``norb`` orbitals (compact layout, no padding).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Mapping
+
+import numpy as np
+import scipy.sparse as sp
+
+from eqtb.basis import Basis
+from eqtb.structure import Structure, _lex_negative
+
+
+class BlockError(ValueError):
+    """Blocks that do not fit the structure or the basis (missing onsite block, wrong shape, NaN)."""
+
+
+_KEY = re.compile(r"^(-?\d+)_(-?\d+)_(-?\d+)_(-?\d+)_(-?\d+)$")
+
+
+def parse_block_keys(keys) -> np.ndarray:
+    """``"i_j_Rx_Ry_Rz"`` keys -> int array (n, 5). Raises BlockError on a malformed key."""
+    out = np.empty((len(keys), 5), dtype=np.int64)
+    for n, k in enumerate(keys):
+        m = _KEY.match(k)
+        if m is None:
+            raise BlockError(f"malformed block key {k!r}; expected 'i_j_Rx_Ry_Rz'")
+        out[n] = [int(x) for x in m.groups()]
+    return out
+
+
+def block_key(i: int, j: int, R) -> str:
+    return f"{int(i)}_{int(j)}_{int(R[0])}_{int(R[1])}_{int(R[2])}"
+
+
+@dataclass
+class Operator:
+    structure: Structure
+    basis: Basis
+    onsite: np.ndarray
+    i: np.ndarray
+    j: np.ndarray
+    R: np.ndarray
+    offsite: np.ndarray
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_blocks(cls, structure: Structure, basis: Basis, blocks: Mapping[str, np.ndarray],
+                    source: str = "") -> "Operator":
+        """Build from a ``{"i_j_Rx_Ry_Rz": block}`` mapping (blocks in each element's own orbital
+        layout, e.g. one frame group of ``hamiltonians.h5``).
+
+        Index base is detected as in DeePTB: 0-based if ``"0_0_0_0_0"`` is present, else 1-based.
+        Either triangle or both may be given; where both ``(i,j,R)`` and ``(j,i,-R)`` are present
+        the Hermitian average is kept. Every atom needs its onsite block ``i_i_0_0_0``."""
+        where = f" in {source}" if source else ""
+        keys = list(blocks.keys())
+        if not keys:
+            raise BlockError(f"no blocks{where}")
+        idx = parse_block_keys(keys)
+        if "0_0_0_0_0" not in blocks:
+            idx[:, :2] -= 1
+        n = structure.natoms
+        if idx[:, :2].min() < 0 or idx[:, :2].max() >= n:
+            raise BlockError(f"block atom index out of range for {n} atoms{where}")
+        types = basis.types_of(structure.numbers)
+        norb = np.array([e.norb for e in basis.elements])[types]
+        F = basis.full_norb
+        onsite_mask = (idx[:, 0] == idx[:, 1]) & (idx[:, 2:] == 0).all(axis=1)
+        have = np.zeros(n, dtype=bool)
+        have[idx[onsite_mask, 0]] = True
+        if not have.all():
+            missing = np.where(~have)[0]
+            raise BlockError(f"onsite blocks missing for atoms {missing[:10].tolist()}"
+                             f"{' ...' if len(missing) > 10 else ''}{where}")
+        values = [np.asarray(blocks[k]) for k in keys]
+        dtype = np.result_type(*[v.dtype for v in values[:64]], np.float64)
+        for (a, b, *_), v, k in zip(idx, values, keys):
+            if v.shape != (norb[a], norb[b]):
+                raise BlockError(
+                    f"block {k!r} has shape {v.shape} but the basis {basis!r} gives "
+                    f"({norb[a]}, {norb[b]}) for {structure.symbols[a]}-{structure.symbols[b]}{where}")
+            if not np.isfinite(v).all():
+                raise BlockError(f"block {k!r} contains NaN or infinity{where}")
+        # place every block in the full layout, grouped by type pair (vectorised)
+        full = np.zeros((len(keys), F, F), dtype=dtype)
+        tp = types[idx[:, 0]] * basis.n_types + types[idx[:, 1]]
+        for pair in np.unique(tp):
+            sel = np.where(tp == pair)[0]
+            ta, tb = divmod(int(pair), basis.n_types)
+            ia, ib = basis.orbital_index[ta], basis.orbital_index[tb]
+            full[np.ix_(sel, ia, ib)] = np.stack([values[s] for s in sel])
+        onsite = np.zeros((n, F, F), dtype=dtype)
+        onsite_sel = np.where(onsite_mask)[0]
+        onsite[idx[onsite_sel, 0]] = full[onsite_sel]
+        onsite = 0.5 * (onsite + np.conj(np.swapaxes(onsite, 1, 2)))
+        # off-site: bring every key to the canonical half, conjugate-transposing flipped ones
+        off = np.where(~onsite_mask)[0]
+        i, j, R = idx[off, 0], idx[off, 1], idx[off, 2:]
+        blk = full[off]
+        flip = (i > j) | ((i == j) & _lex_negative(R))
+        blk[flip] = np.conj(np.swapaxes(blk[flip], 1, 2))
+        i, j = np.where(flip, j, i), np.where(flip, i, j)
+        R = np.where(flip[:, None], -R, R)
+        order = np.lexsort((R[:, 2], R[:, 1], R[:, 0], j, i))
+        i, j, R, blk = i[order], j[order], R[order], blk[order]
+        # merge duplicates (both triangles given) by averaging
+        if len(i):
+            new = np.ones(len(i), dtype=bool)
+            new[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1]) | (R[1:] != R[:-1]).any(axis=1)
+            group = np.cumsum(new) - 1
+            counts = np.bincount(group)
+            merged = np.zeros((counts.size, F, F), dtype=dtype)
+            np.add.at(merged, group, blk)
+            blk = merged / counts[:, None, None]
+            i, j, R = i[new], j[new], R[new]
+        return cls(structure, basis, onsite, i, j, R, blk)
+
+    def to_blocks(self, both_triangles: bool = False, threshold: float = 0.0) -> dict[str, np.ndarray]:
+        """``{"i_j_Rx_Ry_Rz": block}`` with 0-based keys, blocks in each element's own orbitals.
+        Onsite blocks always; off-site blocks of the canonical half, plus their conjugates when
+        ``both_triangles``; blocks with max |value| <= ``threshold`` are dropped (never onsite)."""
+        types = self.basis.types_of(self.structure.numbers)
+        idx = self.basis.orbital_index
+        out: dict[str, np.ndarray] = {}
+        for a in range(self.structure.natoms):
+            ia = idx[types[a]]
+            out[block_key(a, a, (0, 0, 0))] = self.onsite[a][np.ix_(ia, ia)]
+        for e in range(len(self.i)):
+            a, b, R = self.i[e], self.j[e], self.R[e]
+            blk = self.offsite[e][np.ix_(idx[types[a]], idx[types[b]])]
+            if threshold and np.abs(blk).max() <= threshold:
+                continue
+            out[block_key(a, b, R)] = blk
+            if both_triangles:
+                out[block_key(b, a, -R)] = np.conj(blk.T)
+        return out
+
+    # ------------------------------------------------------------------ layout
+    @property
+    def natoms(self) -> int:
+        return self.structure.natoms
+
+    @cached_property
+    def atom_orbital_offsets(self) -> np.ndarray:
+        """(N + 1,) offsets of each atom's rows in the compact layout of O(k)."""
+        return np.concatenate([[0], np.cumsum(self.basis.norb_of(self.structure.numbers))])
+
+    @property
+    def norb(self) -> int:
+        return int(self.atom_orbital_offsets[-1])
+
+    @cached_property
+    def _coo(self):
+        """Compact-layout triplets of the onsite part and of the canonical-half off-site part:
+        (rows, cols, values) for onsite, and (rows, cols, values, edge) for off-site."""
+        types = self.basis.types_of(self.structure.numbers)
+        off = self.atom_orbital_offsets
+        idx = self.basis.orbital_index
+
+        def triplets(a_atoms, b_atoms, blocks):
+            rows, cols, vals, which = [], [], [], []
+            ta, tb = types[a_atoms], types[b_atoms]
+            key = ta * self.basis.n_types + tb
+            for pair in np.unique(key):
+                sel = np.where(key == pair)[0]
+                t1, t2 = divmod(int(pair), self.basis.n_types)
+                n1, n2 = len(idx[t1]), len(idx[t2])
+                sub = blocks[sel][:, idx[t1]][:, :, idx[t2]]
+                r = off[a_atoms[sel]][:, None, None] + np.arange(n1)[None, :, None]
+                c = off[b_atoms[sel]][:, None, None] + np.arange(n2)[None, None, :]
+                rows.append(np.broadcast_to(r, sub.shape).ravel())
+                cols.append(np.broadcast_to(c, sub.shape).ravel())
+                vals.append(sub.ravel())
+                which.append(np.repeat(sel, n1 * n2))
+            cat = lambda x, dt: np.concatenate(x) if x else np.zeros(0, dt)  # noqa: E731
+            return cat(rows, np.int64), cat(cols, np.int64), cat(vals, blocks.dtype), cat(which, np.int64)
+
+        atoms = np.arange(self.natoms)
+        onsite = triplets(atoms, atoms, self.onsite)[:3]
+        offsite = triplets(self.i, self.j, self.offsite)
+        return onsite, offsite
+
+    # ------------------------------------------------------------------ Bloch sums
+    def phases(self, kpts) -> np.ndarray:
+        """(nk, E) phase factors exp(-i 2 pi k.R) of the canonical-half bonds."""
+        kpts = np.atleast_2d(np.asarray(kpts, dtype=np.float64))
+        return np.exp(-2j * np.pi * (kpts @ self.R.T))
+
+    def sparse(self, k=None) -> sp.csr_matrix:
+        """The operator at one k-point (fractional; default Gamma) as a scipy CSR matrix
+        (norb x norb, complex128 unless k is None/Gamma and the blocks are real)."""
+        (ro, co, vo), (rh, ch, vh, e) = self._coo
+        n = self.norb
+        if k is None or not np.any(k):
+            half = vh
+        else:
+            half = vh * self.phases(k)[0][e]
+        A = sp.coo_matrix((half, (rh, ch)), shape=(n, n)).tocsr()
+        D = sp.coo_matrix((vo, (ro, co)), shape=(n, n)).tocsr()
+        return (D + A + A.conj().T).tocsr()
+
+    def dense(self, kpts) -> np.ndarray:
+        """The operator at k-points ``kpts`` (nk, 3) as dense complex128 arrays (nk, norb, norb).
+        Bonds are grouped by lattice vector R so the Bloch sum is one matrix product."""
+        kpts = np.atleast_2d(np.asarray(kpts, dtype=np.float64))
+        (ro, co, vo), (rh, ch, vh, e) = self._coo
+        n = self.norb
+        Rs, r_of_edge = np.unique(self.R, axis=0, return_inverse=True) if len(self.R) else (np.zeros((0, 3)), np.zeros(0, int))
+        r_of_edge = np.asarray(r_of_edge).reshape(-1)
+        M = np.zeros((len(Rs), n * n), dtype=np.result_type(vh.dtype, np.float64))
+        np.add.at(M, (r_of_edge[e], rh * n + ch), vh)
+        ph = np.exp(-2j * np.pi * (kpts @ Rs.T))  # (nk, nR)
+        A = (ph @ M).reshape(len(kpts), n, n)
+        D = np.zeros((n, n), dtype=np.result_type(vo.dtype, np.float64))
+        np.add.at(D, (ro, co), vo)
+        return D[None] + A + np.conj(np.swapaxes(A, 1, 2))
