@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from eqtb.basis import Basis
-from eqtb.structure import Structure, _lex_negative
+from eqtb.structure import Structure, _bond_order, _lex_negative
 
 
 class BlockError(ValueError):
@@ -119,7 +119,7 @@ class Operator:
         blk[flip] = np.conj(np.swapaxes(blk[flip], 1, 2))
         i, j = np.where(flip, j, i), np.where(flip, i, j)
         R = np.where(flip[:, None], -R, R)
-        order = np.lexsort((R[:, 2], R[:, 1], R[:, 0], j, i))
+        order = _bond_order(i, j, R, n)
         i, j, R, blk = i[order], j[order], R[order], blk[order]
         # merge duplicates (both triangles given) by averaging
         if len(i):
