@@ -53,6 +53,15 @@ def test_one_triangle_equals_both(si64):
     assert set(back) == set(blocks["hamiltonians"])
 
 
+def test_complex_blocks_keep_imaginary_parts(si64):
+    s, basis, blocks = si64
+    mixed = dict(blocks["hamiltonians"])
+    key = sorted(k for k in mixed if not k.startswith("0_"))[-1]
+    mixed[key] = mixed[key] + 0.5j
+    H = Operator.from_blocks(s, basis, mixed)
+    assert np.iscomplexobj(H.offsite) and np.abs(H.offsite.imag).max() > 0.1
+
+
 def test_bad_blocks(si64):
     s, basis, blocks = si64
     bad = dict(blocks["hamiltonians"])
@@ -65,6 +74,9 @@ def test_bad_blocks(si64):
     bad = dict(blocks["hamiltonians"])
     bad["0_0_0_0_0"] = np.full((4, 4), np.nan)
     with pytest.raises(BlockError, match="NaN"):
+        Operator.from_blocks(s, basis, bad)
+    bad = {k: v for k, v in blocks["hamiltonians"].items() if k != "0_0_0_0_0"}
+    with pytest.raises(BlockError, match="onsite block of atom 0 missing"):
         Operator.from_blocks(s, basis, bad)
     with pytest.raises(BlockError, match="malformed block key"):
         Operator.from_blocks(s, basis, {"0_0_0_0": np.eye(4)})

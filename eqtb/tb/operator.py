@@ -75,11 +75,14 @@ class Operator:
         if not keys:
             raise BlockError(f"no blocks{where}")
         idx = parse_block_keys(keys)
-        if "0_0_0_0_0" not in blocks:
+        one_based = "0_0_0_0_0" not in blocks
+        if one_based:
             idx[:, :2] -= 1
         n = structure.natoms
         if idx[:, :2].min() < 0 or idx[:, :2].max() >= n:
-            raise BlockError(f"block atom index out of range for {n} atoms{where}")
+            hint = (" (no block '0_0_0_0_0', so keys were read as 1-based: is the onsite block of"
+                    " atom 0 missing?)" if one_based else "")
+            raise BlockError(f"block atom index out of range for {n} atoms{hint}{where}")
         types = basis.types_of(structure.numbers)
         norb = np.array([e.norb for e in basis.elements])[types]
         F = basis.full_norb
@@ -91,7 +94,7 @@ class Operator:
             raise BlockError(f"onsite blocks missing for atoms {missing[:10].tolist()}"
                              f"{' ...' if len(missing) > 10 else ''}{where}")
         values = [np.asarray(blocks[k]) for k in keys]
-        dtype = np.result_type(*[v.dtype for v in values[:64]], np.float64)
+        dtype = np.result_type(*{v.dtype for v in values}, np.float64)
         for (a, b, *_), v, k in zip(idx, values, keys):
             if v.shape != (norb[a], norb[b]):
                 raise BlockError(
