@@ -1,0 +1,581 @@
+"""The ``eqtb`` command line.
+
+Each subcommand is two small functions: ``_add_<name>(subparsers)`` declares its arguments and
+sets ``run=<function>``; the run function takes the parsed arguments and returns an exit code.
+Register a new subcommand by decorating its ``_add_`` function with :func:`subcommand`. Heavy
+modules (numpy, torch, matplotlib, the data readers) are imported inside the run functions so that
+``eqtb --help`` stays fast.
+
+Errors in the user's input (missing files, malformed JSON, unknown keys, inconsistent data) end
+the command with a one-line message on stderr naming the file, and exit code 2, without a
+traceback: any ``OSError``, ``json.JSONDecodeError`` or ``ValueError`` subclass defined in eqtb
+(``DatasetError``, ``KPathError``, ``SpectrumError``, ``TaskError``, ...) is reported this way.
+Other exceptions are bugs and keep their traceback.
+
+Band task files are DeePTB's ``dptb run`` JSON (shared/spec/FORMATS.md section 5.7), read
+unchanged: options under ``"task_options"`` or flat; top-level run keys that do not apply here
+(``structure``, ``device``, ``dtype``, ``pbc``, ``use_gui``, ``AtomicData_options``) are ignored;
+unknown keys are errors with a suggestion.
+
+Fermi level rule (``band`` and ``dos``): an explicit ``--e-fermi`` wins; otherwise, when
+``nel_atom`` is known (task or ``--nel-atom``), the Fermi level is computed from the electron count
+on a time-reversal-reduced Gamma-centred mesh (Fermi-Dirac, kT = 25.852 meV); otherwise the task's
+``E_fermi`` is used if not null; otherwise there is none (absolute energies). This differs from
+DeePTB's plot, where a task ``E_fermi`` wins over ``nel_atom``: DeePTB example tasks carry
+``"E_fermi": 0.0``, which is not the Fermi level of DFT blocks (ABACUS energies are absolute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+EXIT_USAGE = 2
+
+
+class CLIError(ValueError):
+    """Bad command-line or task-file input: reported as one line, exit code 2."""
+
+
+class TaskError(CLIError):
+    """A task JSON file that cannot be used (malformed, unknown keys, wrong types)."""
+
+
+# ---------------------------------------------------------------------------------- registry
+_SUBCOMMANDS: list[Callable] = []
+
+
+def subcommand(add: Callable) -> Callable:
+    """Register ``add(subparsers)``, which must create the subparser and ``set_defaults(run=...)``."""
+    _SUBCOMMANDS.append(add)
+    return add
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from eqtb import __version__ as version  # light: the package __init__ must stay light
+
+    parser = argparse.ArgumentParser(
+        prog="eqtb",
+        description="Equivariant tight-binding Hamiltonians: datasets, models, bands and DOS.")
+    parser.add_argument("--version", action="version", version=f"eqtb {version}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in _SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    if isinstance(exc, (OSError, json.JSONDecodeError, CLIError)):
+        return True
+    if isinstance(exc, ValueError):
+        return any(c.__module__.split(".")[0] == "eqtb" for c in type(exc).__mro__)
+    return False
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in msg:
+        msg = f"{exc.filename}: {msg}"
+    return " ".join(msg.split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``eqtb`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "run", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"eqtb {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # user errors become one line; everything else is a bug
+        if _is_user_error(exc):
+            print(f"eqtb {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+# ---------------------------------------------------------------------------------- task files
+#: top-level keys of a ``dptb run`` JSON that eqtb reads but does not need here
+RUN_TOP_LEVEL_KEYS = {"task_options", "structure", "pbc", "use_gui", "device", "dtype",
+                      "AtomicData_options"}
+BAND_TASK_KEYS = {"task", "kline_type", "kpath", "klabels", "high_sym_kpoints", "number_in_line",
+                  "nkpoints", "nkpoint", "E_fermi", "emin", "emax", "ref_band", "nel_atom",
+                  "override_overlap", "eig_solver", "ill_threshold", "ill_pad_value"}
+DOS_TASK_KEYS = {"task", "mesh_grid", "sigma", "npoints", "width", "E_fermi", "gamma_center",
+                 "nel_atom", "atom_index", "orbital_index"}
+TASK_KEYS = {"band": BAND_TASK_KEYS, "dos": DOS_TASK_KEYS, "pdos": DOS_TASK_KEYS}
+
+
+def _unknown_key_error(key: str, allowed, where: str) -> TaskError:
+    close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(allowed))}"
+    return TaskError(f"{where}: unknown key {key!r}{hint}")
+
+
+def read_task(path: str | Path, accept: tuple[str, ...] = ("band",)) -> tuple[dict, Path]:
+    """Read a DeePTB run/task JSON; return (task options, file path). Nested ``task_options`` or
+    flat files are accepted; ``task`` (if present) must be one of ``accept``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: task file does not exist")
+    text = path.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TaskError(f"{path}: malformed JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise TaskError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
+    if "task_options" in data:
+        opts = data["task_options"]
+        if not isinstance(opts, dict):
+            raise TaskError(f"{path}: 'task_options' must be an object, got {type(opts).__name__}")
+        for key in data:
+            if key not in RUN_TOP_LEVEL_KEYS:
+                raise _unknown_key_error(key, RUN_TOP_LEVEL_KEYS, f"{path}")
+        opts = dict(opts)
+    else:
+        opts = {k: v for k, v in data.items() if k not in RUN_TOP_LEVEL_KEYS - {"task_options"}}
+    task = opts.get("task", accept[0])
+    if task not in accept:
+        raise TaskError(f"{path}: task {task!r} cannot be run by this command (expected "
+                        f"{' or '.join(repr(a) for a in accept)})")
+    allowed = TASK_KEYS[task]
+    for key in opts:
+        if key not in allowed:
+            raise _unknown_key_error(key, allowed, f"{path}: task_options")
+    _check_types(opts, path)
+    opts["task"] = task
+    return opts, path
+
+
+def _check_types(opts: dict, path: Path) -> None:
+    def number_or_null(key):
+        v = opts.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise TaskError(f"{path}: {key!r} must be a number or null, got {v!r}")
+
+    for key in ("E_fermi", "emin", "emax", "sigma", "ill_threshold", "ill_pad_value"):
+        number_or_null(key)
+    nel = opts.get("nel_atom")
+    if nel is not None:
+        if not isinstance(nel, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                for v in nel.values()):
+            raise TaskError(f"{path}: 'nel_atom' must map element -> number of valence electrons, got {nel!r}")
+    for key in ("mesh_grid",):
+        v = opts.get(key)
+        if v is not None and (not isinstance(v, list) or len(v) != 3
+                              or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)):
+            raise TaskError(f"{path}: {key!r} must be three positive integers, got {v!r}")
+    w = opts.get("width")
+    if w is not None and (not isinstance(w, list) or len(w) != 2
+                          or not all(isinstance(x, (int, float)) for x in w) or w[0] >= w[1]):
+        raise TaskError(f"{path}: 'width' must be [emin, emax] with emin < emax, got {w!r}")
+
+
+# ---------------------------------------------------------------------------------- shared helpers
+def _json_arg(text: str | None, option: str):
+    """Parse a JSON (or Python-literal) dict given on the command line."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        import ast
+
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise CLIError(f"{option}: not a JSON object: {text!r} (example: '{{\"Si\": 4}}')") from None
+    if not isinstance(value, dict) or not value:
+        raise CLIError(f"{option}: expected a non-empty JSON object, got {text!r}")
+    return value
+
+
+_DATA_SUFFIXES = (".dat", ".traj", ".h5", ".mdb")
+
+
+def _has_data(folder: Path) -> bool:
+    return any(f.is_file() and f.name.endswith(_DATA_SUFFIXES) for f in folder.iterdir())
+
+
+def open_folder(path: str | Path, basis: dict | None = None):
+    """A TrajectoryFolder from a trajectory folder, or from a dataset root holding exactly one."""
+    from eqtb.data.folder import TrajectoryFolder
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such dataset folder")
+    if not p.is_dir():
+        raise CLIError(f"{p}: expected a dataset folder (e.g. Si64.0 with hamiltonians.h5), got a file")
+    if not _has_data(p):
+        subs = sorted(d for d in p.iterdir() if d.is_dir() and _has_data(d))
+        if not subs:
+            raise CLIError(f"{p}: no trajectory folder here (none holds .dat/.traj/.h5 files)")
+        if len(subs) > 1:
+            names = ", ".join(d.name for d in subs[:5]) + (" ..." if len(subs) > 5 else "")
+            raise CLIError(f"{p}: dataset root holds {len(subs)} trajectory folders ({names}); give one of them")
+        p = subs[0]
+    return TrajectoryFolder(p, basis=basis)
+
+
+def load_operators(args, need_overlap: bool = True):
+    """(folder, frame) with H and S Operators of frame ``args.frame``."""
+    folder = open_folder(args.path, _json_arg(args.basis, "--basis"))
+    n = folder.nframes
+    if not -n <= args.frame < n:
+        raise CLIError(f"{folder.path}: --frame {args.frame} out of range ({n} frame{'s' * (n != 1)})")
+    frame = folder.frame(args.frame, hamiltonian=True, overlap=need_overlap, density_matrix=False,
+                         eigenvalues=False)
+    if frame.hamiltonian is None:
+        raise CLIError(f"{folder.path}: no hamiltonians.h5 in this folder")
+    return folder, frame
+
+
+def _override_overlap(path: Path, frame):
+    """Replace the frame's S by the blocks of group 0 (or the only group) of an overlaps.h5."""
+    import h5py
+
+    from eqtb.tb.operator import Operator
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: override_overlap file does not exist")
+    with h5py.File(path, "r") as f:
+        groups = list(f.keys())
+        name = "0" if "0" in groups else (groups[0] if len(groups) == 1 else None)
+        if name is None:
+            raise CLIError(f"{path}: override_overlap needs a group '0' (found {groups[:5]})")
+        blocks = {k: v[()] for k, v in f[name].items()}
+    H = frame.hamiltonian
+    try:
+        return Operator.from_blocks(H.structure, H.basis, blocks, source=str(path))
+    except ValueError as exc:
+        raise CLIError(f"{path}: {exc}") from None
+
+
+def _nel_atom(args, opts: dict) -> dict | None:
+    """``--nel-atom`` if given, else the task's ``nel_atom``."""
+    return _json_arg(args.nel_atom, "--nel-atom") if args.nel_atom else opts.get("nel_atom")
+
+
+def _fermi(es, args, opts: dict, nel: dict | None, mesh, warn) -> tuple[object | None, float | None, str | None]:
+    """Apply the Fermi-level rule of the module docstring: (FermiLevel or None, E_F, source)."""
+    if args.e_fermi is not None:
+        return None, float(args.e_fermi), "--e-fermi"
+    if nel:
+        res = es.fermi(nel, mesh, progress=None)
+        if opts.get("E_fermi") is not None:
+            warn(f"task E_fermi = {opts['E_fermi']} ignored: the Fermi level is computed from nel_atom")
+        return res, float(res.mu), f"nel_atom, {mesh[0]}x{mesh[1]}x{mesh[2]} mesh"
+    if opts.get("E_fermi") is not None:
+        return None, float(opts["E_fermi"]), "task E_fermi"
+    return None, None, None
+
+
+def _mesh(args, opts: dict, structure, spacing: float) -> tuple[int, int, int]:
+    from eqtb.tb.kpath import mesh_for_spacing
+
+    if getattr(args, "mesh", None):
+        if any(m < 1 for m in args.mesh):
+            raise CLIError(f"--mesh: three positive integers expected, got {args.mesh}")
+        return tuple(args.mesh)
+    if opts.get("mesh_grid"):
+        return tuple(opts["mesh_grid"])
+    return mesh_for_spacing(structure, spacing)
+
+
+def _common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="dataset trajectory folder (e.g. data/Si64.0) or a dataset root holding one")
+    p.add_argument("task", nargs="?", default=None, metavar="TASK_JSON",
+                   help="DeePTB run JSON (task_options nested or flat), read unchanged")
+    p.add_argument("--frame", type=int, default=0, help="frame index in the folder (default 0)")
+    p.add_argument("--basis", default=None, metavar="JSON",
+                   help="basis override, e.g. '{\"Si\": \"1s1p\"}' (default: the folder's basis.dat)")
+    p.add_argument("--nel-atom", default=None, metavar="JSON",
+                   help="valence electrons per element, e.g. '{\"Si\": 4}' (overrides the task's nel_atom)")
+    p.add_argument("--e-fermi", type=float, default=None, metavar="EV",
+                   help="explicit Fermi level / energy reference in eV (wins over everything)")
+    p.add_argument("--emin", type=float, default=None, help="lower plot bound, eV relative to E_F")
+    p.add_argument("--emax", type=float, default=None, help="upper plot bound, eV relative to E_F")
+    p.add_argument("--mesh", type=int, nargs=3, default=None, metavar="N",
+                   help="k-mesh for the Fermi level / DOS (default: task mesh_grid, else automatic)")
+    p.add_argument("--title", default=None, help="figure title (default: formula and source)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _round(x, nd=6):
+    return None if x is None else round(float(x), nd)
+
+
+# ---------------------------------------------------------------------------------- band
+@subcommand
+def _add_band(sub) -> None:
+    p = sub.add_parser(
+        "band", help="band structure from a dataset's H(R), S(R) blocks",
+        description="Band structure of one frame of a dataset folder along a k-path. The path comes "
+                    "from --kpoints, else --kpath, else the task JSON (DeePTB kline_type abacus/ase/"
+                    "vasp/array), else an automatic seekpath path. Writes OUT/band.png, "
+                    "OUT/bands.npy (nk x nbands, eV, absolute), OUT/kpoints.npy, "
+                    "OUT/band_summary.json and DeePTB's OUT/bandstructure.npy.")
+    _common_args(p)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--kpoints", default=None, metavar="FILE.npy", help="explicit (nk, 3) fractional k-points")
+    g.add_argument("--kpath", default=None, metavar="PATH",
+                   help="ASE path string, e.g. 'GXWKGLUWLK,UX' (special points of the cell's lattice)")
+    p.add_argument("--nkpoints", type=int, default=None,
+                   help="total points for --kpath / automatic paths (default 20 per leg)")
+    p.add_argument("-o", "--output", default=".", metavar="OUT", help="output folder (default: current)")
+    p.set_defaults(run=run_band)
+
+
+def run_band(args) -> int:
+    import numpy as np
+
+    from eqtb.plotting import plot_bands
+    from eqtb.tb.kpath import KPath, from_task
+    from eqtb.tb.spectrum import ElectronicStructure, band_gap
+
+    messages: list[str] = []
+    warn = lambda m: messages.append(m)  # noqa: E731
+    opts, task_path = read_task(args.task, ("band",)) if args.task else ({}, None)
+    nel = _nel_atom(args, opts)
+    _json_arg(args.basis, "--basis")  # fail early on a malformed option
+    folder, frame = load_operators(args)
+    structure = frame.structure
+    S = frame.overlap
+    if opts.get("override_overlap"):
+        p = Path(opts["override_overlap"])
+        S = _override_overlap(p if p.is_absolute() else task_path.parent / p, frame)
+    if opts.get("ill_threshold") is not None:
+        warn("ill_threshold ignored: eqtb uses a plain Cholesky of S(k) and stops if S(k) is not positive definite")
+    es = ElectronicStructure(frame.hamiltonian, S)
+
+    if args.kpoints:
+        kpath = KPath.from_npy(args.kpoints, structure.cell)
+    elif args.kpath:
+        kpath = KPath.from_ase_string(args.kpath, structure.cell, npoints=args.nkpoints, pbc=structure.pbc)
+    elif opts.get("kline_type") or opts.get("kpath") is not None:
+        try:
+            kpath = from_task(opts, structure, base_dir=task_path.parent)
+        except ValueError as exc:
+            raise TaskError(f"{task_path}: {exc}") from None
+    else:
+        kpath = KPath.automatic(structure, npoints=args.nkpoints)
+    eigs = es.bands(kpath, progress=None)
+
+    mesh = _mesh(args, opts, structure, spacing=0.15)
+    fermi, e_f, e_f_source = _fermi(es, args, opts, nel, mesh, warn)
+    emin = args.emin if args.emin is not None else opts.get("emin")
+    emax = args.emax if args.emax is not None else opts.get("emax")
+
+    reference = None
+    if opts.get("ref_band"):
+        rp = Path(opts["ref_band"])
+        rp = rp if rp.is_absolute() else task_path.parent / rp
+        if not rp.is_file():
+            raise FileNotFoundError(f"{rp}: ref_band file does not exist")
+        reference = np.load(rp)
+        if reference.ndim == 3 and reference.shape[0] == 1:
+            reference = reference[0]
+        if reference.ndim != 2 or len(reference) != len(kpath):
+            raise TaskError(f"{rp}: reference bands of shape {reference.shape} do not match the "
+                            f"{len(kpath)} k-points of the path")
+        reference = reference - reference.min() + eigs.min()  # DeePTB: align the minima
+
+    gap = None
+    n_el = fermi.n_electrons if fermi is not None else None
+    if n_el is None and nel:
+        from eqtb.tb.spectrum import n_electrons
+
+        n_el = n_electrons(structure, nel)
+    if n_el is not None and abs(n_el / 2 - round(n_el / 2)) < 1e-9 and 0 < round(n_el / 2) < eigs.shape[1]:
+        gap = band_gap(eigs, int(round(n_el / 2)))
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    formula = structure.formula
+    title = args.title or f"{formula} ({folder.path.name}, frame {args.frame})"
+    plot_bands(kpath, eigs, e_f, emin, emax, out / "band.png", title, reference=reference,
+               reference_label="ref_band")
+    np.save(out / "bands.npy", eigs)
+    np.save(out / "kpoints.npy", kpath.kpts)
+    np.save(out / "bandstructure.npy", {
+        "klist": kpath.kpts, "xlist": kpath.x / (2 * np.pi), "high_sym_kpoints": kpath.ticks / (2 * np.pi),
+        "labels": kpath.tick_labels, "eigenvalues": eigs, "E_fermi": e_f}, allow_pickle=True)
+    summary = {
+        "source": str(folder.path), "frame": args.frame, "formula": formula, "natoms": structure.natoms,
+        "norb": int(frame.hamiltonian.norb), "basis": frame.hamiltonian.basis.spec,
+        "orthogonal": S is None, "energy_unit": "eV",
+        "n_kpoints": len(kpath), "kpath": kpath.description, "tick_labels": kpath.tick_labels,
+        "fermi_level": _round(e_f), "fermi_level_source": e_f_source,
+        "n_electrons": n_el, "mesh": list(mesh) if fermi is not None else None,
+        "mesh_midgap": _round(fermi.midgap) if fermi is not None else None,
+        "mesh_gap": _round(fermi.gap) if fermi is not None else None,
+        "E_fermi_task": opts.get("E_fermi"),
+        "gap": None, "gap_type": None, "direct": None, "vbm": None, "cbm": None, "direct_gap": None,
+        "k_vbm": None, "k_cbm": None, "valence_bandwidth": None,
+        "band_min": _round(eigs.min()), "band_max": _round(eigs.max()),
+        "files": ["band.png", "bands.npy", "kpoints.npy", "band_summary.json", "bandstructure.npy"],
+        "warnings": messages,
+    }
+    if gap is not None:
+        metal = gap["gap"] <= 0
+        summary.update({
+            "gap": _round(max(gap["gap"], 0.0)), "gap_type": "metal" if metal else ("direct" if gap["direct"] else "indirect"),
+            "direct": None if metal else gap["direct"], "vbm": _round(gap["vbm"]), "cbm": _round(gap["cbm"]),
+            "direct_gap": _round(gap["direct_gap"]), "k_vbm": kpath.kpts[gap["k_vbm"]].round(6).tolist(),
+            "k_cbm": kpath.kpts[gap["k_cbm"]].round(6).tolist(),
+            "valence_bandwidth": _round(gap["valence_bandwidth"]), "n_occupied_bands": gap["n_occupied_bands"]})
+    _write_json(out / "band_summary.json", summary)
+
+    for m in messages:
+        print(f"eqtb band: warning: {m}", file=sys.stderr)
+    if not args.quiet:
+        print(f"{formula}: {structure.natoms} atoms, {frame.hamiltonian.norb} orbitals "
+              f"{frame.hamiltonian.basis.spec}, {'orthogonal' if S is None else 'non-orthogonal'} basis")
+        print(f"k-path      {len(kpath)} points, {kpath.description}")
+        if e_f is not None:
+            extra = f", mid-gap {fermi.midgap:.4f} eV" if fermi is not None and fermi.midgap is not None else ""
+            print(f"Fermi level {e_f:.4f} eV ({e_f_source}{extra})")
+        if gap is not None:
+            if summary["gap_type"] == "metal":
+                print(f"no gap: bands {gap['n_occupied_bands'] - 1} and {gap['n_occupied_bands']} overlap by "
+                      f"{-gap['gap']:.4f} eV")
+            else:
+                print(f"band gap    {gap['gap']:.4f} eV, {summary['gap_type']} (VBM {gap['vbm']:.4f} eV at k "
+                      f"{summary['k_vbm']}, CBM {gap['cbm']:.4f} eV at k {summary['k_cbm']})")
+            print(f"valence bandwidth {gap['valence_bandwidth']:.4f} eV")
+        print(f"wrote {', '.join(summary['files'])} to {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- dos
+@subcommand
+def _add_dos(sub) -> None:
+    p = sub.add_parser(
+        "dos", help="density of states (and Mulliken PDOS) on a k-mesh",
+        description="Gaussian-broadened DOS of one frame on a time-reversal-reduced k-mesh, optionally "
+                    "projected (Mulliken) on atoms, elements, shells or orbitals. TASK_JSON may be a "
+                    "DeePTB dos/pdos task (mesh_grid, sigma, npoints, width, E_fermi, gamma_center) or "
+                    "a band task (only nel_atom / E_fermi used). Writes OUT/dos.png, OUT/dos.npy "
+                    "(columns: energy (eV, absolute), total, then PDOS) and OUT/dos.json (column "
+                    "names, units, Fermi level).")
+    _common_args(p)
+    p.add_argument("--sigma", type=float, default=None, help="Gaussian broadening in eV (default 0.05)")
+    p.add_argument("--npts", type=int, default=None, help="number of energy points (default 2001)")
+    p.add_argument("--pdos", choices=["atom", "element", "shell", "orbital", "atom-shell"], default=None,
+                   help="also project the DOS (Mulliken) on these groups")
+    p.add_argument("--monkhorst-pack", action="store_true",
+                   help="use a Monkhorst-Pack mesh instead of a Gamma-centred one")
+    p.add_argument("-o", "--output", default=".", metavar="OUT", help="output folder (default: current)")
+    p.set_defaults(run=run_dos)
+
+
+def run_dos(args) -> int:
+    import numpy as np
+
+    from eqtb.plotting import plot_dos
+    from eqtb.tb.kpath import monkhorst_pack
+    from eqtb.tb.spectrum import band_energies, dos, fermi_level, n_electrons, projected_dos
+
+    messages: list[str] = []
+    opts, task_path = read_task(args.task, ("dos", "pdos", "band")) if args.task else ({}, None)
+    if opts.get("task") == "band":
+        opts = {k: opts[k] for k in ("nel_atom", "E_fermi") if k in opts}
+    nel = _nel_atom(args, opts)
+    _json_arg(args.basis, "--basis")
+    if args.sigma is not None and not args.sigma > 0:
+        raise CLIError(f"--sigma must be positive, got {args.sigma}")
+    folder, frame = load_operators(args)
+    structure = frame.structure
+    H, S = frame.hamiltonian, frame.overlap
+    mesh = _mesh(args, opts, structure, spacing=0.1)
+    gamma = not args.monkhorst_pack and opts.get("gamma_center", True) is not False
+    sigma = args.sigma if args.sigma is not None else (opts.get("sigma") or 0.05)
+    if not sigma > 0:
+        raise CLIError(f"--sigma must be positive, got {sigma}")
+    npts = args.npts or opts.get("npoints") or 2001
+    if npts < 2:
+        raise CLIError(f"--npts must be at least 2, got {npts}")
+
+    kpts, weights = monkhorst_pack(mesh, gamma_centered=gamma, time_reversal=True)
+    # eigenvalues first (cheap) to fix the energy grid and the Fermi level
+    eigs = band_energies(H, S, kpts, progress=None)
+    e_f, e_f_source, fermi = None, None, None
+    if args.e_fermi is not None:
+        e_f, e_f_source = float(args.e_fermi), "--e-fermi"
+    elif nel:
+        fermi = fermi_level(eigs, weights, n_electrons(structure, nel))
+        e_f, e_f_source = fermi.mu, f"nel_atom, {mesh[0]}x{mesh[1]}x{mesh[2]} mesh"
+    elif opts.get("E_fermi") is not None:
+        e_f, e_f_source = float(opts["E_fermi"]), "task E_fermi"
+    ref = e_f or 0.0
+    lo = args.emin if args.emin is not None else (opts["width"][0] if opts.get("width") else None)
+    hi = args.emax if args.emax is not None else (opts["width"][1] if opts.get("width") else None)
+    lo = eigs.min() - 5 * sigma - 0.5 if lo is None else ref + lo
+    hi = eigs.max() + 5 * sigma + 0.5 if hi is None else ref + hi
+    if lo >= hi:
+        raise CLIError(f"empty energy window: emin {lo - ref:g} >= emax {hi - ref:g}")
+    energies = np.linspace(lo, hi, int(npts))
+
+    labels: list[str] = []
+    if args.pdos:
+        # same mesh as above, so the cached eigenvalues are consistent; vectors computed in chunks
+        total, labels, proj, _ = projected_dos(H, S, kpts, weights, energies, sigma, args.pdos, progress=None)
+        columns = np.column_stack([energies, total, proj.T])
+    else:
+        total = dos(eigs, weights, energies, sigma)
+        columns = np.column_stack([energies, total])
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    formula = structure.formula
+    title = args.title or f"{formula} ({folder.path.name}, frame {args.frame}), {mesh[0]}x{mesh[1]}x{mesh[2]} mesh"
+    pd = {lab: columns[:, 2 + n] for n, lab in enumerate(labels)} if labels else None
+    if pd and len(pd) > 20:
+        messages.append(f"{len(pd)} PDOS groups: only the total is drawn, all are in dos.npy")
+        pd = None
+    plot_dos(energies, total, pd, e_f, out / "dos.png", title)
+    np.save(out / "dos.npy", columns)
+    integral = float(np.trapezoid(total, energies)) if hasattr(np, "trapezoid") else float(np.trapz(total, energies))
+    header = {
+        "source": str(folder.path), "frame": args.frame, "formula": formula,
+        "columns": ["energy"] + ["total"] + labels,
+        "units": {"energy": "eV (absolute)", "dos": "states / eV / cell, spin degeneracy 2 included"},
+        "fermi_level": _round(e_f), "fermi_level_source": e_f_source,
+        "mesh": list(mesh), "gamma_centered": gamma, "n_kpoints_irreducible": len(kpts),
+        "sigma": sigma, "spin_degeneracy": 2, "pdos": args.pdos,
+        "n_states": 2 * int(frame.hamiltonian.norb), "integral": round(integral, 6),
+        "midgap": _round(fermi.midgap) if fermi is not None else None,
+        "gap": _round(fermi.gap) if fermi is not None else None,
+        "files": ["dos.png", "dos.npy", "dos.json"], "warnings": messages,
+    }
+    _write_json(out / "dos.json", header)
+    for m in messages:
+        print(f"eqtb dos: warning: {m}", file=sys.stderr)
+    if not args.quiet:
+        print(f"{formula}: {mesh[0]}x{mesh[1]}x{mesh[2]} mesh ({len(kpts)} irreducible k-points), sigma {sigma} eV")
+        if e_f is not None:
+            extra = f", gap {fermi.gap:.4f} eV" if fermi is not None and fermi.gap is not None else ""
+            print(f"Fermi level {e_f:.4f} eV ({e_f_source}{extra})")
+        print(f"DOS integral {integral:.3f} states (of {2 * frame.hamiltonian.norb}) over "
+              f"[{lo:.2f}, {hi:.2f}] eV")
+        print(f"wrote {', '.join(header['files'])} to {out}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - ``python -m eqtb.cli``
+    from eqtb.cli import main as _main  # the importable module, so its error classes are the real ones
+
+    sys.exit(_main())

@@ -1,0 +1,127 @@
+"""Band-structure and DOS figures (matplotlib, Agg backend: no display needed).
+
+Energies are in eV. When a Fermi level is given, plotted energies are ``E - E_F`` (the Fermi level
+is the dashed line at 0 and the axis reads "E − E_F (eV)"); without one they are absolute and the
+axis reads "E (eV)". ``emin``/``emax`` are in the plotted frame (relative to E_F when it is given,
+as in DeePTB's band task).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+BAND_COLOR = "#1f4e9c"
+REF_COLOR = "#d1495b"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _energy_label(e_fermi) -> str:
+    return "E − E$_F$ (eV)" if e_fermi is not None else "E (eV)"
+
+
+def plot_bands(kpath, eigs, e_fermi: float | None = None, emin: float | None = None,
+               emax: float | None = None, path: str | Path = "band.png", title: str | None = None,
+               reference: np.ndarray | None = None, label: str = "eqtb",
+               reference_label: str = "reference", dpi: int = 150) -> Path:
+    """Write a band-structure PNG and return its path.
+
+    ``kpath``: a :class:`eqtb.tb.kpath.KPath` (x axis, ticks, breaks); ``eigs`` (nk, nband) eV,
+    absolute; ``reference`` (nk, nband') eV absolute on the same path, drawn dashed in another
+    colour with a legend. Continuous pieces of the path are drawn separately, high-symmetry points
+    get ticks and vertical lines."""
+    from eqtb.tb.kpath import pretty_label
+
+    plt = _pyplot()
+    eigs = np.asarray(eigs, dtype=np.float64)
+    if eigs.ndim != 2 or len(eigs) != len(kpath.x):
+        raise ValueError(f"band energies {eigs.shape} do not match the {len(kpath.x)} path points")
+    shift = 0.0 if e_fermi is None else float(e_fermi)
+    x = kpath.x
+    fig, ax = plt.subplots(figsize=(7.0, 5.0))
+    handles = []
+    curves = [(eigs, BAND_COLOR, "-", 1.2 if eigs.shape[1] <= 40 else 0.8, label)]
+    if reference is not None:
+        ref = np.asarray(reference, dtype=np.float64)
+        if ref.ndim == 3 and ref.shape[0] == 1:
+            ref = ref[0]
+        if ref.ndim != 2 or len(ref) != len(x):
+            raise ValueError(f"reference bands {ref.shape} do not match the {len(x)} path points")
+        curves.append((ref, REF_COLOR, "--", 1.0, reference_label))
+    for data, color, style, lw, name in curves:
+        first = True
+        for seg in kpath.segments:
+            lines = ax.plot(x[seg], data[seg] - shift, color=color, ls=style, lw=lw)
+            if first:
+                lines[0].set_label(name)
+                handles.append(lines[0])
+                first = False
+    for t in kpath.ticks:
+        ax.axvline(t, color="0.55", lw=0.7, zorder=0)
+    if e_fermi is not None:
+        ax.axhline(0.0, color="0.3", ls=(0, (5, 4)), lw=0.9, zorder=0)
+    ax.set_xticks(kpath.ticks)
+    ax.set_xticklabels([pretty_label(t) for t in kpath.tick_labels], fontsize=11)
+    ax.set_xlim(x[0], x[-1] if x[-1] > x[0] else x[0] + 1)
+    lo = float(eigs.min() - shift) if emin is None else float(emin)
+    hi = float(eigs.max() - shift) if emax is None else float(emax)
+    if lo >= hi:
+        raise ValueError(f"energy window emin={emin} >= emax={emax}")
+    ax.set_ylim(lo, hi)
+    ax.set_ylabel(_energy_label(e_fermi), fontsize=12)
+    ax.tick_params(axis="y", labelsize=10)
+    if title:
+        ax.set_title(title, fontsize=12)
+    if len(handles) > 1:
+        ax.legend(handles=handles, loc="upper right", fontsize=9, framealpha=0.9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def plot_dos(energies, dos, pdos: Mapping[str, np.ndarray] | None = None, e_fermi: float | None = None,
+             path: str | Path = "dos.png", title: str | None = None, emin: float | None = None,
+             emax: float | None = None, dpi: int = 150) -> Path:
+    """Write a DOS PNG (energy horizontal, states/eV/cell vertical) and return its path.
+
+    ``energies`` (nE,) eV absolute, ``dos`` (nE,), ``pdos`` label -> (nE,) drawn as lines over the
+    filled total; energies shifted by ``e_fermi`` when given (dashed line at 0)."""
+    plt = _pyplot()
+    e = np.asarray(energies, dtype=np.float64)
+    d = np.asarray(dos, dtype=np.float64)
+    if d.shape != e.shape:
+        raise ValueError(f"DOS {d.shape} does not match the energy grid {e.shape}")
+    shift = 0.0 if e_fermi is None else float(e_fermi)
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    ax.fill_between(e - shift, d, color="0.82", lw=0)
+    ax.plot(e - shift, d, color="0.15", lw=1.0, label="total")
+    if pdos:
+        cmap = plt.get_cmap("tab10" if len(pdos) <= 10 else "tab20")
+        for n, (name, p) in enumerate(pdos.items()):
+            ax.plot(e - shift, np.asarray(p), lw=1.0, color=cmap(n % cmap.N), label=str(name))
+    if e_fermi is not None:
+        ax.axvline(0.0, color="0.3", ls=(0, (5, 4)), lw=0.9)
+    ax.set_xlim(float(e[0] - shift) if emin is None else emin, float(e[-1] - shift) if emax is None else emax)
+    ax.set_ylim(0, None)
+    ax.set_xlabel(_energy_label(e_fermi), fontsize=12)
+    ax.set_ylabel("DOS (states / eV / cell)", fontsize=12)
+    if title:
+        ax.set_title(title, fontsize=12)
+    ax.legend(loc="upper right", fontsize=9, ncol=1 if not pdos or len(pdos) < 8 else 2, framealpha=0.9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

@@ -1,0 +1,109 @@
+"""The ``eqtb`` command line: band and dos subcommands on real Si64 data, and error handling."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from eqtb.cli import main
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "band" in out and "dos" in out
+
+
+def test_help_does_not_import_heavy_modules():
+    code = ("import sys\nfrom eqtb.cli import build_parser\nbuild_parser().format_help()\n"
+            "heavy = [m for m in ('torch', 'matplotlib', 'scipy', 'h5py', 'e3nn') if m in sys.modules]\n"
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_band_si64(data_dir, tmp_path, capsys):
+    out = tmp_path / "band"
+    rc = main(["band", str(data_dir / "si64_abacus" / "Si64.0"), str(data_dir / "si64_abacus" / "band.json"),
+               "-o", str(out)])
+    assert rc == 0
+    for name in ("band.png", "bands.npy", "kpoints.npy", "band_summary.json", "bandstructure.npy"):
+        assert (out / name).is_file(), name
+    bands = np.load(out / "bands.npy")
+    kpts = np.load(out / "kpoints.npy")
+    assert bands.shape == (144, 256) and kpts.shape == (144, 3)
+    assert np.all(np.diff(bands, axis=1) >= 0)
+    s = json.loads((out / "band_summary.json").read_text())
+    for key in ("fermi_level", "gap", "vbm", "cbm", "direct", "gap_type", "valence_bandwidth", "n_kpoints"):
+        assert key in s, key
+    assert s["n_kpoints"] == 144 and s["n_electrons"] == 256
+    assert s["vbm"] < s["fermi_level"] < s["cbm"]
+    assert s["gap"] == pytest.approx(s["cbm"] - s["vbm"], abs=1e-5) and s["gap"] > 0.5
+    assert s["vbm"] == pytest.approx(bands[:, 127].max(), abs=1e-5)
+    assert s["fermi_level_source"].startswith("nel_atom")
+    assert s["tick_labels"][:2] == ["G", "X|Y"]
+    d = np.load(out / "bandstructure.npy", allow_pickle=True).item()  # DeePTB's layout
+    assert d["eigenvalues"].shape == (144, 256) and d["E_fermi"] == pytest.approx(s["fermi_level"], abs=1e-6)
+    printed = capsys.readouterr()
+    assert "band gap" in printed.out and "E_fermi = 0.0 ignored" in printed.err
+
+
+def test_dos_dataset_root_flat_task(data_dir, tmp_path, capsys):
+    # dataset root with one folder; a flat dos task (no task_options) with DeePTB keys
+    task = tmp_path / "dos.json"
+    task.write_text(json.dumps({"task": "dos", "mesh_grid": [2, 2, 2], "sigma": 0.1, "npoints": 801,
+                                "width": [-15, 15], "nel_atom": {"Si": 4}, "device": "cpu"}))
+    out = tmp_path / "dos"
+    rc = main(["dos", str(data_dir / "si64_abacus"), str(task), "--pdos", "shell", "-o", str(out)])
+    assert rc == 0
+    arr = np.load(out / "dos.npy")
+    head = json.loads((out / "dos.json").read_text())
+    assert head["columns"] == ["energy", "total", "Si 1s", "Si 1p"] and arr.shape == (801, 4)
+    np.testing.assert_allclose(arr[:, 2] + arr[:, 3], arr[:, 1], atol=1e-9 * arr[:, 1].max())
+    assert head["n_kpoints_irreducible"] == 8 and head["fermi_level"] is not None
+    assert arr[0, 0] == pytest.approx(head["fermi_level"] - 15)
+    assert (out / "dos.png").is_file()
+
+
+def _run_err(args, capsys):
+    rc = main(args)
+    err = capsys.readouterr().err
+    return rc, err
+
+
+def test_errors_are_one_line_exit_2(data_dir, tmp_path, capsys):
+    folder = str(data_dir / "si64_abacus" / "Si64.0")
+    bad = tmp_path / "broken_task.json"
+    bad.write_text('{"task_options": {"task": "band", "kline_type": "abacus",, }}')
+    rc, err = _run_err(["band", folder, str(bad), "-o", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "broken_task.json" in err and "malformed JSON" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+    unk = tmp_path / "typo.json"
+    unk.write_text(json.dumps({"task_options": {"task": "band", "kline_type": "abacus", "kpaht": []}}))
+    rc, err = _run_err(["band", folder, str(unk)], capsys)
+    assert rc == 2 and "typo.json" in err and "'kpaht'" in err and "did you mean 'kpath'" in err
+
+    top = tmp_path / "top.json"
+    top.write_text(json.dumps({"task_options": {"task": "band"}, "strucutre": "x.vasp"}))
+    rc, err = _run_err(["band", folder, str(top)], capsys)
+    assert rc == 2 and "did you mean 'structure'" in err
+
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"task_options": {"task": "band", "kline_type": "abacus",
+                                                  "kpath": [[0, 0, 0, 5], [0.5, 0, 0, 5]]}}))
+    rc, err = _run_err(["band", folder, str(wrong), "-o", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "wrong.json" in err and "count 1" in err
+
+    rc, err = _run_err(["band", str(tmp_path / "nowhere")], capsys)
+    assert rc == 2 and "nowhere" in err
+
+    rc, err = _run_err(["band", folder, "--nel-atom", "{Si"], capsys)
+    assert rc == 2 and "--nel-atom" in err
+
+    rc, err = _run_err(["dos", folder, str(tmp_path / "missing.json")], capsys)
+    assert rc == 2 and "missing.json" in err
