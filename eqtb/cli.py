@@ -575,6 +575,57 @@ def run_dos(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------- parse
+@subcommand
+def _add_parse(sub) -> None:
+    p = sub.add_parser(
+        "parse", help="DFT output folders -> dataset folders (dftio-compatible flags)",
+        description="Parse every entry of ROOT whose name contains PREFIX (sorted by name) and write "
+                    "OUT/<formula>.<index> dataset folders: structure, info.json, basis.dat, and the "
+                    "selected hamiltonians.h5 (eV) / overlaps.h5 / density_matrices.h5 / kpoints.npy + "
+                    "eigenvalues.npy, plus fermi_level.json when known. As dftio, nothing but the "
+                    "structure is written unless -ham/-ovp/-dm/-eig select it. A folder that fails is "
+                    "listed in the summary and does not stop the others. Exit code 0 when all parsed, "
+                    "1 when some failed, 2 on bad arguments.")
+    p.add_argument("-r", "--root", required=True, help="folder holding the calculation folders")
+    p.add_argument("-p", "--prefix", default="frame", help="parse entries whose name contains this (default: frame)")
+    p.add_argument("-o", "--outroot", "--output", dest="outroot", required=True, metavar="OUT", help="output folder")
+    p.add_argument("-m", "--mode", default="abacus", help="DFT code (default: abacus)")
+    p.add_argument("-f", "--format", default="folder", choices=["folder", "dat"],
+                   help="output format: dataset folders ('dat' is dftio's name for the same)")
+    p.add_argument("-ham", "--hamiltonian", action="store_true", help="write H(R) blocks")
+    p.add_argument("-ovp", "--overlap", action="store_true", help="write S(R) blocks")
+    p.add_argument("-dm", "--density-matrix", "--density_matrix", dest="density_matrix", action="store_true",
+                   help="write density-matrix blocks")
+    p.add_argument("-eig", "--eigenvalues", "--eigenvalue", dest="eigenvalues", action="store_true",
+                   help="write k-points and eigenvalues")
+    p.add_argument("-n", "--num-workers", "--num_workers", dest="workers", type=int, default=1,
+                   help="worker processes (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output folders")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only failures")
+    p.set_defaults(run=run_parse)
+
+
+def run_parse(args) -> int:
+    from eqtb.data.parse import parse_folders
+    from eqtb.data.parsers import PARSERS, _load_all
+
+    _load_all()
+    if args.mode not in PARSERS:
+        raise CLIError(f"unknown -m/--mode {args.mode!r}; known: {', '.join(sorted(PARSERS))}")
+    if args.workers < 1:
+        raise CLIError(f"-n/--num-workers must be at least 1, got {args.workers}")
+    if not Path(args.root).is_dir():
+        raise CLIError(f"{args.root}: root folder does not exist")
+    summary = parse_folders(args.root, args.prefix, args.outroot, code=args.mode, hamiltonian=args.hamiltonian,
+                            overlap=args.overlap, density_matrix=args.density_matrix,
+                            eigenvalues=args.eigenvalues, workers=args.workers, fmt="folder",
+                            overwrite=args.overwrite, progress=None, quiet=True)
+    if not args.quiet or summary.failed:
+        print(summary, file=sys.stderr if summary.failed and args.quiet else sys.stdout)
+    return 1 if summary.failed else 0
+
+
 if __name__ == "__main__":  # pragma: no cover - ``python -m eqtb.cli``
     from eqtb.cli import main as _main  # the importable module, so its error classes are the real ones
 
