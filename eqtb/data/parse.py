@@ -78,12 +78,15 @@ def parse_one(src: str | Path, dest: str | Path, code: str = "abacus", hamiltoni
     """Parse one input and write it to ``dest`` (``{formula}`` in ``dest``'s name is replaced by the
     structure's formula). Returns (written folder, extra info). Raises on failure."""
     from eqtb.data.folder import write_folder
-    from eqtb.data.parsers import get_parser
+    from eqtb.data.parsers import ParseError, get_parser
 
     parser = get_parser(code)(src)
     frames = list(parser.frames(hamiltonian=hamiltonian, overlap=overlap, density_matrix=density_matrix,
                                 eigenvalues=eigenvalues))
     dest = Path(str(dest).replace("{formula}", frames[0].structure.formula))
+    if dest.exists() and not overwrite and not (dest.is_dir() and not any(dest.iterdir())):
+        raise ParseError(f"{dest}: output folder already exists (overwrite=True / eqtb parse --overwrite "
+                         f"replaces it)")
     path = write_folder(dest, frames, overwrite=overwrite)
     if not (path / "basis.dat").is_file():
         (path / "basis.dat").write_text(str(parser.basis.spec))

@@ -543,7 +543,8 @@ def _nao_header(lines, where):
         elif what.startswith("Bravais"):
             nR = val
     if dim is None or nR is None:
-        raise ParseError(f"{where}: header lacks '# number of localized basis' / '# number of Bravais lattice vector R'")
+        raise ParseError(f"{where}: header lacks '# number of localized basis' / "
+                         f"'# number of Bravais lattice vector R'")
     # the R blocks start after the '#---' comment box that follows the unit-cell section
     box = [i for i, ln in enumerate(lines[:200]) if ln.strip().startswith("#---")]
     if len(box) < 2:
@@ -880,7 +881,8 @@ class AbacusParser(Parser):
                     warnings.warn(f"{self.stru_path}: differs from {self.log_path} (species order, cell or "
                                   f"positions); using the log, which is what ABACUS ran", ParseWarning, stacklevel=3)
         elif stru is not None:
-            cell, pos, labs, source, src_path = stru.cell, stru.positions, stru.atom_labels, self.stru_path.name, self.stru_path
+            cell, pos, labs = stru.cell, stru.positions, stru.atom_labels
+            source, src_path = self.stru_path.name, self.stru_path
         else:
             raise ParseError(f"{self.log_path}: no lattice vectors / coordinates found, and no STRU")
         missing = [l for l in labs if l not in elements]
@@ -925,8 +927,8 @@ class AbacusParser(Parser):
             for lab, name in zip(stru.labels, stru.orbital_files):
                 p = self._orb_path(name)
                 if p is None:
-                    tried = ([str(self.path / self.input['orbital_dir'] / name)] if self.input.get("orbital_dir") else []) + \
-                        [str(self.path / name)]
+                    odir = self.input.get("orbital_dir")
+                    tried = ([str(self.path / odir / name)] if odir else []) + [str(self.path / name)]
                     raise ParseError(f"{self.path / name}: orbital file named in {self.stru_path.name} "
                                      f"NUMERICAL_ORBITAL not found (tried {', '.join(tried)})")
                 per_label[lab] = read_orb_header(p)[1]
@@ -994,6 +996,11 @@ class AbacusParser(Parser):
             scale = RY_TO_EV if quantity == "hamiltonian" else 1.0
             blk = csr_to_blocks(csr, self.structure, self.basis, "abacus", scale)
             self.hermiticity[quantity] = hermiticity_residual(blk)
+            scale_max = max((float(np.abs(b).max()) for b in blk.values()), default=0.0)
+            if self.hermiticity[quantity] > 1e-6 * max(scale_max, 1e-300):
+                warnings.warn(f"{where}: blocks are not Hermitian: max |B_ij(R) - B_ji(-R)^T| = "
+                              f"{self.hermiticity[quantity]:.3g} (largest |B| {scale_max:.3g}); the "
+                              f"Operator keeps the average of each pair", ParseWarning, stacklevel=2)
             self._blocks[quantity] = blk
         return self._blocks[quantity]
 
