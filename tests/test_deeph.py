@@ -204,6 +204,18 @@ def test_shells_out_of_l_order_are_sorted(tmp_path):
     assert np.array_equal(out["0_0_1_0_0"], blocks["[1, 0, 0, 1, 1]"][np.ix_(idx, idx)])
 
 
+def test_basis_argument_when_orbital_types_is_absent(handmade):
+    """As DeePTB's DeePHDataset (basis from the config): orbital_types.dat optional given a basis."""
+    path, _ = handmade
+    ref = read_deeph_folder(path).hamiltonian
+    with pytest.raises(DeepHError, match=r"orbital_types\.dat: C has basis '1s1p' but the basis argument"):
+        read_deeph_folder(path, basis={"Si": "2s2p1d", "C": "2s1p"})
+    (path / "orbital_types.dat").unlink()
+    assert _ops_equal(read_deeph_folder(path, basis={"Si": "2s2p1d", "C": "1s1p"}).hamiltonian, ref)
+    with pytest.raises(DeepHError, match="l=4"):
+        read_deeph_folder(path, basis={"Si": "2s2p1d1g", "C": "1s1p"})
+
+
 def test_lenient_key_spelling(tmp_path):
     blocks = {k.replace(" ", ""): v for k, v in _random_blocks([1, 1], [(0, 1, (0, 0, 0))]).items()}
     path = _make_folder(tmp_path / "f", [1, 1], POS3[:2], CELL, [[0], [0]], blocks)

@@ -183,7 +183,10 @@ class DeepHFolder:
         self._read_info()
         self.structure = self._read_structure()
         self.basis, self.shell_l = self._read_basis(basis)
-        self._index = {sym: _openmx_index(ls) for sym, ls in self.shell_l.items()}
+        try:
+            self._index = {sym: _openmx_index(ls) for sym, ls in self.shell_l.items()}
+        except ValueError as exc:  # l beyond the OpenMX table (only possible with a basis argument)
+            raise DeepHError(f"{self.path}: {exc}") from None
 
     def __repr__(self) -> str:
         return f"DeepHFolder({str(self.path)!r}, natoms={self.structure.natoms}, basis={self.basis!r})"
