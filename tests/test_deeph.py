@@ -335,3 +335,10 @@ def test_write_errors(si64, tmp_path):
     op = Operator.from_blocks(slab, b, {"0_0_0_0_0": np.ones((1, 1)), "1_1_0_0_0": np.ones((1, 1))})
     with pytest.warns(DatasetWarning, match="periodic"):
         write_deeph_folder(Frame(slab, hamiltonian=op), tmp_path / "d")
+
+
+def test_registered_as_parser(si64_deeph):
+    from eqtb.data.parsers import get_parser
+
+    parser = get_parser("deeph")
+    assert parser is DeepHParser and parser.detect(si64_deeph)

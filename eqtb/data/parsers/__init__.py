@@ -71,6 +71,10 @@ def get_parser(name: str) -> type[Parser]:
     return PARSERS[name]
 
 
+#: parsers of formats that live outside this package (they read and write, so they sit in eqtb.data)
+_EXTERNAL = ("eqtb.data.deeph",)
+
+
 def _load_all() -> None:
     """Import every parser module so that it registers itself."""
     import importlib
@@ -78,3 +82,5 @@ def _load_all() -> None:
 
     for mod in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{mod.name}")
+    for name in _EXTERNAL:
+        importlib.import_module(name)
