@@ -42,10 +42,7 @@ and a :class:`~eqtb.data.parsers.ParseError`) naming the file.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 import warnings
 from dataclasses import fields
 from pathlib import Path
@@ -56,6 +53,7 @@ from eqtb.basis import ANGULAR_LETTERS, Basis, BasisError
 from eqtb.data.conventions import atom_transform
 from eqtb.data.folder import DatasetError, DatasetWarning, Frame
 from eqtb.data.parsers import ParseError, Parser, register
+from eqtb.data.atomic import atomic_directory
 from eqtb.structure import Structure, StructureError
 from eqtb.tb.operator import BlockError, Operator, parse_block_keys
 
@@ -463,11 +461,7 @@ def write_deeph_folder(frame: Frame, path: str | Path, fermi_level: float | None
         fermi_level = getattr(frame, "fermi_level", None)
     fermi_level = UNKNOWN_FERMI_LEVEL if fermi_level is None else float(fermi_level)
 
-    if path.exists() and not (path.is_dir() and not any(path.iterdir())) and not overwrite:
-        raise DeepHError(f"{path}: already exists (pass overwrite=True to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_directory(path, overwrite, DeepHError) as tmp:
         np.savetxt(tmp / "element.dat", s.numbers, fmt="%d")
         np.savetxt(tmp / "site_positions.dat", s.positions.T, fmt="%.18e", delimiter="\t")
         np.savetxt(tmp / "lat.dat", s.cell.T, fmt="%.18e", delimiter="\t")
@@ -480,24 +474,7 @@ def write_deeph_folder(frame: Frame, path: str | Path, fermi_level: float | None
             Rs.update(_write_h5(tmp / DEEPH_BLOCK_FILES[q][0], op, index))
         np.savetxt(tmp / "R_list.dat", np.array(sorted(Rs), dtype=np.int64).reshape(-1, 3), fmt="%d",
                    delimiter="\t")
-        os.chmod(tmp, 0o755 & ~_umask())
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.rename(path, old)
-            os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # ====================================================================== parser interface

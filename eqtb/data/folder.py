@@ -35,9 +35,6 @@ from __future__ import annotations
 import ast
 import difflib
 import json
-import os
-import shutil
-import tempfile
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,6 +45,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
 from eqtb.basis import Basis, BasisError, element_symbol
+from eqtb.data.atomic import atomic_directory
 from eqtb.structure import Structure, StructureError
 from eqtb.tb.operator import BlockError, Operator
 
@@ -691,11 +689,7 @@ def write_folder(path: str | Path, frames: list[Frame], pos_type: str = "cart", 
             bandinfo = BandInfo.model_validate(bandinfo)
         info["bandinfo"] = bandinfo.model_dump()
 
-    if path.exists() and not (path.is_dir() and not any(path.iterdir())) and not overwrite:
-        raise DatasetError(f"{path}: already exists (pass overwrite=True to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_directory(path, overwrite, DatasetError) as tmp:
         if with_info:
             (tmp / "info.json").write_text(json.dumps(info, indent=4) + "\n")
         if structure_format == "text":
@@ -714,24 +708,7 @@ def write_folder(path: str | Path, frames: list[Frame], pos_type: str = "cart", 
             np.save(tmp / "kpoints.npy", kps[0] if _same(kps) else np.stack(kps))
         if evs is not None:
             np.save(tmp / "eigenvalues.npy", np.stack(evs))
-        os.chmod(tmp, 0o755 & ~_umask())
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.rename(path, old)
-            os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write_text_structures(folder: Path, structs: list[Structure], pos_type: str) -> None:

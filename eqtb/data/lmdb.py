@@ -54,8 +54,6 @@ import ast
 import json
 import os
 import pickle
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -63,6 +61,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from eqtb.basis import Basis, BasisError, element_symbol
+from eqtb.data.atomic import atomic_directory
 from eqtb.data.folder import DatasetError, DatasetWarning, Frame, TrajectoryFolder, find_folders
 from eqtb.structure import Structure, StructureError
 from eqtb.tb.operator import BlockError, Operator
@@ -217,29 +216,10 @@ def _write_entries(items: Iterable[tuple[Frame, dict]], path: Path, map_size: in
     if existing and not overwrite:
         raise DatasetError(f"{path}: already exists (pass overwrite=True to replace it, or append=True)")
     # a new database is built in a temporary sibling and renamed into place: a failure leaves nothing
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_directory(path, overwrite=True) as tmp:
         n = _put_all(items, tmp, map_size, both_triangles, block_dtype)
-        os.chmod(tmp, 0o755 & ~_umask())
         close_readers([path])
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.rename(path, old)
-            os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return n
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _put_all(items: Iterable[tuple[Frame, dict]], path: Path, map_size: int, both_triangles: bool,
