@@ -199,11 +199,10 @@ def _json_arg(text: str | None, option: str):
     return value
 
 
-_DATA_SUFFIXES = (".dat", ".traj", ".h5", ".mdb")
-
-
 def _has_data(folder: Path) -> bool:
-    return any(f.is_file() and f.name.endswith(_DATA_SUFFIXES) for f in folder.iterdir())
+    from eqtb.data.folder import DATA_SUFFIXES
+
+    return any(f.is_file() and f.name.endswith(DATA_SUFFIXES) for f in folder.iterdir())
 
 
 def open_folder(path: str | Path, basis: dict | None = None):
@@ -624,6 +623,49 @@ def run_parse(args) -> int:
     if not args.quiet or summary.failed:
         print(summary, file=sys.stderr if summary.failed and args.quiet else sys.stdout)
     return 1 if summary.failed else 0
+
+
+# ---------------------------------------------------------------------------------- convert
+@subcommand
+def _add_convert(sub) -> None:
+    p = sub.add_parser(
+        "convert", help="convert datasets: folders -> LMDB, folder <-> DeepH",
+        description="--to lmdb: the folder dataset ROOT/<prefix>.* -> one LMDB database OUT (streamed "
+                    "frame by frame). --to deeph: every frame of the dataset folder SRC -> DeepH-pack "
+                    "folders OUT/<frame>. --to folder: the DeepH folder SRC -> the dataset folder OUT.")
+    p.add_argument("src", help="dataset root (lmdb), trajectory folder (deeph) or DeepH folder (folder)")
+    p.add_argument("-o", "--output", required=True, help="output path")
+    p.add_argument("--to", required=True, choices=["lmdb", "deeph", "folder"], help="target format")
+    p.add_argument("-p", "--prefix", default=None, help="folder prefix, e.g. Si64 (--to lmdb)")
+    p.add_argument("--basis", default=None, help="basis JSON when the data has no basis.dat")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(run=run_convert)
+
+
+def run_convert(args) -> int:
+    basis = _json_arg(args.basis, "--basis")
+    out = Path(args.output)
+    if args.to == "lmdb":
+        from eqtb.data.lmdb import folder_to_lmdb
+
+        if not args.prefix:
+            raise CLIError("--to lmdb needs -p/--prefix (folders ROOT/<prefix>.*)")
+        n = folder_to_lmdb(args.src, args.prefix, out, basis=basis, overwrite=args.overwrite, progress=True)
+        print(f"wrote {n} frames to {out}")
+    elif args.to == "deeph":
+        from eqtb.data.deeph import write_deeph_folder
+
+        folder = open_folder(args.src, basis)
+        for k in range(folder.nframes):
+            write_deeph_folder(folder.frame(k), out / str(k), overwrite=args.overwrite)
+        print(f"wrote {folder.nframes} DeepH folders to {out}")
+    else:
+        from eqtb.data.deeph import read_deeph_folder
+        from eqtb.data.folder import write_folder
+
+        write_folder(out, [read_deeph_folder(args.src, basis=basis)], overwrite=args.overwrite)
+        print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover - ``python -m eqtb.cli``

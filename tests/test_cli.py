@@ -107,3 +107,24 @@ def test_errors_are_one_line_exit_2(data_dir, tmp_path, capsys):
 
     rc, err = _run_err(["dos", folder, str(tmp_path / "missing.json")], capsys)
     assert rc == 2 and "missing.json" in err
+
+
+def test_convert_round_trips(data_dir, tmp_path):
+    """dataset folder -> DeepH -> dataset folder keeps every block; dataset root -> LMDB keeps the frame."""
+    import numpy as np
+
+    from eqtb.cli import main
+    from eqtb.data.folder import TrajectoryFolder
+    from eqtb.data.lmdb import LMDBDataset
+
+    src = data_dir / "si64_abacus" / "Si64.0"
+    assert main(["convert", str(src), "--to", "deeph", "-o", str(tmp_path / "deeph")]) == 0
+    assert main(["convert", str(tmp_path / "deeph" / "0"), "--to", "folder", "-o", str(tmp_path / "back")]) == 0
+    a = TrajectoryFolder(src).frame(0)
+    b = TrajectoryFolder(tmp_path / "back").frame(0)
+    np.testing.assert_array_equal(a.hamiltonian.offsite, b.hamiltonian.offsite)
+    np.testing.assert_array_equal(a.overlap.onsite, b.overlap.onsite)
+    assert main(["convert", str(data_dir / "si64_abacus"), "--to", "lmdb", "-p", "Si64", "-o", str(tmp_path / "db")]) == 0
+    c = LMDBDataset(tmp_path / "db")[0]
+    np.testing.assert_array_equal(c.hamiltonian.offsite, a.hamiltonian.offsite)
+    assert main(["convert", str(data_dir / "si64_abacus"), "--to", "lmdb", "-o", str(tmp_path / "db2")]) == 2
