@@ -186,3 +186,39 @@ def test_bad_input(tmp_path):
     (foreign / "positions.dat").write_text("0 0 0\n")
     with pytest.raises(gen.GenerateError, match="not written by eqtb generate"):
         gen.generate(_water(), tmp_path / "o6", basis="sto-3g", nframes=1, progress=False, verbose=False)
+
+
+# ------------------------------------------------------------------------------------ CLI
+def test_cli_generate_molecule(tmp_path, capsys):
+    from ase.io import write
+
+    from eqtb.cli import main
+
+    write(tmp_path / "h2o.xyz", _water())
+    out = tmp_path / "data"
+    args = [str(tmp_path / "h2o.xyz"), "-o", str(out), "-n", "2", "--basis", "sto-3g", "--seed", "2", "-q"]
+    assert main(["generate", *args]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["H2O.0", "H2O.1", gen.REPORT]
+    assert main(["generate", *args[:-1]]) == 0  # rerun: both frames skipped
+    assert capsys.readouterr().out.count("skipped (already complete") == 2
+    rep = json.loads((out / gen.REPORT).read_text())
+    assert rep["skipped"] == 2 and rep["computed"] == 0
+
+
+def test_cli_generate_bad_input(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from ase.io import write
+
+    from eqtb.cli import main
+
+    assert main(["generate", str(tmp_path / "nope.vasp"), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope.vasp" in err and "does not exist" in err
+    write(tmp_path / "h2o.xyz", _water())
+    assert main(["generate", str(tmp_path / "h2o.xyz"), "-o", str(tmp_path / "o"), "--basis", "no-such-basis"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no-such-basis" in err
+    monkeypatch.setitem(sys.modules, "pyscf", None)  # import pyscf now raises ImportError
+    assert main(["generate", str(tmp_path / "h2o.xyz"), "-o", str(tmp_path / "o")]) == 2
+    assert "pip install 'eqtb[pyscf]'" in capsys.readouterr().err

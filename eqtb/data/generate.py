@@ -224,7 +224,9 @@ def build_pyscf(structure: Structure, settings: dict):
                 cell.mesh = list(settings["pyscf_mesh"])
             elif settings.get("ke_cutoff"):
                 cell.ke_cutoff = float(settings["ke_cutoff"])
-            cell.build()
+            with warnings.catch_warnings():  # PySCF's basis-set-exchange hint for unknown names
+                warnings.filterwarnings("ignore", message="Basis may be available")
+                cell.build()
             obj = cell
         else:
             from pyscf import gto
@@ -236,7 +238,9 @@ def build_pyscf(structure: Structure, settings: dict):
             if pseudo:
                 obj.pseudo = pseudo
             obj.verbose = 0
-            obj.build()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Basis may be available")
+                obj.build()
     except Exception as exc:  # PySCF raises RuntimeError/KeyError/ValueError... for bad input
         msg = " ".join(str(exc).split()) or type(exc).__name__
         raise GenerateError(f"PySCF cannot build {structure.formula} with basis {basis!r} and pseudo "
