@@ -140,10 +140,18 @@ def test_resume_skips_complete_frames(silicon, monkeypatch):
         raise AssertionError("SCF called for a complete frame")
 
     monkeypatch.setattr(gen, "_run_scf", no_scf)
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = out / f".Si2.1.partial-{dead}"  # left by a killed run
+    stale.mkdir()
     again = gen.generate(bulk("Si", "diamond", 5.431), out, nframes=2, displacement=0.05, strain=0.01, seed=1,
                          kmesh=(2, 2, 2), pyscf_mesh=COARSE, progress=False, verbose=False)
     assert [r["status"] for r in again["frames"]] == ["skipped", "skipped"]
     assert again["computed"] == 0
+    assert not stale.exists()
     assert again["frames"][1]["check_max_abs_meV"] == first["frames"][1]["check_max_abs_meV"]
     # different settings on the same folder: an error, not a silent mix
     with pytest.raises(gen.GenerateError, match="different settings"):

@@ -76,7 +76,9 @@ back H, S against ``eigh`` of PySCF's Fock matrix. Also recorded: the electron c
 read-back D and S (``n_electrons_blocks``) and the SCF ``n_electrons``.
 
 Parallelism: ``workers > 1`` runs frames in a ``spawn`` process pool, each worker with
-``max(1, ncpu // workers)`` OpenMP/BLAS threads. Progress: a tqdm bar over frames and one status
+``max(1, ncpu // workers)`` OpenMP/BLAS threads (a script calling :func:`generate` with
+``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard). With ``workers = 1``
+frames run in this process with the caller's thread settings. Progress: a tqdm bar over frames and one status
 line per frame.
 """
 
@@ -431,6 +433,27 @@ def _status_line(rec: dict) -> str:
     return ", ".join(parts)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - someone else's process
+        return True
+    return True
+
+
+def _remove_stale_staging(out: Path, formula: str) -> None:
+    """Remove staging folders ``.<formula>.<n>.partial-<pid>`` (and write_folder's temporary
+    siblings of them) left by a run that was killed, i.e. whose process no longer exists."""
+    import re
+
+    for p in list(out.glob(f".{formula}.*.partial-*")) + list(out.glob(f"..{formula}.*.partial-*")):
+        m = re.search(r"\.partial-(\d+)", p.name)
+        if m and p.is_dir() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def _jsonable(x):
     return json.loads(json.dumps(x))
 
@@ -466,7 +489,8 @@ def generate(structure, out, nframes: int = 4, displacement: float = 0.05, strai
     band_kpoints : (nk, 3) fractional band k-points (default: automatic path, ``band_density``
         points per 1/Angstrom).
     workers : frames computed in parallel (process pool).
-    check : read the written folder back and compare off-mesh eigenvalues with PySCF's.
+    check : read the written folder back and compare its eigenvalues with PySCF's ``get_bands``
+        at off-mesh k-points and along the band path (module docstring).
     ke_cutoff : FFT-grid kinetic-energy cutoff in Hartree (default: KE_FRACTION times PySCF's
         estimate). ``pyscf_mesh`` (testing only) sets the FFT mesh directly.
     conv_tol : SCF energy convergence (Hartree); ``max_cycle`` SCF iterations.
@@ -549,6 +573,7 @@ def generate(structure, out, nframes: int = 4, displacement: float = 0.05, strai
     if out.exists() and not out.is_dir():
         raise GenerateError(f"{out}: output path exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(out, base.formula)
 
     records: dict[int, dict] = {}
     todo: list[int] = []
