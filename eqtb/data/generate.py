@@ -44,7 +44,10 @@ attraction integrals at ``cell.precision``), which is very conservative for GTH 
 here is ``ke_cutoff = KE_FRACTION * estimate_ke_cutoff(cell)`` (0.25; the mesh then has about half
 the points per axis). 2-atom Si, gth-szv, LDA, 2x2x2 k: PySCF's 108 Ha (35^3 grid) -> 27 Ha
 (19^3): total energy changes by 6e-4 meV, band energies by at most 0.06 meV (occupied 0.002 meV),
-SCF 7x faster. Pass ``ke_cutoff`` (Hartree) to choose it yourself.
+SCF 7x faster. Diamond C, gth-szv: 423 Ha (47^3) -> 106 Ha (25^3): 0.04 meV in the total energy,
+0.11 meV in the bands (occupied 0.02 meV), 6x faster (the estimate scales with the sharpest
+exponent, so the fraction carries over between elements). The self-check does not see an
+unconverged grid (both sides use the same grid); pass ``ke_cutoff`` (Hartree) to choose it.
 
 Quantities written (units and conventions of :mod:`eqtb.data.pyscf_engine`; FORMATS 1.6):
 
@@ -69,8 +72,9 @@ chain: PySCF -> blocks -> files -> Operator) and its eigenvalues at ``N_CHECK`` 
 k-points in [-1, 1)^3 off both the SCF and the Fourier mesh (``check_offmesh_meV``) and along the
 band path (``check_path_meV``) are compared with PySCF's ``get_bands`` at the same points;
 ``check_max_abs_meV`` per frame is the larger, over all bands. Points outside the first zone
-also test PySCF's periodicity F(k + G) = F(k), which holds only on a converged FFT grid (on a
-13^3 grid for Si it is off by ~1 meV at W = (1/2, 1/4, 3/4); on the default grid by < 0.05 meV). Above ``CHECK_TOL_MEV`` (1 meV) a
+also test PySCF's periodicity F(k + G) = F(k), which holds only on a converged FFT grid (2-atom
+Si: ~1 meV off at W = (1/2, 1/4, 3/4) on a 13^3 grid, the check then reports 2 meV; 0.17 meV on
+15^3; below 0.05 meV on the default 19^3 grid). Above ``CHECK_TOL_MEV`` (1 meV) a
 :class:`GenerateWarning` is issued and the frame is marked. Molecules: eigenvalues of the read
 back H, S against ``eigh`` of PySCF's Fock matrix. Also recorded: the electron count from the
 read-back D and S (``n_electrons_blocks``) and the SCF ``n_electrons``.
