@@ -278,39 +278,48 @@ def _read_h5_group(path: Path, frame: int, nframes: int) -> tuple[str, dict[str,
     return name, blocks
 
 
-def _parse_basis_dat(path: Path, numbers: Callable[[], np.ndarray]) -> Basis:
-    """basis.dat: dftio's ``{'Si': '1s1p'}`` (Python literal) or DeePTB's one basis string per atom
-    line (mapped to elements with ``numbers()``, the atomic numbers of the first frame, only called
-    for the per-atom form)."""
-    try:
-        text = path.read_text().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: cannot read basis file: {exc}") from None
+def basis_from_text(text: str, numbers: Callable[[], np.ndarray], where: str) -> Basis:
+    """A basis written as text: a dict (JSON, or dftio's Python literal ``{'Si': '1s1p'}``), or
+    DeePTB's one basis string per atom line, mapped to elements with ``numbers()`` (atomic numbers,
+    only called for the per-atom form). Errors are DatasetError naming ``where``."""
+    text = text.strip()
     if not text:
-        raise DatasetError(f"{path}: empty basis file")
+        raise DatasetError(f"{where}: empty basis")
     if text.startswith("{"):
         try:
-            spec = ast.literal_eval(text)
-        except (ValueError, SyntaxError) as exc:
-            raise DatasetError(f"{path}: cannot parse basis dict {text[:80]!r}: {exc}") from None
+            spec = json.loads(text)
+        except json.JSONDecodeError:
+            try:
+                spec = ast.literal_eval(text)
+            except (ValueError, SyntaxError) as exc:
+                raise DatasetError(f"{where}: cannot parse basis dict {text[:80]!r}: {exc}") from None
         if not isinstance(spec, dict):
-            raise DatasetError(f"{path}: expected a dict such as {{'Si': '1s1p'}}, got {text[:80]!r}")
+            raise DatasetError(f"{where}: expected a dict such as {{'Si': '1s1p'}}, got {text[:80]!r}")
     else:
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         numbers = numbers()
         if len(lines) != len(numbers):
-            raise DatasetError(f"{path}: per-atom basis has {len(lines)} lines but the structure has "
+            raise DatasetError(f"{where}: per-atom basis has {len(lines)} lines but the structure has "
                                f"{len(numbers)} atoms")
         spec = {}
-        for a, (z, s) in enumerate(zip(numbers, lines)):
+        for a, (z, b) in enumerate(zip(numbers, lines)):
             sym = element_symbol(int(z))
-            if spec.setdefault(sym, s) != s:
-                raise DatasetError(f"{path}: line {a + 1}: atom {a} ({sym}) has basis {s!r} but an "
+            if spec.setdefault(sym, b) != b:
+                raise DatasetError(f"{where}: line {a + 1}: atom {a} ({sym}) has basis {b!r} but an "
                                    f"earlier {sym} atom has {spec[sym]!r}")
     try:
         return Basis(spec)
     except BasisError as exc:
-        raise DatasetError(f"{path}: {exc}") from None
+        raise DatasetError(f"{where}: {exc}") from None
+
+
+def _parse_basis_dat(path: Path, numbers: Callable[[], np.ndarray]) -> Basis:
+    """basis.dat (see :func:`basis_from_text`; ``numbers`` gives the first frame's atomic numbers)."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: cannot read basis file: {exc}") from None
+    return basis_from_text(text, numbers, str(path))
 
 
 class TrajectoryFolder:

@@ -50,7 +50,6 @@ pages LMDB maps are clean, file-backed and shared: the kernel counts the ones to
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import pickle
@@ -60,9 +59,9 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from eqtb.basis import Basis, BasisError, element_symbol
+from eqtb.basis import Basis, BasisError
 from eqtb.data.atomic import atomic_directory
-from eqtb.data.folder import DatasetError, DatasetWarning, Frame, TrajectoryFolder, find_folders
+from eqtb.data.folder import DatasetError, DatasetWarning, Frame, TrajectoryFolder, basis_from_text, find_folders
 from eqtb.structure import Structure, StructureError
 from eqtb.tb.operator import BlockError, Operator
 
@@ -320,41 +319,18 @@ def folder_to_lmdb(root: str | Path, prefix: str, out: str | Path, separator: st
 
 
 def _parse_basis_value(raw, numbers: np.ndarray, where: str) -> Basis:
-    """The ``"basis"`` of an entry: our JSON text, a dict, dftio's ``str(dict)``, or DeePTB's bytes of
-    one basis string per atom line (mapped to elements with ``numbers``)."""
+    """The ``"basis"`` of an entry: a dict, or text (our JSON, dftio's ``str(dict)``, DeePTB's bytes of
+    one basis string per atom line), see :func:`eqtb.data.folder.basis_from_text`."""
     if isinstance(raw, (bytes, bytearray, memoryview)):
         raw = bytes(raw).decode("utf-8", errors="replace")
     if isinstance(raw, dict):
-        spec = raw
-    elif isinstance(raw, str):
-        text = raw.strip()
-        if text.startswith("{"):
-            try:
-                spec = json.loads(text)
-            except json.JSONDecodeError:
-                try:
-                    spec = ast.literal_eval(text)
-                except (ValueError, SyntaxError) as exc:
-                    raise DatasetError(f"{where}: cannot parse basis {text[:80]!r}: {exc}") from None
-        else:
-            lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-            if len(lines) != len(numbers):
-                raise DatasetError(f"{where}: per-atom basis has {len(lines)} lines but the entry has "
-                                   f"{len(numbers)} atoms")
-            spec = {}
-            for a, (z, b) in enumerate(zip(numbers, lines)):
-                sym = element_symbol(int(z))
-                if spec.setdefault(sym, b) != b:
-                    raise DatasetError(f"{where}: atom {a} ({sym}) has basis {b!r} but an earlier {sym} "
-                                       f"atom has {spec[sym]!r}")
-    else:
-        raise DatasetError(f"{where}: unrecognised basis value of type {type(raw).__name__}")
-    if not isinstance(spec, dict):
-        raise DatasetError(f"{where}: basis must be a dict such as {{'Si': '1s1p'}}, got {raw!r:.80}")
-    try:
-        return Basis(spec)
-    except BasisError as exc:
-        raise DatasetError(f"{where}: {exc}") from None
+        try:
+            return Basis(raw)
+        except BasisError as exc:
+            raise DatasetError(f"{where}: {exc}") from None
+    if isinstance(raw, str):
+        return basis_from_text(raw, lambda: numbers, where)
+    raise DatasetError(f"{where}: unrecognised basis value of type {type(raw).__name__}")
 
 
 class LMDBDataset:
