@@ -733,6 +733,42 @@ def run_generate(args) -> int:
     return 1 if bad else 0
 
 
+@subcommand
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model from a DeePTB-style JSON config",
+                       description="Train SLEM on a dataset described by a DeePTB JSON config (read unchanged). "
+                                   "Writes OUT/train_config.json, OUT/checkpoint/, OUT/log/.")
+    p.add_argument("config", help="training config (DeePTB JSON schema)")
+    p.add_argument("-o", "--output", default=".", help="output folder (default: current folder)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-r", "--restart", default=None, metavar="CKPT",
+                   help="resume exactly from a checkpoint (optimizer, scheduler, RNG, epoch)")
+    g.add_argument("-i", "--init-model", default=None, metavar="CKPT", help="start from a model's weights (fine-tuning)")
+    p.add_argument("--num-epoch", type=int, default=None, help="override train_options.num_epoch")
+    p.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
+                   help="stop cleanly (with a checkpoint) after this wall time")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or console lines (the log is kept)")
+    p.set_defaults(run=run_train)
+
+
+def run_train(args) -> int:
+    from eqtb.config import load_config
+    from eqtb.train.trainer import Trainer
+
+    overrides = {}
+    if args.num_epoch is not None:
+        overrides["train_options.num_epoch"] = args.num_epoch
+    if args.max_time is not None:
+        overrides["train_options.max_time"] = args.max_time
+    cfg = load_config(args.config, overrides)
+    trainer = Trainer(cfg, args.output, restart=args.restart, init_model=args.init_model, progress=not args.quiet)
+    summary = trainer.run()
+    if not args.quiet:
+        print(f"trained {summary['epochs']} epochs ({summary['stop']}) in {summary['seconds']:.1f} s; "
+              f"checkpoints in {Path(args.output) / 'checkpoint'}")
+    return 130 if summary["stop"] == "interrupted" else 0
+
+
 if __name__ == "__main__":  # pragma: no cover - ``python -m eqtb.cli``
     from eqtb.cli import main as _main  # the importable module, so its error classes are the real ones
 

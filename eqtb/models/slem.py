@@ -1,0 +1,272 @@
+"""SLEM: the strictly local equivariant model of H (or D) and S.
+
+Notation: N atoms, E canonical bonds, 2E directed edges ``src -> dst`` (:mod:`eqtb.models.inputs`),
+hidden irreps ``H`` (e.g. ``"32x0e+32x1o+16x2e"``), frame features as in :mod:`eqtb.nn.so2`.
+
+* **Edge scalars** ``s_e``: an MLP of the radial basis of |r_e| (smooth cutoff at the pair's r_max)
+  and the one-hot types of both ends. Two-centre quantities only.
+* **Node features** ``h_i`` (global frame, irreps H). Initialised as ``sum_j w(s_ij) Y(r_ij)`` plus a
+  type embedding; each of the ``n_layers`` updates sums over i's neighbours an SO(2) convolution of
+  ``h_i`` itself in the frame of each bond i->j, modulated channel-wise by ``s_ij``. A node update
+  never reads a neighbour's hidden features, only its type and position: ``h_i`` depends on the
+  atoms within r_max of i and nothing else, at any depth (strict locality).
+* **Edge features** ``e_ij`` (frame of the directed edge, irreps H): at each layer an SO(2)
+  convolution of ``[e_ij, h_i, h_j]`` (node features rotated into the bond frame) with ``s_ij``
+  appended to the invariant inputs, a gated nonlinearity and a channel-wise radial modulation, added
+  residually. ``e_ij`` depends only on atoms within r_max of i or of j.
+* **Heads**: onsite features from ``h_i`` by an equivariant linear map; off-site features from the
+  last ``[e_ij, h_i, h_j]`` by an SO(2) convolution, rotated back to the lab frame; both through
+  :class:`eqtb.models.heads.BlockAssembler`. Overlap from :class:`eqtb.models.heads.OverlapHead`.
+
+The costly work is a handful of dense matrix products over all directed edges per layer (one per
+|m|), with edge dependence entering only through elementwise modulation. Since node features never
+depend on edge features, :meth:`SLEM.forward` can process the edges in independent chunks after a
+node pass (``edge_chunk``): memory stays bounded for any structure size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from eqtb.basis import Basis
+from eqtb.models.heads import BlockAssembler, OverlapHead
+from eqtb.models.inputs import ModelInputs
+from eqtb.nn.irreps import IrrepsLinear, gate_frame, gate_parts, n_gates
+from eqtb.nn.radial import MLP, BesselBasis
+from eqtb.nn.so2 import IrrepsLayout, SO2Linear, directed_frames, frame_cat
+from eqtb.structure import pair_cutoffs
+
+
+class ModelError(ValueError):
+    """Model options that cannot describe this basis (e.g. hidden irreps missing an irrep)."""
+
+
+def check_hidden_irreps(hidden: str, basis: Basis) -> o3.Irreps:
+    try:
+        irreps = o3.Irreps(hidden).sort().irreps.simplify()
+    except (ValueError, AssertionError) as err:
+        raise ModelError(f"irreps_hidden {hidden!r} is not an irreps string: {err}") from None
+    have = {(ir.l, ir.p) for _, ir in irreps}
+    need = o3.Irreps(basis.essential_irreps)
+    missing = [str(ir) for _, ir in need if (ir.l, ir.p) not in have]
+    if missing:
+        raise ModelError(f"irreps_hidden {hidden!r} lacks {', '.join(missing)}, needed by the basis "
+                         f"{basis.spec} (essential irreps {basis.essential_irreps})")
+    return irreps
+
+
+class _EdgeModulation(nn.Module):
+    """Channel-wise multiplication of frame features by a linear function of the edge scalars."""
+
+    def __init__(self, n_scalars: int, layout: IrrepsLayout):
+        super().__init__()
+        self.lin = nn.Linear(n_scalars, layout.sizes[0])
+        nn.init.zeros_(self.lin.weight)
+        nn.init.ones_(self.lin.bias)
+
+    def forward(self, x, s):
+        w = self.lin(s)
+        return [x[0] * w] + [xm * w[:, w.shape[1] - xm.shape[2]:].unsqueeze(1) for xm in x[1:]]
+
+
+class SLEM(nn.Module):
+    """Strictly local equivariant model; see the module docstring.
+
+    ``r_max``: float or per-element / per-bond dict (Angstrom), as DeePTB's embedding r_max.
+    ``stats``: dict quantity -> :class:`eqtb.data.stats.OperatorStats` for the output normalisation
+    (None: unit scale, zero shift). ``quantity``: the operator predicted by the main head
+    ("hamiltonian" or "density_matrix"); ``overlap`` adds the two-centre overlap head."""
+
+    def __init__(self, basis: Basis, r_max, irreps_hidden: str, n_layers: int, avg_num_neighbors: float,
+                 n_radial_basis: int = 10, cutoff_type: str = "polynomial", cutoff_p: float = 6.0,
+                 latent_dim: int = 64, res_update_ratio: float = 0.5, overlap: bool = False,
+                 overlap_neurons: list[int] | tuple[int, ...] = (64, 64), quantity: str = "hamiltonian",
+                 stats: dict | None = None):
+        super().__init__()
+        self.basis = Basis(basis)
+        self.r_max = r_max
+        self.quantity = quantity
+        self.has_overlap = overlap
+        self.n_layers = n_layers
+        T = self.basis.n_types
+        self.register_buffer("cutoffs", torch.as_tensor(pair_cutoffs(r_max, self.basis.symbols),
+                                                        dtype=torch.get_default_dtype()), persistent=False)
+        hidden = check_hidden_irreps(irreps_hidden, self.basis)
+        self.hidden = IrrepsLayout(hidden)
+        self.gated = IrrepsLayout(hidden + o3.Irreps(f"{n_gates(self.hidden)}x0e"))
+        self.norm = 1.0 / math.sqrt(avg_num_neighbors)
+        self.res = res_update_ratio
+        stats = stats or {}
+        self.assembler = BlockAssembler(self.basis, stats.get(quantity))
+        out_irreps = o3.Irreps(self.basis.irreps(self.basis.all_pairs))
+        self.out_layout = IrrepsLayout(out_irreps)
+        self.onsite_layout = IrrepsLayout(self.basis.irreps(self.basis.upper_pairs))
+        self.lmax = max(self.hidden.lmax, out_irreps.lmax)
+
+        self.radial = BesselBasis(n_radial_basis, cutoff_type, cutoff_p)
+        self.edge_mlp = MLP([n_radial_basis + 2 * T, latent_dim, latent_dim])
+        self.type_embed = nn.Linear(T, self.hidden.n_scalars)
+        natural = [1 if p == (-1) ** l else 0 for l, p in self.hidden.channels[0]]
+        self.register_buffer("natural", torch.tensor(natural, dtype=torch.get_default_dtype()), persistent=False)
+        self.init_weights = nn.Linear(latent_dim, self.hidden.sizes[0])
+
+        hh = IrrepsLayout.concat(self.hidden, self.hidden)
+        hhh = IrrepsLayout.concat(self.hidden, self.hidden, self.hidden)
+        ng = n_gates(self.hidden)
+        self.node_conv = nn.ModuleList([SO2Linear(self.hidden, self.hidden, latent_dim) for _ in range(n_layers)])
+        self.node_mod = nn.ModuleList([_EdgeModulation(latent_dim, self.hidden) for _ in range(n_layers)])
+        self.node_lin = nn.ModuleList([IrrepsLinear(self.hidden, self.gated) for _ in range(n_layers)])
+        self.node_self = nn.ModuleList([IrrepsLinear(self.hidden, self.gated) for _ in range(n_layers)])
+        self.edge_conv = nn.ModuleList([SO2Linear(hh, self.hidden, latent_dim, ng)]
+                                       + [SO2Linear(hhh, self.hidden, latent_dim, ng) for _ in range(n_layers)])
+        self.edge_mod = nn.ModuleList([_EdgeModulation(latent_dim, self.hidden) for _ in range(n_layers + 1)])
+        self.edge_out = SO2Linear(hhh, self.out_layout, latent_dim)
+        self.node_out = IrrepsLinear(self.hidden, self.onsite_layout)
+        self.overlap = (OverlapHead(self.basis, n_radial_basis, list(overlap_neurons), stats.get("overlap"))
+                        if overlap else None)
+        if self.overlap is not None:
+            self.lmax = max(self.lmax, self.overlap.lmax)
+
+    # ------------------------------------------------------------------ geometry
+    def geometry(self, inputs: ModelInputs) -> dict:
+        """Per-directed-edge quantities that depend on the structure only (no parameters): radial
+        basis (2E, n_radial) and frames (:func:`eqtb.nn.so2.directed_frames`). Cached on ``inputs``."""
+        if "radial" in inputs.cache:
+            return inputs.cache
+        vec = inputs.directed_vectors
+        rc = self.cutoffs.to(vec)[inputs.types[inputs.src], inputs.types[inputs.dst]]
+        inputs.cache["radial"] = self.radial(vec.norm(dim=1), rc)
+        inputs.cache["D"] = directed_frames(inputs.vectors, self.lmax)
+        return inputs.cache
+
+    # ------------------------------------------------------------------ stages
+    def _edge_scalars(self, radial, ti, tj):
+        T = self.basis.n_types
+        oh = nn.functional.one_hot
+        return self.edge_mlp(torch.cat([radial, oh(ti, T).to(radial), oh(tj, T).to(radial)], dim=1))
+
+    def _init_message(self, s, D):
+        """Parts (E, 2l+1, n_l) of sum_j w(s_ij) Y_l(r_ij) / sqrt(avg_num_neighbors)."""
+        w = self.init_weights(s) * self.natural * self.norm
+        out, k = [None] * (self.hidden.lmax + 1), 0
+        for l in self.hidden.ls:
+            n = len(self.hidden.parity[l])
+            out[l] = D[l][:, :, l:l + 1] * w[:, None, k:k + n]  # m = 0 column of D_l = Y_l / sqrt(2l+1)
+            k += n
+        return out
+
+    def _node_message(self, k, hf_src, s, D):
+        y, _ = self.node_conv[k](hf_src, s)
+        return self.hidden.from_frame(self.node_mod[k](y, s), D)
+
+    def _node_update(self, k, h, msg):
+        u = [None if a is None else a + b for a, b in
+             zip(self.node_lin[k]([None if x is None else x * self.norm for x in msg]), self.node_self[k](h))]
+        nh = self.hidden.n_scalars
+        gates = u[0][:, 0, nh:]
+        u[0] = u[0][:, :, :nh]
+        new = gate_parts(u, gates, self.hidden)
+        return [None if a is None else self.res * a + (1.0 - self.res) * b for a, b in zip(h, new)]
+
+    def _edge_stage(self, k, e, hf_src, hf_dst, s):
+        y, g = self.edge_conv[k](frame_cat([hf_src, hf_dst] if e is None else [e, hf_src, hf_dst]), s)
+        y = self.edge_mod[k](gate_frame(y, g, self.hidden), s)
+        return y if e is None else [self.res * a + (1.0 - self.res) * b for a, b in zip(e, y)]
+
+    def _edge_output(self, e, hf_src, hf_dst, s, D):
+        y, _ = self.edge_out(frame_cat([e, hf_src, hf_dst]), s)
+        return self.out_layout.merge(self.out_layout.from_frame(y, D))
+
+    @staticmethod
+    def _scatter(acc, src, parts):
+        for a, p in zip(acc, parts):
+            if a is not None:
+                a.index_add_(0, src, p)
+
+    def _gather(self, h, idx):
+        return [None if p is None else p[idx] for p in h]
+
+    def _embed_types(self, h, types):
+        T = self.basis.n_types
+        h[0] = h[0] + self.type_embed(nn.functional.one_hot(types, T).to(h[0])).unsqueeze(1)
+        return h
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, inputs: ModelInputs, edge_chunk: int | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Blocks of the canonical bonds: ``{quantity: (onsite (N, F, F), offsite (E, F, F))}``, plus
+        ``"overlap"`` when the model has the overlap head.
+
+        ``edge_chunk``: process the directed edges in chunks of this size (memory bounded by the
+        chunk, for large structures); the result equals the unchunked one to round-off."""
+        geo = self.geometry(inputs)
+        types, src, dst = inputs.types, inputs.src, inputs.dst
+        N, E = inputs.n_atoms, inputs.n_edges
+        ti, tj = types[src], types[dst]
+        if edge_chunk and edge_chunk < 2 * E:
+            h, feats = self._forward_chunked(inputs, geo, edge_chunk)
+        else:
+            D, radial = geo["D"], geo["radial"]
+            s = self._edge_scalars(radial, ti, tj)
+            h = self.hidden.zeros(N, radial)
+            self._scatter(h, src, self._init_message(s, D))
+            h = self._embed_types(h, types)
+            signs = [g.to(radial) for g in self.hidden.flip_signs()]
+            e = None
+            for k in range(self.n_layers + 1):
+                hf_src = self.hidden.to_frame(self._gather(h, src), D)
+                hf_dst = [torch.roll(x, E, 0) * g for x, g in zip(hf_src, signs)]  # see directed_frames
+                e = self._edge_stage(k, e, hf_src, hf_dst, s)
+                if k < self.n_layers:
+                    msg = self.hidden.zeros(N, radial)
+                    self._scatter(msg, src, self._node_message(k, hf_src, s, D))
+                    h = self._node_update(k, h, msg)
+            feats = self._edge_output(e, hf_src, hf_dst, s, D)
+        out = {self.quantity: (self.assembler.onsite(self.onsite_layout.merge(self.node_out(h)), types),
+                               self.assembler.offsite(feats, ti, tj))}
+        if self.overlap is not None:
+            out["overlap"] = self.overlap(geo["radial"], geo["D"], ti, tj, types)
+        return out
+
+    def _forward_chunked(self, inputs, geo, chunk):
+        """Node pass over edge chunks (node features never read edge features), then every edge
+        chunk through all edge stages independently."""
+        types, src, dst = inputs.types, inputs.src, inputs.dst
+        N = inputs.n_atoms
+        chunks = _chunks(2 * inputs.n_edges, chunk)
+
+        def local(sl):
+            return (self._edge_scalars(geo["radial"][sl], types[src[sl]], types[dst[sl]]),
+                    [d[sl] for d in geo["D"]])
+
+        h = self.hidden.zeros(N, geo["radial"])
+        for sl in chunks:
+            s, D = local(sl)
+            self._scatter(h, src[sl], self._init_message(s, D))
+        hs = [self._embed_types(h, types)]
+        for k in range(self.n_layers):
+            msg = self.hidden.zeros(N, geo["radial"])
+            for sl in chunks:
+                s, D = local(sl)
+                hf = self.hidden.to_frame(self._gather(hs[-1], src[sl]), D)
+                self._scatter(msg, src[sl], self._node_message(k, hf, s, D))
+            hs.append(self._node_update(k, hs[-1], msg))
+        feats = []
+        for sl in chunks:
+            s, D = local(sl)
+            e = None
+            for k, h in enumerate(hs):
+                hf_src = self.hidden.to_frame(self._gather(h, src[sl]), D)
+                hf_dst = self.hidden.to_frame(self._gather(h, dst[sl]), D)
+                e = self._edge_stage(k, e, hf_src, hf_dst, s)
+            feats.append(self._edge_output(e, hf_src, hf_dst, s, D))
+        return hs[-1], torch.cat(feats)
+
+
+def _chunks(n: int, size: int | None) -> list[slice]:
+    if not size or size >= n:
+        return [slice(0, n)]
+    return [slice(a, min(a + size, n)) for a in range(0, n, size)]
