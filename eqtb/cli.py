@@ -769,6 +769,72 @@ def run_train(args) -> int:
     return 130 if summary["stop"] == "interrupted" else 0
 
 
+@subcommand
+def _add_test(sub) -> None:
+    p = sub.add_parser(
+        "test", help="errors of a trained model on a dataset (blocks, optionally bands)",
+        description="Predict every frame of INPUT with the model MODEL and report its errors against the "
+                    "dataset: MAE/RMSE of the H (or D) blocks and, when the model predicts it, of S (all, "
+                    "onsite, off-site, per element pair and per orbital kind; meV for H, 1e-3 for S and D). "
+                    "INPUT is a test config (DeePTB 'dptb test' JSON: data_options.test), a training config "
+                    "(its validation set, else its training set), a trajectory folder (e.g. data/Si64.0), "
+                    "or a dataset root with --prefix. The model's checkpoint defines the basis and the "
+                    "cutoff; bonds of the dataset beyond the cutoff are not counted. --bands also compares "
+                    "the eigenvalues of the predicted H and S at the dataset's k-points with its "
+                    "eigenvalues.npy (lowest min(nb, norb) bands; no shift and mean shift removed), and "
+                    "within E_F +- --window eV when a Fermi level is known (fermi_level.json of the folder, "
+                    "else --nel-atom). Prints the table and writes OUT/test_results.json.")
+    p.add_argument("input", metavar="INPUT", help="test/train config JSON, trajectory folder or dataset root")
+    p.add_argument("-i", "--init-model", "--model", dest="model", required=True, metavar="MODEL",
+                   help="model checkpoint written by eqtb train (e.g. checkpoint/slem.best.pth)")
+    p.add_argument("-o", "--output", default=".", metavar="OUT", help="output folder (default: current folder)")
+    p.add_argument("-p", "--prefix", default=None,
+                   help="with a dataset root: test the folders <prefix>.* (e.g. Si64)")
+    p.add_argument("--bands", action="store_true", help="also compare band energies (needs eigenvalues.npy)")
+    p.add_argument("--window", type=float, default=1.0, metavar="EV",
+                   help="band errors also within E_F +- EV (default 1.0)")
+    p.add_argument("--nel-atom", default=None, metavar="JSON",
+                   help="valence electrons per element, e.g. '{\"Si\": 4}', for the reference Fermi level "
+                        "when a folder has no fermi_level.json")
+    p.add_argument("--device", default="cpu", help="torch device of the model (default cpu)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(run=run_test)
+
+
+def run_test(args) -> int:
+    import torch
+
+    from eqtb.models import load_model
+    from eqtb.train.evaluate import evaluate, load_test_set
+
+    if args.window <= 0:
+        raise CLIError(f"--window must be positive, got {args.window}")
+    nel = _json_arg(args.nel_atom, "--nel-atom")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError(f"--device {args.device}: CUDA is not available")
+    model = load_model(args.model, args.device)
+    progress = False if args.quiet else None  # a bar only on a terminal
+    data = load_test_set(args.input, model, args.prefix, bands=args.bands, progress=progress,
+                         model_source=f"the model {args.model}")
+    if not data.samples:
+        raise CLIError(f"{args.input}: no frames to test")
+    bands = args.bands or any(s.eigenvalues is not None for s in data.samples)  # or a config's get_eigenvalues
+    res = evaluate(model, data.samples, progress=progress, bands=bands, window=args.window,
+                   fermi_levels=data.fermi_levels, nel_atom=nel)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"model": str(args.model), "input": str(args.input), "dataset": data.describe(),
+              "basis": model.basis.spec, "r_max": model.r_max, "quantity": model.quantity,
+              "frames": res["frames"], "blocks": res["blocks"]}
+    if "bands" in res:
+        report["bands"] = res["bands"]
+    _write_json(out / "test_results.json", report)
+    if not args.quiet:
+        print(res["table"])
+        print(f"\n{res['frames']} frame(s) from {args.input}; wrote {out / 'test_results.json'}")
+    return 0
+
+
 if __name__ == "__main__":  # pragma: no cover - ``python -m eqtb.cli``
     from eqtb.cli import main as _main  # the importable module, so its error classes are the real ones
 

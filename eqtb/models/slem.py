@@ -110,6 +110,8 @@ class SLEM(nn.Module):
         self.radial = BesselBasis(n_radial_basis, cutoff_type, cutoff_p)
         self.edge_mlp = MLP([n_radial_basis + 2 * T, latent_dim, latent_dim])
         self.type_embed = nn.Linear(T, self.hidden.n_scalars)
+        even = [1.0 if p == 1 else 0.0 for p in self.hidden.parity.get(0, [])]
+        self.register_buffer("even_scalars", torch.tensor(even), persistent=False)  # types are parity-even
         natural = [1 if p == (-1) ** l else 0 for l, p in self.hidden.channels[0]]
         self.register_buffer("natural", torch.tensor(natural, dtype=torch.get_default_dtype()), persistent=False)
         self.init_weights = nn.Linear(latent_dim, self.hidden.sizes[0])
@@ -125,6 +127,7 @@ class SLEM(nn.Module):
                                        + [SO2Linear(hhh, self.hidden, latent_dim, ng) for _ in range(n_layers)])
         self.edge_mod = nn.ModuleList([_EdgeModulation(latent_dim, self.hidden) for _ in range(n_layers + 1)])
         self.edge_out = SO2Linear(hhh, self.out_layout, latent_dim)
+        self.onsite_hidden = IrrepsLinear(self.hidden, self.gated)
         self.node_out = IrrepsLinear(self.hidden, self.onsite_layout)
         self.overlap = (OverlapHead(self.basis, n_radial_basis, list(overlap_neurons), stats.get("overlap"))
                         if overlap else None)
@@ -149,6 +152,49 @@ class SLEM(nn.Module):
         oh = nn.functional.one_hot
         return self.edge_mlp(torch.cat([radial, oh(ti, T).to(radial), oh(tj, T).to(radial)], dim=1))
 
+    @torch.no_grad()
+    def calibrate(self, inputs: list[ModelInputs]) -> None:
+        """Data-dependent initialisation from training structures: rescale the last layer of the
+        edge MLP so the edge scalars have zero mean and unit spread over the data, then the
+        initial node features so that their invariants have zero mean (per element, through the
+        type embedding) and every channel unit spread. Atoms in a solid see ~100 neighbours, so raw
+        neighbour sums vary by < 1 % from atom to atom; without this the network would have to
+        resolve that variation on top of a large constant. Changes weights only: the model stays a
+        plain function of its parameters."""
+        last = self.edge_mlp[-1]
+        e = torch.cat([self._edge_scalars(self.geometry(x)["radial"], x.types[x.src], x.types[x.dst])
+                       for x in inputs])
+        mu, sd = e.mean(0), e.std(0).clamp(min=1e-3) if len(e) > 1 else torch.ones(e.shape[1])
+        last.weight.div_(sd[:, None])
+        last.bias.sub_(mu).div_(sd)
+        hs, types = [], []
+        for x in inputs:
+            geo = self.geometry(x)
+            h = self.hidden.zeros(x.n_atoms, geo["radial"])
+            s = self._edge_scalars(geo["radial"], x.types[x.src], x.types[x.dst])
+            self._scatter(h, x.src, self._init_message(s, geo["D"]))
+            hs.append(h)
+            types.append(x.types)
+        types = torch.cat(types)
+        k = 0
+        for l in self.hidden.ls:
+            v = torch.cat([h[l] for h in hs])  # (N, 2l+1, n_l)
+            n = v.shape[2]
+            if l == 0:
+                self.type_embed.bias.zero_()
+                for t in torch.unique(types):
+                    self.type_embed.weight[:, t] = -v[types == t, 0].mean(0)
+                sd = v[:, 0].std(0) if len(v) > 1 else torch.ones(n)
+            else:
+                sd = v.pow(2).mean(dim=(0, 1)).sqrt()
+            sd = sd.clamp(min=1e-3)
+            self.init_weights.weight[k:k + n] /= sd[:, None]
+            self.init_weights.bias[k:k + n] /= sd
+            if l == 0:
+                self.type_embed.weight /= sd[:, None]
+                self.type_embed.bias /= sd
+            k += n
+
     def _init_message(self, s, D):
         """Parts (E, 2l+1, n_l) of sum_j w(s_ij) Y_l(r_ij) / sqrt(avg_num_neighbors)."""
         w = self.init_weights(s) * self.natural * self.norm
@@ -166,10 +212,7 @@ class SLEM(nn.Module):
     def _node_update(self, k, h, msg):
         u = [None if a is None else a + b for a, b in
              zip(self.node_lin[k]([None if x is None else x * self.norm for x in msg]), self.node_self[k](h))]
-        nh = self.hidden.n_scalars
-        gates = u[0][:, 0, nh:]
-        u[0] = u[0][:, :, :nh]
-        new = gate_parts(u, gates, self.hidden)
+        new = self._gate(u)
         return [None if a is None else self.res * a + (1.0 - self.res) * b for a, b in zip(h, new)]
 
     def _edge_stage(self, k, e, hf_src, hf_dst, s):
@@ -180,6 +223,15 @@ class SLEM(nn.Module):
     def _edge_output(self, e, hf_src, hf_dst, s, D):
         y, _ = self.edge_out(frame_cat([e, hf_src, hf_dst]), s)
         return self.out_layout.merge(self.out_layout.from_frame(y, D))
+
+    def _onsite_features(self, h):
+        """Onsite readout: one gated equivariant layer, then a linear map to the onsite irreps."""
+        return self.node_out(self._gate(self.onsite_hidden(h)))
+
+    def _gate(self, u):
+        """Gated nonlinearity of features in the gated layout (hidden + trailing gate scalars)."""
+        nh = self.hidden.n_scalars
+        return gate_parts([u[0][:, :, :nh]] + u[1:], u[0][:, 0, nh:], self.hidden)
 
     @staticmethod
     def _scatter(acc, src, parts):
@@ -192,7 +244,7 @@ class SLEM(nn.Module):
 
     def _embed_types(self, h, types):
         T = self.basis.n_types
-        h[0] = h[0] + self.type_embed(nn.functional.one_hot(types, T).to(h[0])).unsqueeze(1)
+        h[0] = h[0] + (self.type_embed(nn.functional.one_hot(types, T).to(h[0])) * self.even_scalars).unsqueeze(1)
         return h
 
     # ------------------------------------------------------------------ forward
@@ -225,7 +277,7 @@ class SLEM(nn.Module):
                     self._scatter(msg, src, self._node_message(k, hf_src, s, D))
                     h = self._node_update(k, h, msg)
             feats = self._edge_output(e, hf_src, hf_dst, s, D)
-        out = {self.quantity: (self.assembler.onsite(self.onsite_layout.merge(self.node_out(h)), types),
+        out = {self.quantity: (self.assembler.onsite(self.onsite_layout.merge(self._onsite_features(h)), types),
                                self.assembler.offsite(feats, ti, tj))}
         if self.overlap is not None:
             out["overlap"] = self.overlap(geo["radial"], geo["D"], ti, tj, types)

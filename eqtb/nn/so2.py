@@ -31,7 +31,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from eqtb.so3 import to_e3nn_frame
+from eqtb.so3 import _float64, to_e3nn_frame
 
 FrameFeatures = list  # [ (E, C_0), (E, 2, C_1), ..., (E, 2, C_lmax) ]
 
@@ -41,7 +41,7 @@ def edge_frames(vectors: torch.Tensor, lmax: int, dtype: torch.dtype | None = No
     onto each edge direction (eqtb convention). Computed in float64, returned in ``dtype``
     (default: that of ``vectors``). Not differentiable with respect to the vectors."""
     dtype = dtype or vectors.dtype
-    with torch.no_grad():
+    with torch.no_grad(), _float64():  # e3nn builds its generators in the default dtype
         v = to_e3nn_frame(vectors.detach().to(torch.float64))  # eqtb z is e3nn's polar axis y
         alpha, beta = o3.xyz_to_angles(v)
         gamma = torch.zeros_like(alpha)

@@ -31,13 +31,25 @@ import torch
 
 import eqtb
 from eqtb.basis import Basis
-from eqtb.config import (TrainConfig, basis_from_config, config_from_dict, config_to_dict, model_r_max,
-                         resolve_root)
+from eqtb.config import (
+    TrainConfig,
+    basis_from_config,
+    config_from_dict,
+    config_to_dict,
+    model_r_max,
+    resolve_root,
+)
 from eqtb.data.stats import operator_stats
 from eqtb.models import build_model
 from eqtb.models.inputs import ModelInputs, collate
 from eqtb.tb.operator import Operator
-from eqtb.train.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, rng_state, save_atomic, set_rng_state
+from eqtb.train.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
 from eqtb.train.data import QUANTITY_FLAGS, Sample, load_samples
 from eqtb.train.loss import BlockLoss
 from eqtb.train.optim import Scheduler, build_optimizer
@@ -124,6 +136,8 @@ class Trainer:
                      for q in self.quantities}
         self.model = build_model(config_to_dict(cfg)["model_options"], self.basis, common.overlap, self.quantity,
                                  stats).to(device=self.device, dtype=self.dtype)
+        if stats is not None:
+            self.model.calibrate([s.inputs for s in self.train_set])
         if init_state is not None:
             self._load_weights(init_state, init_model)
         self.loss_fn = BlockLoss(self.basis, config_to_dict(cfg)["train_options"]["loss_options"]["train"],
