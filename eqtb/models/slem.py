@@ -129,6 +129,9 @@ class SLEM(nn.Module):
         self.edge_out = SO2Linear(hhh, self.out_layout, latent_dim)
         self.onsite_hidden = IrrepsLinear(self.hidden, self.gated)
         self.node_out = IrrepsLinear(self.hidden, self.onsite_layout)
+        with torch.no_grad():  # an untrained model predicts the dataset means; first steps stay gentle
+            for w in [self.edge_out.w0, *self.edge_out.wa, *self.edge_out.wb, *self.node_out.weights.values()]:
+                w.mul_(0.01)
         self.overlap = (OverlapHead(self.basis, n_radial_basis, list(overlap_neurons), stats.get("overlap"))
                         if overlap else None)
         if self.overlap is not None:
