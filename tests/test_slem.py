@@ -7,7 +7,7 @@ from their initial values (many start at zero or one), so that biases, masks and
 modulations all take part.
 """
 
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -19,7 +19,7 @@ from scipy.linalg import block_diag
 from eqtb.basis import Basis
 from eqtb.models.inputs import ModelInputs, collate
 from eqtb.models.slem import SLEM, ModelError
-from eqtb.so3 import wigner_D
+from eqtb.so3 import _float64, wigner_D
 from eqtb.structure import Structure, build_graph
 from eqtb.tb.operator import Operator
 
@@ -43,16 +43,8 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-@contextmanager
-def exact_frames():
-    """torch's default dtype float64 while the model runs, so that e3nn builds the bond frames in
-    float64 everywhere (a control: the frames themselves are built in float64 regardless)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
+#: torch's default dtype float64 while the model runs (a control: frames are float64 regardless)
+exact_frames = _float64
 
 
 def _perturbed(structure: Structure, seed: int, sigma: float = 0.1) -> Structure:
