@@ -28,11 +28,12 @@ DeePTB's plot, where a task ``E_fermi`` wins over ``nel_atom``: DeePTB example t
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import sys
 from pathlib import Path
 from typing import Callable
+
+from eqtb.hints import did_you_mean
 
 EXIT_USAGE = 2
 
@@ -56,7 +57,9 @@ def subcommand(add: Callable) -> Callable:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from eqtb import __version__ as version  # light: the package __init__ must stay light
+    from eqtb import (
+        __version__ as version,  # light: the package __init__ must stay light
+    )
 
     parser = argparse.ArgumentParser(
         prog="eqtb",
@@ -115,8 +118,7 @@ TASK_KEYS = {"band": BAND_TASK_KEYS, "dos": DOS_TASK_KEYS, "pdos": DOS_TASK_KEYS
 
 
 def _unknown_key_error(key: str, allowed, where: str) -> TaskError:
-    close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(allowed))}"
+    hint = did_you_mean(key, allowed) or f"; known keys: {', '.join(sorted(allowed))}"
     return TaskError(f"{where}: unknown key {key!r}{hint}")
 
 
@@ -486,7 +488,13 @@ def run_dos(args) -> int:
 
     from eqtb.plotting import plot_dos
     from eqtb.tb.kpath import monkhorst_pack
-    from eqtb.tb.spectrum import band_energies, dos, fermi_level, n_electrons, projected_dos
+    from eqtb.tb.spectrum import (
+        band_energies,
+        dos,
+        fermi_level,
+        n_electrons,
+        projected_dos,
+    )
 
     messages: list[str] = []
     opts, task_path = read_task(args.task, ("dos", "pdos", "band")) if args.task else ({}, None)
@@ -836,6 +844,8 @@ def run_test(args) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover - ``python -m eqtb.cli``
-    from eqtb.cli import main as _main  # the importable module, so its error classes are the real ones
+    from eqtb.cli import (
+        main as _main,  # the importable module, so its error classes are the real ones
+    )
 
     sys.exit(_main())

@@ -31,7 +31,6 @@ Entry points: :func:`load_config` (file -> :class:`TrainConfig` or :class:`TestC
 """
 
 import copy
-import difflib
 import functools
 import json
 import operator
@@ -55,6 +54,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from eqtb.basis import Basis, BasisError
+from eqtb.hints import did_you_mean
 
 __all__ = [
     "CommonOptions", "ConfigError", "DataOptions", "DataSetOptions", "LossOptions", "ModelOptions",
@@ -89,11 +89,6 @@ def _fail(*items: tuple[str, str]) -> PydanticCustomError:
     """A validation error carrying eqtb's own problem texts: ``(key relative to the object being
     validated, problem)`` pairs, translated by :func:`_problems`."""
     return PydanticCustomError("eqtb", "{summary}", {"summary": items[0][1], "items": list(items)})
-
-
-def _suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _show(value: Any) -> str:
@@ -132,7 +127,7 @@ class _Options(BaseModel):
             allowed = list(cls.model_fields)
             unknown = [str(k) for k in data if k not in cls.model_fields]
             if unknown:
-                raise _fail(*[(k, "unknown key" + (_suggest(k, allowed)
+                raise _fail(*[(k, "unknown key" + (did_you_mean(k, allowed)
                                                     or f"; allowed keys: {', '.join(allowed)}"))
                               for k in unknown])
         return data
@@ -315,7 +310,7 @@ def _method_dict(choices: tuple[str, ...]):
             raise _fail(("method", f"required key missing; one of {listed}"))
         if value["method"] not in choices:
             raise _fail(("method", f"unknown method {_show(value['method'])}; expected one of "
-                                   f"{listed}" + _suggest(value["method"], choices)))
+                                   f"{listed}" + did_you_mean(value["method"], choices)))
         return value
 
     return Annotated[dict[str, Any], AfterValidator(check)]
@@ -775,13 +770,13 @@ def _describe(err: dict) -> list[tuple[str, str, str | None]]:
         if key not in value:
             return [(key, f"required key missing; one of {listed}", None)]
         return [(key, f"unknown {key} {_show(value[key])}; expected one of {listed}"
-                 + _suggest(value[key], choices), None)]
+                 + did_you_mean(value[key], choices), None)]
     if kind in _EXPECTED:
         return [("", f"expected {_EXPECTED[kind]}, got {_show(value)}", _EXPECTED[kind])]
     if kind == "literal_error":
         choices = re.findall(r"'([^']*)'", ctx.get("expected", "")) or [ctx.get("expected", "")]
         expected = ctx.get("expected", "")
-        return [("", f"expected {expected}, got {_show(value)}" + _suggest(value, choices), expected)]
+        return [("", f"expected {expected}, got {_show(value)}" + did_you_mean(value, choices), expected)]
     if kind in _BOUNDS:
         name, op = _BOUNDS[kind]
         return [("", f"must be {op} {ctx.get(name):g}, got {_show(value)}", None)]

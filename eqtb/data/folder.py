@@ -33,7 +33,6 @@ Every problem with the input raises :class:`DatasetError` naming the file and th
 from __future__ import annotations
 
 import ast
-import difflib
 import json
 import warnings
 from contextlib import contextmanager
@@ -42,10 +41,19 @@ from pathlib import Path
 from typing import Callable, Iterator, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 from eqtb.basis import Basis, BasisError, element_symbol
 from eqtb.data.atomic import atomic_directory
+from eqtb.hints import did_you_mean
 from eqtb.structure import Structure, StructureError
 from eqtb.tb.operator import BlockError, Operator
 
@@ -177,8 +185,7 @@ def _check_keys(data: dict, allowed: set[str], where: str) -> None:
     unknown = [k for k in data if k not in allowed]
     if unknown:
         k = unknown[0]
-        close = difflib.get_close_matches(str(k), sorted(allowed), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; allowed keys: {sorted(allowed)}"
+        hint = did_you_mean(k, allowed) or f"; allowed keys: {sorted(allowed)}"
         raise DatasetError(f"{where}: unknown key {k!r}{hint}")
 
 

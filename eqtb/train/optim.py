@@ -15,12 +15,12 @@ provide.
 from __future__ import annotations
 
 import copy
-import difflib
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch.optim import lr_scheduler as _lrs
+
+from eqtb.hints import did_you_mean
 
 
 class TrainOptionsError(ValueError):
@@ -68,14 +68,6 @@ _SCHEDULER_CLASSES = {"exp": _lrs.ExponentialLR, "linear": _lrs.LinearLR,
 _CYCLIC_DROPPED = ("last_epoch", "verbose", "scale_fn")
 
 
-def _suggest(word: str, choices: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest choice (case-insensitive), or ``""``."""
-    choices = sorted(choices)
-    lower = {c.lower(): c for c in choices}
-    close = difflib.get_close_matches(str(word).lower(), list(lower), n=1, cutoff=0.5)
-    return f" (did you mean {lower[close[0]]!r}?)" if close else ""
-
-
 def _resolve(kind: str, options: dict | None, defaults: dict[str, dict[str, Any]], default_type: str,
              refused: dict[str, str]) -> tuple[str, dict[str, Any]]:
     """Split ``options`` into (type, keyword arguments with defaults filled in); raises
@@ -93,12 +85,12 @@ def _resolve(kind: str, options: dict | None, defaults: dict[str, dict[str, Any]
                                 f"{refused[typ]}")
     if typ not in defaults:
         raise TrainOptionsError(f"train_options.{kind}: unknown type {typ!r}"
-                                f"{_suggest(str(typ), defaults)}; valid types: {', '.join(defaults)}")
+                                f"{did_you_mean(typ, defaults, cutoff=0.5)}; valid types: {', '.join(defaults)}")
     allowed = defaults[typ]
     for key in kwargs:
         if key not in allowed:
             raise TrainOptionsError(f"train_options.{kind}: unknown key {key!r} for type {typ!r}"
-                                    f"{_suggest(key, allowed)}; valid keys: {', '.join(allowed)}")
+                                    f"{did_you_mean(key, allowed, cutoff=0.5)}; valid keys: {', '.join(allowed)}")
     out = {**allowed, **kwargs}
     missing = [k for k, v in out.items() if v is REQUIRED]
     if missing:

@@ -134,18 +134,19 @@ class Trainer:
         if self.restart_state is None and init_state is None:
             stats = {q: operator_stats((sample_operator(s, self.basis, q) for s in self.train_set), self.basis)
                      for q in self.quantities}
-        self.model = build_model(config_to_dict(cfg)["model_options"], self.basis, common.overlap, self.quantity,
+        plain = config_to_dict(cfg)
+        self.model = build_model(plain["model_options"], self.basis, common.overlap, self.quantity,
                                  stats).to(device=self.device, dtype=self.dtype)
         if stats is not None:
             self.model.calibrate([s.inputs for s in self.train_set])
         if init_state is not None:
             self._load_weights(init_state, init_model)
-        self.loss_fn = BlockLoss(self.basis, config_to_dict(cfg)["train_options"]["loss_options"]["train"],
+        self.loss_fn = BlockLoss(self.basis, plain["train_options"]["loss_options"]["train"],
                                  self.quantity, common.overlap).to(self.device)
-        opts = config_to_dict(cfg)["train_options"]
+        opts = plain["train_options"]
         self.optimizer = build_optimizer(self.model.parameters(), opts["optimizer"])
         self.scheduler = Scheduler(self.optimizer, opts["lr_scheduler"])
-        name = config_to_dict(cfg)["model_options"]["embedding"]["method"]
+        name = plain["model_options"]["embedding"]["method"]
         self.ckpt = CheckpointManager(self.out / "checkpoint", name, self.opts.max_ckpt)
         self.epoch = 0
         self.iteration = 0
@@ -205,8 +206,7 @@ class Trainer:
         return float(loss.detach()), info
 
     def _loss(self, pred, targets, inputs: ModelInputs):
-        terms = self.loss_fn.terms(pred, targets, inputs.types, inputs.i, inputs.j)
-        loss = sum(terms.values()) / len(terms)
+        loss = self.loss_fn(pred, targets, inputs.types, inputs.i, inputs.j)
         with torch.no_grad():
             info = self.loss_fn.mae(pred, targets, inputs.types, inputs.i, inputs.j)
         return loss, info
@@ -299,15 +299,12 @@ class Trainer:
         return summary
 
     def _display(self, rec: dict, bar, history, writer) -> None:
-        unit = "meV"
         parts = [f"epoch {rec['epoch']:>5d}", f"lr {rec['lr']:.2e}", f"loss {rec['train_loss']:.3e}"]
         if "val_loss" in rec:
             parts.append(f"val {rec['val_loss']:.3e}")
-        for k in ("onsite", "hopping", "overlap"):
+        for k, unit in (("onsite", " meV"), ("hopping", " meV"), ("overlap", " (x1e-3)")):
             if f"train_{k}_mae" in rec:
-                scale = 1e3
-                parts.append(f"{k} MAE {rec[f'train_{k}_mae'] * scale:.3f}" + ("" if k == "overlap" else f" {unit}")
-                             + (" (x1e-3)" if k == "overlap" else ""))
+                parts.append(f"{k} MAE {rec[f'train_{k}_mae'] * 1e3:.3f}{unit}")
         parts.append(f"{rec['seconds']:.2f} s")
         line = "  ".join(parts)
         log.info(line)
