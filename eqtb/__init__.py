@@ -9,3 +9,10 @@ __version__ = "0.1.0"
 
 from eqtb.basis import Basis  # noqa: E402,F401
 from eqtb.structure import Graph, Structure, build_graph  # noqa: E402,F401
+
+
+def load(path, device="cpu"):
+    """Load a trained model for prediction: an :class:`eqtb.predict.Predictor` (see that module)."""
+    from eqtb.predict import Predictor
+
+    return Predictor.load(path, device)

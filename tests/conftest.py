@@ -18,3 +18,27 @@ def data_dir() -> Path:
     if not DATA.is_dir():
         pytest.fail(f"shared DFT data not found at {DATA}")
     return DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model(data_dir, tmp_path_factory) -> Path:
+    """Checkpoint of a tiny SLEM (H and S of Si 1s1p) trained for 3 epochs on the real Si64 frame."""
+    import json
+    import shutil
+
+    from eqtb.config import load_config
+    from eqtb.train.trainer import Trainer
+
+    src = data_dir / "si64_abacus"
+    tmp = tmp_path_factory.mktemp("tiny_model")
+    (tmp / "data" / "Si64.0").mkdir(parents=True)
+    for f in (src / "Si64.0").iterdir():
+        shutil.copyfile(f, tmp / "data" / "Si64.0" / f.name)  # copyfile: the shared files are read-only
+    shutil.copyfile(src / "info.json", tmp / "data" / "info.json")
+    cfg = json.loads((src / "input_short_cpu.json").read_text())
+    cfg["model_options"]["embedding"].update(irreps_hidden="8x0e+8x1o+4x2e", n_layers=1, r_max={"Si": 5.0})
+    cfg["model_options"]["prediction"]["neurons"] = [16, 16]
+    cfg["train_options"]["num_epoch"] = 3
+    (tmp / "input.json").write_text(json.dumps(cfg))
+    Trainer(load_config(tmp / "input.json"), tmp / "train", progress=False).run()
+    return tmp / "train" / "checkpoint" / "slem.latest.pth"

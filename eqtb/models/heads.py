@@ -111,10 +111,13 @@ class OverlapHead(nn.Module):
         self.mlp = MLP([n_radial + 2 * T, *neurons, len(L)])
         self.onsite_features = nn.Parameter(torch.zeros(T, self.assembler.onsite_dim))
 
-    def forward(self, radial: torch.Tensor, D: list[torch.Tensor], ti: torch.Tensor, tj: torch.Tensor,
-                types: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """radial: (2E, n_radial) directed-edge basis; D: frames up to ``lmax``; ti/tj: (2E,) types.
-        Returns (onsite (N, F, F), offsite (E, F, F))."""
+    def onsite(self, types: torch.Tensor) -> torch.Tensor:
+        """(N, F, F) onsite blocks of atoms of element types ``types``."""
+        return self.assembler.onsite(self.onsite_features[types], types)
+
+    def offsite(self, radial: torch.Tensor, D: list[torch.Tensor], ti: torch.Tensor, tj: torch.Tensor) -> torch.Tensor:
+        """radial: (2E, n_radial) basis of the directed edges [fwd; rev]; D: their frames up to
+        ``lmax``; ti/tj: (2E,) types of both ends. Returns the (E, F, F) blocks of the canonical bonds."""
         T = self.assembler.basis.n_types
         x = torch.cat([radial, nn.functional.one_hot(ti, T).to(radial.dtype),
                        nn.functional.one_hot(tj, T).to(radial.dtype)], dim=1)
@@ -127,5 +130,4 @@ class OverlapHead(nn.Module):
             axis = D[ell][:, :, ell]  # (2E, 2L+1): Y_L(r)/sqrt(2L+1), unit norm
             idx = self.start[sel][:, None] + torch.arange(2 * ell + 1, device=radial.device)[None, :]
             feats[:, idx.flatten()] = (sk[:, sel, None] * axis[:, None, :]).reshape(len(feats), -1)
-        onsite = self.assembler.onsite(self.onsite_features[types], types)
-        return onsite, self.assembler.offsite(feats, ti, tj)
+        return self.assembler.offsite(feats, ti, tj)

@@ -141,13 +141,16 @@ class SLEM(nn.Module):
     def geometry(self, inputs: ModelInputs) -> dict:
         """Per-directed-edge quantities that depend on the structure only (no parameters): radial
         basis (2E, n_radial) and frames (:func:`eqtb.nn.so2.directed_frames`). Cached on ``inputs``."""
-        if "radial" in inputs.cache:
-            return inputs.cache
-        vec = inputs.directed_vectors
-        rc = self.cutoffs.to(vec)[inputs.types[inputs.src], inputs.types[inputs.dst]]
-        inputs.cache["radial"] = self.radial(vec.norm(dim=1), rc)
-        inputs.cache["D"] = directed_frames(inputs.vectors, self.lmax)
+        if "radial" not in inputs.cache:
+            inputs.cache.update(self._bond_geometry(inputs, slice(None)))
         return inputs.cache
+
+    def _bond_geometry(self, inputs: ModelInputs, bonds: slice) -> dict:
+        """Radial basis and frames of the directed edges ``[fwd; rev]`` of the canonical bonds ``bonds``."""
+        vec = inputs.vectors[bonds]
+        ti, tj = inputs.types[inputs.i[bonds]], inputs.types[inputs.j[bonds]]
+        rc = self.cutoffs.to(vec)[ti, tj]
+        return {"radial": self.radial(vec.norm(dim=1), rc).repeat(2, 1), "D": directed_frames(vec, self.lmax)}
 
     # ------------------------------------------------------------------ stages
     def _edge_scalars(self, radial, ti, tj):
@@ -251,74 +254,114 @@ class SLEM(nn.Module):
         return h
 
     # ------------------------------------------------------------------ forward
-    def forward(self, inputs: ModelInputs, edge_chunk: int | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, inputs: ModelInputs, edge_chunk: int | None = None,
+                progress=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Blocks of the canonical bonds: ``{quantity: (onsite (N, F, F), offsite (E, F, F))}``, plus
         ``"overlap"`` when the model has the overlap head.
 
-        ``edge_chunk``: process the directed edges in chunks of this size (memory bounded by the
-        chunk, for large structures); the result equals the unchunked one to round-off."""
+        ``edge_chunk``: process about this many directed edges at a time (memory bounded by the
+        chunk, for large structures; see :meth:`_forward_chunked`); the result equals the unchunked
+        one to round-off. ``progress``: an object with ``update(n)`` (e.g. tqdm) told of every
+        chunk done, :meth:`chunk_steps` in all."""
+        E = inputs.n_edges
+        if edge_chunk and edge_chunk < 2 * E:
+            return self._forward_chunked(inputs, max(1, edge_chunk // 2), progress)
         geo = self.geometry(inputs)
         types, src, dst = inputs.types, inputs.src, inputs.dst
-        N, E = inputs.n_atoms, inputs.n_edges
+        N = inputs.n_atoms
         ti, tj = types[src], types[dst]
-        if edge_chunk and edge_chunk < 2 * E:
-            h, feats = self._forward_chunked(inputs, geo, edge_chunk)
-        else:
-            D, radial = geo["D"], geo["radial"]
-            s = self._edge_scalars(radial, ti, tj)
-            h = self.hidden.zeros(N, radial)
-            self._scatter(h, src, self._init_message(s, D))
-            h = self._embed_types(h, types)
-            signs = [g.to(radial) for g in self.hidden.flip_signs()]
-            e = None
-            for k in range(self.n_layers + 1):
-                hf_src = self.hidden.to_frame(self._gather(h, src), D)
-                hf_dst = [torch.roll(x, E, 0) * g for x, g in zip(hf_src, signs)]  # see directed_frames
-                e = self._edge_stage(k, e, hf_src, hf_dst, s)
-                if k < self.n_layers:
-                    msg = self.hidden.zeros(N, radial)
-                    self._scatter(msg, src, self._node_message(k, hf_src, s, D))
-                    h = self._node_update(k, h, msg)
-            feats = self._edge_output(e, hf_src, hf_dst, s, D)
-        out = {self.quantity: (self.assembler.onsite(self.onsite_layout.merge(self._onsite_features(h)), types),
-                               self.assembler.offsite(feats, ti, tj))}
+        D, radial = geo["D"], geo["radial"]
+        s = self._edge_scalars(radial, ti, tj)
+        h = self.hidden.zeros(N, radial)
+        self._scatter(h, src, self._init_message(s, D))
+        h = self._embed_types(h, types)
+        e = None
+        for k in range(self.n_layers + 1):
+            hf_src, hf_dst = self._bond_frames(h, src, D, E)
+            e = self._edge_stage(k, e, hf_src, hf_dst, s)
+            if k < self.n_layers:
+                msg = self.hidden.zeros(N, radial)
+                self._scatter(msg, src, self._node_message(k, hf_src, s, D))
+                h = self._node_update(k, h, msg)
+        out = {self.quantity: (self._onsite_blocks(h, types),
+                               self.assembler.offsite(self._edge_output(e, hf_src, hf_dst, s, D), ti, tj))}
         if self.overlap is not None:
-            out["overlap"] = self.overlap(geo["radial"], geo["D"], ti, tj, types)
+            out["overlap"] = (self.overlap.onsite(types), self.overlap.offsite(radial, D, ti, tj))
+        if progress is not None:
+            progress.update(self.chunk_steps(inputs, None))
         return out
 
-    def _forward_chunked(self, inputs, geo, chunk):
-        """Node pass over edge chunks (node features never read edge features), then every edge
-        chunk through all edge stages independently."""
-        types, src, dst = inputs.types, inputs.src, inputs.dst
+    def chunk_steps(self, inputs: ModelInputs, edge_chunk: int | None) -> int:
+        """Number of progress updates :meth:`forward` makes with this ``edge_chunk``."""
+        E = inputs.n_edges
+        if not edge_chunk or edge_chunk >= 2 * E:
+            return 1
+        return (self.n_layers + 2) * len(_chunks(E, max(1, edge_chunk // 2)))
+
+    def _bond_frames(self, h, src, D, n_bonds):
+        """Node features of both ends of directed edges ``[fwd; rev]`` of ``n_bonds`` bonds, in the
+        edge frames: the far end's are the near end's of the reverse edge, sign-flipped
+        (see :func:`eqtb.nn.so2.directed_frames`)."""
+        hf_src = self.hidden.to_frame(self._gather(h, src), D)
+        signs = [g.to(hf_src[0]) for g in self.hidden.flip_signs()]
+        return hf_src, [torch.roll(x, n_bonds, 0) * g for x, g in zip(hf_src, signs)]
+
+    def _onsite_blocks(self, h, types):
+        return self.assembler.onsite(self.onsite_layout.merge(self._onsite_features(h)), types)
+
+    def _forward_chunked(self, inputs, bonds_per_chunk, progress=None):
+        """The same function evaluated in chunks of canonical bonds (each chunk holds both
+        directions of its bonds, so its blocks are complete): node passes over the chunks, layer by
+        layer (node features never read edge features), then every chunk through all edge stages
+        and the heads. Geometry is kept per chunk (~40 floats per directed edge)."""
+        types = inputs.types
         N = inputs.n_atoms
-        chunks = _chunks(2 * inputs.n_edges, chunk)
+        chunks = _chunks(inputs.n_edges, bonds_per_chunk)
+        key = ("chunk_geometry", bonds_per_chunk)
+        if key not in inputs.cache:
+            inputs.cache[key] = [self._bond_geometry(inputs, sl) for sl in chunks]
+        geos = inputs.cache[key]
 
-        def local(sl):
-            return (self._edge_scalars(geo["radial"][sl], types[src[sl]], types[dst[sl]]),
-                    [d[sl] for d in geo["D"]])
+        def local(sl, geo):
+            i, j = inputs.i[sl], inputs.j[sl]
+            src, dst = torch.cat([i, j]), torch.cat([j, i])
+            return src, types[src], types[dst], self._edge_scalars(geo["radial"], types[src], types[dst])
 
-        h = self.hidden.zeros(N, geo["radial"])
-        for sl in chunks:
-            s, D = local(sl)
-            self._scatter(h, src[sl], self._init_message(s, D))
+        def tick():
+            if progress is not None:
+                progress.update(1)
+
+        like = geos[0]["radial"]
+        h = self.hidden.zeros(N, like)
+        for sl, geo in zip(chunks, geos):
+            src, _, _, s = local(sl, geo)
+            self._scatter(h, src, self._init_message(s, geo["D"]))
+            tick()
         hs = [self._embed_types(h, types)]
         for k in range(self.n_layers):
-            msg = self.hidden.zeros(N, geo["radial"])
-            for sl in chunks:
-                s, D = local(sl)
-                hf = self.hidden.to_frame(self._gather(hs[-1], src[sl]), D)
-                self._scatter(msg, src[sl], self._node_message(k, hf, s, D))
+            msg = self.hidden.zeros(N, like)
+            for sl, geo in zip(chunks, geos):
+                src, _, _, s = local(sl, geo)
+                hf = self.hidden.to_frame(self._gather(hs[-1], src), geo["D"])
+                self._scatter(msg, src, self._node_message(k, hf, s, geo["D"]))
+                tick()
             hs.append(self._node_update(k, hs[-1], msg))
-        feats = []
-        for sl in chunks:
-            s, D = local(sl)
+        offsite, overlap = [], []
+        for sl, geo in zip(chunks, geos):
+            src, ti, tj, s = local(sl, geo)
+            D, n = geo["D"], sl.stop - sl.start
             e = None
             for k, h in enumerate(hs):
-                hf_src = self.hidden.to_frame(self._gather(h, src[sl]), D)
-                hf_dst = self.hidden.to_frame(self._gather(h, dst[sl]), D)
+                hf_src, hf_dst = self._bond_frames(h, src, D, n)
                 e = self._edge_stage(k, e, hf_src, hf_dst, s)
-            feats.append(self._edge_output(e, hf_src, hf_dst, s, D))
-        return hs[-1], torch.cat(feats)
+            offsite.append(self.assembler.offsite(self._edge_output(e, hf_src, hf_dst, s, D), ti, tj))
+            if self.overlap is not None:
+                overlap.append(self.overlap.offsite(geo["radial"], D, ti, tj))
+            tick()
+        out = {self.quantity: (self._onsite_blocks(hs[-1], types), torch.cat(offsite))}
+        if self.overlap is not None:
+            out["overlap"] = (self.overlap.onsite(types), torch.cat(overlap))
+        return out
 
 
 def _chunks(n: int, size: int | None) -> list[slice]:

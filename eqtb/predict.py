@@ -1,0 +1,219 @@
+"""Predicting operators of new structures with a trained model: the Python API.
+
+>>> import eqtb
+>>> model = eqtb.load("run/checkpoint/slem.best.pth")        # eqtb.predict.Predictor
+>>> pred = model.predict("POSCAR")                            # or an ase.Atoms / eqtb.Structure
+>>> kpath, bands = pred.bands()                               # automatic k-path, eV
+>>> Hk, Sk = pred.hk([[0, 0, 0]]), pred.sk([[0, 0, 0]])       # (nk, norb, norb) complex
+>>> H = pred.sparse("hamiltonian")                            # scipy CSR at Gamma
+
+A :class:`Prediction` holds one :class:`eqtb.tb.operator.Operator` per predicted quantity
+(``hamiltonian`` in eV or ``density_matrix``, and ``overlap`` when the model has the overlap head), in
+the same form as operators read from a dataset, so everything that works on DFT data (bands, DOS,
+PDOS, Fermi level, export, error metrics) works on predictions.
+
+Large structures: the model runs in chunks of bonds (``chunk`` directed edges at a time, default
+:data:`DEFAULT_CHUNK`), so memory is bounded by the chunk plus the outputs (~40 floats of geometry and
+2 F^2 block entries per bond) and time is linear in the number of atoms. Inference is
+``torch.no_grad`` in the model's dtype (float32 unless trained in float64); the blocks are returned as
+float64 operators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from eqtb.basis import Basis
+from eqtb.structure import Structure, StructureError, build_graph
+from eqtb.tb.operator import Operator
+
+#: directed edges per chunk when predicting large structures (a few MB of activations per layer)
+DEFAULT_CHUNK = 8192
+
+QUANTITIES = ("hamiltonian", "overlap", "density_matrix")
+
+
+class PredictionError(ValueError):
+    """A structure the model cannot be applied to (unknown element, atoms on top of each other)."""
+
+
+def as_structure(structure) -> Structure:
+    """An eqtb :class:`Structure` from a Structure, an ``ase.Atoms`` or a structure file path."""
+    if isinstance(structure, Structure):
+        return structure
+    if isinstance(structure, (str, Path)):
+        return Structure.read(structure)
+    if hasattr(structure, "get_atomic_numbers") and hasattr(structure, "get_cell"):
+        return Structure.from_ase(structure)
+    raise PredictionError(f"expected a Structure, an ase.Atoms or a structure file, got {type(structure).__name__}")
+
+
+@dataclass
+class Prediction:
+    """Predicted operators of one structure (see the module docstring)."""
+
+    structure: Structure
+    operators: dict[str, Operator]
+    timings: dict[str, float] = field(default_factory=dict)
+    _es: object = field(default=None, init=False, repr=False)
+
+    # ------------------------------------------------------------------ operators
+    @property
+    def hamiltonian(self) -> Operator | None:
+        return self.operators.get("hamiltonian")
+
+    @property
+    def overlap(self) -> Operator | None:
+        return self.operators.get("overlap")
+
+    @property
+    def density_matrix(self) -> Operator | None:
+        return self.operators.get("density_matrix")
+
+    def _op(self, quantity: str) -> Operator:
+        if quantity not in self.operators:
+            raise PredictionError(f"the model predicts {sorted(self.operators)}, not {quantity!r}")
+        return self.operators[quantity]
+
+    def blocks(self, quantity: str = "hamiltonian", both_triangles: bool = False) -> dict[str, np.ndarray]:
+        """``{"i_j_Rx_Ry_Rz": block}`` (0-based, each element's own orbitals), as in hamiltonians.h5."""
+        return self._op(quantity).to_blocks(both_triangles=both_triangles)
+
+    def hk(self, kpts) -> np.ndarray:
+        """H(k) (nk, norb, norb) complex, eV, at fractional k-points (nk, 3)."""
+        return self._op("hamiltonian").dense(kpts)
+
+    def sk(self, kpts) -> np.ndarray:
+        """S(k) (nk, norb, norb) complex at fractional k-points (nk, 3)."""
+        return self._op("overlap").dense(kpts)
+
+    def sparse(self, quantity: str = "hamiltonian", k=None):
+        """The operator at one k-point (default Gamma) as a scipy CSR matrix (norb x norb)."""
+        return self._op(quantity).sparse(k)
+
+    # ------------------------------------------------------------------ spectra
+    @property
+    def electronic_structure(self):
+        """:class:`eqtb.tb.spectrum.ElectronicStructure` of the predicted H and S (bands, DOS,
+        PDOS, Fermi level on k-meshes)."""
+        from eqtb.tb.spectrum import ElectronicStructure
+
+        if self._es is None:
+            self._es = ElectronicStructure(self._op("hamiltonian"), self.overlap)
+        return self._es
+
+    def bands(self, kpath=None, npoints: int | None = None, progress: bool | None = False):
+        """(KPath, eigenvalues (nk, norb) eV) along ``kpath``: a :class:`eqtb.tb.kpath.KPath`, an
+        ASE path string such as ``"GXWKGL"``, an (nk, 3) array of fractional k-points, or None for the
+        automatic path of the cell."""
+        from eqtb.tb.kpath import KPath
+
+        cell = self.structure.cell
+        if kpath is None:
+            kpath = KPath.automatic(self.structure, npoints=npoints)
+        elif isinstance(kpath, str):
+            kpath = KPath.from_ase_string(kpath, cell, npoints=npoints, pbc=self.structure.pbc)
+        elif not isinstance(kpath, KPath):
+            kpath = KPath.from_array(np.asarray(kpath, dtype=np.float64), cell)
+        return kpath, self.electronic_structure.bands(kpath, progress=progress)
+
+    def fermi(self, nel_atom: Mapping[str, float] | float, mesh=None, **kw):
+        """:class:`eqtb.tb.spectrum.FermiLevel` from valence electrons per element (e.g. ``{"Si":
+        4}``) or per cell, on a k-mesh (default: automatic, ~0.15 / Angstrom spacing)."""
+        from eqtb.tb.kpath import mesh_for_spacing
+
+        return self.electronic_structure.fermi(nel_atom, mesh or mesh_for_spacing(self.structure, 0.15), **kw)
+
+    def dos(self, energies, mesh=None, sigma: float = 0.05) -> np.ndarray:
+        """DOS (states / eV / cell, spin included) on ``energies`` (eV) from a k-mesh."""
+        from eqtb.tb.kpath import mesh_for_spacing
+
+        return self.electronic_structure.dos(mesh or mesh_for_spacing(self.structure, 0.1), energies, sigma)
+
+    def export(self, out, fmt: str = "dataset", fermi_level: float | None = None, overwrite: bool = False) -> Path:
+        """Write the predicted operators as a dataset frame, a DeepH folder or scipy ``.npz``
+        (:func:`eqtb.data.export.export_operators`)."""
+        from eqtb.data.export import export_operators
+
+        return export_operators(self.structure, self.operators, out, fmt, fermi_level=fermi_level,
+                                overwrite=overwrite)
+
+
+class Predictor:
+    """A trained model ready to predict the operators of any structure of its elements."""
+
+    def __init__(self, model: torch.nn.Module, source: str = ""):
+        self.model = model.eval()
+        self.source = source
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Predictor:
+        """From an eqtb checkpoint (``eqtb train`` output: ``run/checkpoint/slem.best.pth``)."""
+        from eqtb.models import load_model
+
+        return cls(load_model(path, device), source=str(path))
+
+    def __repr__(self) -> str:
+        return (f"Predictor({type(self.model).__name__}, basis {self.basis.spec}, predicts "
+                f"{', '.join(self.quantities)}{', ' + self.source if self.source else ''})")
+
+    @property
+    def basis(self) -> Basis:
+        return self.model.basis
+
+    @property
+    def quantities(self) -> list[str]:
+        return [self.model.quantity] + (["overlap"] if self.model.has_overlap else [])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def predict(self, structure, chunk: int | None = DEFAULT_CHUNK, progress: bool | None = False) -> Prediction:
+        """Operators of ``structure`` (Structure, ase.Atoms or file path). ``chunk``: directed
+        edges per chunk (None: all at once, fastest for small cells, memory grows with the
+        structure); ``progress``: a tqdm bar (None: only on a terminal)."""
+        import time
+
+        from tqdm.auto import tqdm
+
+        from eqtb.models.inputs import ModelInputs
+
+        s = as_structure(structure)
+        where = f" ({s.source})" if s.source else ""
+        try:
+            self.basis.types_of(s.numbers)
+        except ValueError as exc:
+            raise PredictionError(f"{exc}{where}") from None
+        try:
+            s.check_distances()
+        except StructureError as exc:
+            raise PredictionError(str(exc)) from None
+        t0 = time.perf_counter()
+        graph = build_graph(s, self.model.r_max, self.basis.symbols)
+        inputs = ModelInputs.from_graph(graph, self.basis, self.dtype).to(self.device)
+        t1 = time.perf_counter()
+        steps = self.model.chunk_steps(inputs, chunk)
+        with torch.no_grad(), tqdm(total=steps, desc=f"predict {s.natoms} atoms", unit="chunk",
+                                   disable=progress is False or (progress is None and steps < 20),
+                                   leave=False) as bar:
+            out = self.model(inputs, edge_chunk=chunk, progress=bar)
+        t2 = time.perf_counter()
+        ops = {}
+        for quantity, (onsite, offsite) in out.items():
+            ops[quantity] = Operator(s, self.basis, onsite.double().cpu().numpy(), graph.i, graph.j, graph.R,
+                                     offsite.double().cpu().numpy())
+        del out
+        timings = {"graph": t1 - t0, "model": t2 - t1, "operators": time.perf_counter() - t2,
+                   "n_atoms": s.natoms, "n_bonds": graph.n_edges}
+        return Prediction(s, ops, timings)
+
