@@ -39,13 +39,37 @@ FrameFeatures = list  # [ (E, C_0), (E, 2, C_1), ..., (E, 2, C_lmax) ]
 def edge_frames(vectors: torch.Tensor, lmax: int, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
     """Wigner-D matrices ``D_l(Q)`` (E, 2l+1, 2l+1), l = 0..lmax, of the rotation ``Q`` taking z
     onto each edge direction (eqtb convention). Computed in float64, returned in ``dtype``
-    (default: that of ``vectors``). Not differentiable with respect to the vectors."""
+    (default: that of ``vectors``). Not differentiable with respect to the vectors.
+
+    ``Q`` is e3nn's ``angles_to_matrix(alpha, beta, 0)`` for the angles of the edge (in e3nn's
+    frame); ``D_1 = Q`` there and ``D_l = C_l^T (D_1 x D_{l-1}) C_l`` with ``C_l`` the orthonormal
+    coupling of 1 x (l-1) onto l (:func:`_coupling`): the same matrices as ``e3nn.o3.wigner_D``,
+    several times faster."""
     dtype = dtype or vectors.dtype
     with torch.no_grad(), _float64():  # e3nn builds its generators in the default dtype
         v = to_e3nn_frame(vectors.detach().to(torch.float64))  # eqtb z is e3nn's polar axis y
         alpha, beta = o3.xyz_to_angles(v)
-        gamma = torch.zeros_like(alpha)
-        return [o3.wigner_D(l, alpha, beta, gamma).to(dtype) for l in range(lmax + 1)]
+        D1 = o3.angles_to_matrix(alpha, beta, torch.zeros_like(alpha))
+        out = [torch.ones((len(v), 1, 1), dtype=torch.float64, device=v.device), D1]
+        for l in range(2, lmax + 1):
+            prev = out[-1]
+            n = 2 * l - 1
+            K = (D1[:, :, None, :, None] * prev[:, None, :, None, :]).reshape(len(v), 3 * n, 3 * n)
+            C = _coupling(l).to(v.device)
+            out.append(C.T @ K @ C)
+        return [D.to(dtype) for D in out[: lmax + 1]]
+
+
+_COUPLINGS: dict[int, torch.Tensor] = {}
+
+
+def _coupling(l: int) -> torch.Tensor:
+    """(3 (2l-1), 2l+1) float64 isometry from the product 1 x (l-1) onto its degree-l part (e3nn's
+    basis): columns of ``wigner_3j(1, l-1, l)`` normalised."""
+    if l not in _COUPLINGS:
+        w = o3.wigner_3j(1, l - 1, l, dtype=torch.float64).reshape(3 * (2 * l - 1), 2 * l + 1)
+        _COUPLINGS[l] = w / w.norm(dim=0, keepdim=True)
+    return _COUPLINGS[l]
 
 
 def flip_diagonal(l: int) -> torch.Tensor:
@@ -158,7 +182,7 @@ class IrrepsLayout:
     # ------------------------------------------------------------------ parts <-> frame
     def to_frame(self, x: list, D: list[torch.Tensor]) -> FrameFeatures:
         """Parts of E edges (global frame) -> m-major frame features; ``D``: frames of those edges."""
-        rot = {l: torch.matmul(D[l].transpose(1, 2), x[l]) for l in self.ls}  # (E, 2l+1, n_l)
+        rot = {l: rotate(D[l], x[l], transpose=True) for l in self.ls}  # (E, 2l+1, n_l)
         out = [torch.cat([rot[l][:, l] for l in self.ls], dim=1)]
         for m in range(1, self.lmax + 1):
             ls = [l for l in self.ls if l >= m]
@@ -180,8 +204,23 @@ class IrrepsLayout:
                 comps[l + m] = f[m][:, 0, pos[m]:pos[m] + n]
                 comps[l - m] = f[m][:, 1, pos[m]:pos[m] + n]
                 pos[m] += n
-            out[l] = torch.matmul(D[l], torch.stack(comps, dim=1))
+            out[l] = rotate(D[l], torch.stack(comps, dim=1))
         return out
+
+
+def rotate(D: torch.Tensor, x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """``D x`` (or ``D^T x``) for a batch of small rotations D (E, d, d) and features x (E, d, n).
+    Batched GEMM is slow for 3 x 3 matrices and for few channels (per-matrix overhead): those go
+    through d fused multiply-adds over the whole batch instead (4x faster for l = 1, measured on
+    one CPU thread)."""
+    d, n = D.shape[1], x.shape[2]
+    if d > 3 and n >= 16:
+        return torch.matmul(D.transpose(1, 2) if transpose else D, x)
+    cols = D if transpose else D.transpose(1, 2)  # cols[:, b, a] multiplies x[:, b] into output row a
+    out = cols[:, 0, :, None] * x[:, 0, None, :]
+    for b in range(1, d):
+        out.addcmul_(cols[:, b, :, None], x[:, b, None, :])
+    return out
 
 
 def _allowed(cin: list[tuple[int, int]], cout: list[tuple[int, int]]) -> torch.Tensor:
