@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -114,7 +115,13 @@ BAND_TASK_KEYS = {"task", "kline_type", "kpath", "klabels", "high_sym_kpoints", 
                   "override_overlap", "eig_solver", "ill_threshold", "ill_pad_value"}
 DOS_TASK_KEYS = {"task", "mesh_grid", "sigma", "npoints", "width", "E_fermi", "gamma_center",
                  "nel_atom", "atom_index", "orbital_index"}
-TASK_KEYS = {"band": BAND_TASK_KEYS, "dos": DOS_TASK_KEYS, "pdos": DOS_TASK_KEYS}
+FERMI_TASK_KEYS = {"task", "nel_atom", "mesh_grid", "gamma_center", "smearing", "kT"}
+EXPORT_TASK_KEYS = {"task", "format", "overwrite"}
+TASK_KEYS = {"band": BAND_TASK_KEYS, "dos": DOS_TASK_KEYS, "pdos": DOS_TASK_KEYS, "fermi": FERMI_TASK_KEYS,
+             "export": EXPORT_TASK_KEYS}
+#: above this many orbitals (per cell) eqtb run uses sparse methods: KPM for DOS and Fermi level,
+#: shift-invert Lanczos for bands near the Fermi level
+DENSE_MAX_NORB = 6000
 
 
 def _unknown_key_error(key: str, allowed, where: str) -> TaskError:
@@ -227,8 +234,31 @@ def open_folder(path: str | Path, basis: dict | None = None):
     return TrajectoryFolder(p, basis=basis)
 
 
-def load_operators(args, need_overlap: bool = True):
-    """(folder, frame) with H and S Operators of frame ``args.frame``."""
+@dataclass
+class Operators:
+    """What band/dos/fermi/export tasks work on: H (and S) of one structure, from a dataset frame or
+    predicted by a model. ``label``: short name for titles; ``origin``: facts for the summaries."""
+
+    frame: object  # eqtb.data.folder.Frame
+    label: str
+    origin: dict
+
+    @property
+    def structure(self):
+        return self.frame.structure
+
+
+def load_operators(args, need_overlap: bool = True) -> Operators:
+    """H and S of frame ``args.frame`` of the dataset folder ``args.path``, or the operators
+    predicted by ``eqtb run`` (``args.prediction``)."""
+    prediction = getattr(args, "prediction", None)
+    if prediction is not None:
+        from eqtb.data.folder import Frame
+
+        frame = Frame(prediction.structure, hamiltonian=prediction.hamiltonian, overlap=prediction.overlap)
+        name = Path(prediction.structure.source).name or prediction.structure.formula
+        return Operators(frame, f"{name}, predicted", {"structure": prediction.structure.source or None,
+                                                         "model": args.init_model})
     folder = open_folder(args.path, _json_arg(args.basis, "--basis"))
     n = folder.nframes
     if not -n <= args.frame < n:
@@ -237,7 +267,7 @@ def load_operators(args, need_overlap: bool = True):
                          eigenvalues=False)
     if frame.hamiltonian is None:
         raise CLIError(f"{folder.path}: no hamiltonians.h5 in this folder")
-    return folder, frame
+    return Operators(frame, f"{folder.path.name}, frame {args.frame}", {"source": str(folder.path), "frame": args.frame})
 
 
 def _override_overlap(path: Path, frame):
@@ -352,8 +382,8 @@ def run_band(args) -> int:
     opts, task_path = read_task(args.task, ("band",)) if args.task else ({}, None)
     nel = _nel_atom(args, opts)
     _json_arg(args.basis, "--basis")  # fail early on a malformed option
-    folder, frame = load_operators(args)
-    structure = frame.structure
+    ops = load_operators(args)
+    frame, structure = ops.frame, ops.structure
     S = frame.overlap
     if opts.get("override_overlap"):
         p = Path(opts["override_overlap"])
@@ -406,7 +436,7 @@ def run_band(args) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     formula = structure.formula
-    title = args.title or f"{formula} ({folder.path.name}, frame {args.frame})"
+    title = args.title or f"{formula} ({ops.label})"
     plot_bands(kpath, eigs, e_f, emin, emax, out / "band.png", title, reference=reference,
                reference_label="ref_band")
     np.save(out / "bands.npy", eigs)
@@ -415,7 +445,7 @@ def run_band(args) -> int:
         "klist": kpath.kpts, "xlist": kpath.x / (2 * np.pi), "high_sym_kpoints": kpath.ticks / (2 * np.pi),
         "labels": kpath.tick_labels, "eigenvalues": eigs, "E_fermi": e_f}, allow_pickle=True)
     summary = {
-        "source": str(folder.path), "frame": args.frame, "formula": formula, "natoms": structure.natoms,
+        **ops.origin, "formula": formula, "natoms": structure.natoms,
         "norb": int(frame.hamiltonian.norb), "basis": frame.hamiltonian.basis.spec,
         "orthogonal": S is None, "energy_unit": "eV",
         "n_kpoints": len(kpath), "kpath": kpath.description, "tick_labels": kpath.tick_labels,
@@ -504,8 +534,8 @@ def run_dos(args) -> int:
     _json_arg(args.basis, "--basis")
     if args.sigma is not None and not args.sigma > 0:
         raise CLIError(f"--sigma must be positive, got {args.sigma}")
-    folder, frame = load_operators(args)
-    structure = frame.structure
+    ops = load_operators(args)
+    frame, structure = ops.frame, ops.structure
     H, S = frame.hamiltonian, frame.overlap
     mesh = _mesh(args, opts, structure, spacing=0.1)
     gamma = not args.monkhorst_pack and opts.get("gamma_center", True) is not False
@@ -548,7 +578,7 @@ def run_dos(args) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     formula = structure.formula
-    title = args.title or f"{formula} ({folder.path.name}, frame {args.frame}), {mesh[0]}x{mesh[1]}x{mesh[2]} mesh"
+    title = args.title or f"{formula} ({ops.label}), {mesh[0]}x{mesh[1]}x{mesh[2]} mesh"
     pd = {lab: columns[:, 2 + n] for n, lab in enumerate(labels)} if labels else None
     if pd and len(pd) > 20:
         messages.append(f"{len(pd)} PDOS groups: only the total is drawn, all are in dos.npy")
@@ -557,7 +587,7 @@ def run_dos(args) -> int:
     np.save(out / "dos.npy", columns)
     integral = float(np.trapezoid(total, energies)) if hasattr(np, "trapezoid") else float(np.trapz(total, energies))
     header = {
-        "source": str(folder.path), "frame": args.frame, "formula": formula,
+        **ops.origin, "formula": formula,
         "columns": ["energy"] + ["total"] + labels,
         "units": {"energy": "eV (absolute)", "dos": "states / eV / cell, spin degeneracy 2 included"},
         "fermi_level": _round(e_f), "fermi_level_source": e_f_source,
@@ -579,6 +609,217 @@ def run_dos(args) -> int:
         print(f"DOS integral {integral:.3f} states (of {2 * frame.hamiltonian.norb}) over "
               f"[{lo:.2f}, {hi:.2f}] eV")
         print(f"wrote {', '.join(header['files'])} to {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- run
+@subcommand
+def _add_run(sub) -> None:
+    p = sub.add_parser(
+        "run", help="band / dos / pdos / fermi / export with a trained model on any structure",
+        description="Predict H (and S) of STRUCTURE with a trained model, then run the task of TASK_JSON "
+                    "(DeePTB's run JSON, read unchanged): band, dos, pdos, fermi (Fermi level, gap) or "
+                    "export (format: dataset, deeph or npz; a list for several). Outputs as for "
+                    "'eqtb band' / 'eqtb dos'. Structures with more than "
+                    f"{DENSE_MAX_NORB} orbitals use sparse methods: KPM for dos and fermi, shift-invert "
+                    "Lanczos for the bands nearest the Fermi level.")
+    p.add_argument("task", metavar="TASK_JSON", help="DeePTB run JSON: task_options.task is band, dos, pdos, "
+                   "fermi or export")
+    p.add_argument("-i", "--init-model", required=True, metavar="MODEL", help="eqtb checkpoint (.pth)")
+    p.add_argument("-stu", "--structure", default=None, metavar="FILE",
+                   help="structure file (POSCAR, cif, extxyz, ...; default: the task JSON's 'structure')")
+    p.add_argument("-o", "--output", default=".", metavar="OUT", help="output folder (default: current)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: the task JSON's 'device', else cpu)")
+    p.add_argument("--chunk", type=int, default=None, metavar="EDGES",
+                   help="directed edges per inference chunk (default 8192; memory ~ chunk)")
+    p.add_argument("--supercell", type=int, nargs=3, default=None, metavar="N",
+                   help="repeat the structure n1 n2 n3 times before predicting")
+    p.add_argument("--nel-atom", default=None, metavar="JSON", help="valence electrons per element, e.g. '{\"Si\": 4}'")
+    p.add_argument("--e-fermi", type=float, default=None, metavar="EV", help="explicit Fermi level in eV")
+    p.add_argument("--emin", type=float, default=None, help="lower plot bound, eV relative to E_F")
+    p.add_argument("--emax", type=float, default=None, help="upper plot bound, eV relative to E_F")
+    p.add_argument("--mesh", type=int, nargs=3, default=None, metavar="N", help="k-mesh for Fermi level / DOS")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--kpoints", default=None, metavar="FILE.npy", help="explicit (nk, 3) fractional k-points")
+    g.add_argument("--kpath", default=None, metavar="PATH", help="ASE path string, e.g. 'GXWKGL'")
+    p.add_argument("--nkpoints", type=int, default=None, help="total points for --kpath / automatic paths")
+    p.add_argument("--sigma", type=float, default=None, help="DOS Gaussian broadening in eV (default 0.05)")
+    p.add_argument("--npts", type=int, default=None, help="DOS energy points (default 2001)")
+    p.add_argument("--pdos", choices=["atom", "element", "shell", "orbital", "atom-shell"], default=None,
+                   help="PDOS projection (pdos task default: shell)")
+    p.add_argument("--monkhorst-pack", action="store_true", help="Monkhorst-Pack instead of Gamma-centred mesh")
+    p.add_argument("--method", choices=["auto", "dense", "sparse"], default="auto",
+                   help=f"dense diagonalization or sparse methods (auto: sparse above {DENSE_MAX_NORB} orbitals)")
+    p.add_argument("--nbands", type=int, default=16, help="bands near E_F per k-point with the sparse band method")
+    p.add_argument("--moments", type=int, default=512, help="KPM moments (sparse DOS; resolution ~ width / moments)")
+    p.add_argument("--random-vectors", type=int, default=8, help="KPM random vectors (stochastic trace)")
+    p.add_argument("--title", default=None, help="figure title")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(run=run_run, path=None, frame=0, basis=None)
+
+
+def _task_top_level(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    return {k: data[k] for k in ("structure", "device") if k in data} if "task_options" in data else {}
+
+
+def run_run(args) -> int:
+    import torch
+
+    from eqtb.predict import Predictor, as_structure
+
+    opts, task_path = read_task(args.task, ("band", "dos", "pdos", "fermi", "export"))
+    top = _task_top_level(task_path)
+    stu = args.structure or top.get("structure")
+    if not stu:
+        raise CLIError(f"{task_path}: no structure: give -stu FILE (or 'structure' in the task JSON)")
+    stu = Path(stu) if args.structure or Path(stu).is_absolute() else task_path.parent / stu
+    if not stu.is_file():
+        raise FileNotFoundError(f"{stu}: structure file does not exist")
+    device = args.device or top.get("device") or "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        print(f"eqtb run: warning: device {device!r} requested but CUDA is not available; using the CPU",
+              file=sys.stderr)
+        device = "cpu"
+    structure = as_structure(stu)
+    if args.supercell:
+        if any(n < 1 for n in args.supercell):
+            raise CLIError(f"--supercell: three positive integers expected, got {args.supercell}")
+        structure = structure.repeat(args.supercell)
+    model = Predictor.load(args.init_model, device)
+    if args.chunk is not None and args.chunk < 2:
+        raise CLIError(f"--chunk must be at least 2, got {args.chunk}")
+    prediction = model.predict(structure, **({"chunk": args.chunk} if args.chunk else {}), progress=None)
+    if prediction.hamiltonian is None and opts["task"] != "export":
+        raise CLIError(f"{args.init_model}: the model predicts {', '.join(prediction.operators)}, not H: only the "
+                       "export task applies")
+    args.prediction = prediction
+    if not args.quiet:
+        t = prediction.timings
+        print(f"predicted {', '.join(prediction.operators)} of {structure.formula} ({structure.natoms} atoms, "
+              f"{t['n_bonds']} bonds) in {t['graph'] + t['model'] + t['operators']:.2f} s with {model.model.__class__.__name__}")
+    task = opts["task"]
+    if task in ("band", "dos", "pdos", "fermi") and _sparse_method(args, prediction.hamiltonian.norb):
+        return _run_sparse(args, opts, task)
+    if task == "band":
+        return run_band(args)
+    if task in ("dos", "pdos"):
+        if task == "pdos" and args.pdos is None:
+            args.pdos = "shell"
+        return run_dos(args)
+    if task == "fermi":
+        return _run_fermi(args, opts)
+    return _run_export(args, opts, task_path)
+
+
+def _sparse_method(args, norb: int) -> bool:
+    return args.method == "sparse" or (args.method == "auto" and norb > DENSE_MAX_NORB)
+
+
+def _run_fermi(args, opts: dict) -> int:
+    ops = load_operators(args)
+    from eqtb.tb.spectrum import ElectronicStructure
+
+    nel = _nel_atom(args, opts)
+    if not nel:
+        raise CLIError("the fermi task needs valence electrons: 'nel_atom' in the task or --nel-atom")
+    mesh = _mesh(args, opts, ops.structure, spacing=0.1)
+    es = ElectronicStructure(ops.frame.hamiltonian, ops.frame.overlap)
+    res = es.fermi(nel, mesh, smearing=opts.get("smearing", "fermi-dirac"),
+                   **({"kT": float(opts["kT"])} if opts.get("kT") is not None else {}), progress=None)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {**ops.origin, "formula": ops.structure.formula, "natoms": ops.structure.natoms,
+               "method": "dense", "mesh": list(mesh), **res.as_dict(), "energy_unit": "eV"}
+    _write_json(out / "fermi.json", summary)
+    if not args.quiet:
+        gap = f", gap {res.gap:.4f} eV (VBM {res.vbm:.4f}, CBM {res.cbm:.4f})" if res.gap is not None else ""
+        print(f"Fermi level {res.mu:.4f} eV ({res.n_electrons:g} electrons, {mesh[0]}x{mesh[1]}x{mesh[2]} mesh{gap})")
+        print(f"wrote fermi.json to {out}")
+    return 0
+
+
+def _run_export(args, opts: dict, task_path: Path) -> int:
+    from eqtb.data.export import FORMATS, export_operators
+
+    fmts = opts.get("format", "dataset")
+    fmts = [fmts] if isinstance(fmts, str) else fmts
+    if not isinstance(fmts, list) or not fmts or not all(isinstance(f, str) for f in fmts):
+        raise TaskError(f"{task_path}: 'format' must be one of {', '.join(FORMATS)} or a list of them, got {fmts!r}")
+    pred = args.prediction
+    out = Path(args.output)
+    written = []
+    for fmt in fmts:
+        target = out / fmt if len(fmts) > 1 else out
+        written.append(export_operators(pred.structure, pred.operators, target, fmt,
+                                        overwrite=bool(opts.get("overwrite", False))))
+    if not args.quiet:
+        for fmt, path in zip(fmts, written):
+            print(f"wrote {', '.join(pred.operators)} as {fmt} to {path}")
+    return 0
+
+
+def _run_sparse(args, opts: dict, task: str) -> int:
+    """band / dos / pdos / fermi of a structure too large for dense diagonalization, at Gamma:
+    KPM DOS and Fermi level (eqtb.tb.kpm), shift-invert Lanczos eigenvalues near E_F
+    (eqtb.tb.lanczos)."""
+    import time
+
+    import numpy as np
+
+    from eqtb.plotting import plot_dos
+    from eqtb.tb.kpm import kpm_dos
+    from eqtb.tb.lanczos import band_edges
+    from eqtb.tb.spectrum import n_electrons
+
+    ops = load_operators(args)
+    structure, H, S = ops.structure, ops.frame.hamiltonian, ops.frame.overlap
+    messages = []
+    if task == "pdos":
+        messages.append("pdos of a large structure: only the total DOS is computed (KPM)")
+    nel = _nel_atom(args, opts)
+    t0 = time.perf_counter()
+    Hs, Ss = H.sparse(), (S.sparse() if S is not None else None)
+    sigma_opt = args.sigma if args.sigma is not None else opts.get("sigma")
+    res = kpm_dos(Hs, Ss, n_moments=args.moments, n_random=args.random_vectors, progress=None)
+    t_kpm = time.perf_counter() - t0
+    e_f, e_f_source, n_el = None, None, None
+    if args.e_fermi is not None:
+        e_f, e_f_source = float(args.e_fermi), "--e-fermi"
+    elif nel:
+        n_el = n_electrons(structure, nel)
+        e_f, e_f_source = float(res.fermi_level(n_el)), "nel_atom, KPM at Gamma"
+    elif opts.get("E_fermi") is not None:
+        e_f, e_f_source = float(opts["E_fermi"]), "task E_fermi"
+    edges = None
+    if e_f is not None and task in ("band", "fermi"):
+        edges = band_edges(Hs, Ss, e_f, k=args.nbands)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    energies, dos_values = res.energies, res.dos
+    if sigma_opt:
+        messages.append(f"sigma {sigma_opt} ignored: the KPM resolution is {res.resolution:.3f} eV")
+    summary = {**ops.origin, "formula": structure.formula, "natoms": structure.natoms, "norb": int(H.norb),
+               "method": "sparse (Gamma point)", "kpm": res.as_dict() if hasattr(res, "as_dict") else None,
+               "kpm_seconds": round(t_kpm, 2), "fermi_level": _round(e_f), "fermi_level_source": e_f_source,
+               "n_electrons": n_el, "band_edges": edges, "energy_unit": "eV", "warnings": messages}
+    if isinstance(summary["kpm"], dict):
+        summary["kpm"] = {k: v for k, v in summary["kpm"].items() if k not in ("energies", "dos", "moments")}
+    np.save(out / "dos.npy", np.column_stack([energies, dos_values]))
+    plot_dos(energies, dos_values, None, e_f, out / "dos.png",
+             args.title or f"{structure.formula} ({ops.label}), KPM at Gamma")
+    name = {"band": "band_summary.json", "fermi": "fermi.json"}.get(task, "dos.json")
+    _write_json(out / name, summary)
+    for m in messages:
+        print(f"eqtb run: warning: {m}", file=sys.stderr)
+    if not args.quiet:
+        print(f"{structure.formula}: {H.norb} orbitals, KPM DOS ({res.n_moments} moments, {res.n_random} random "
+              f"vectors, resolution {res.resolution:.3f} eV) in {t_kpm:.1f} s")
+        if e_f is not None:
+            print(f"Fermi level {e_f:.4f} eV ({e_f_source})")
+        if edges:
+            print(f"band edges at Gamma: VBM {edges['vbm']:.4f} eV, CBM {edges['cbm']:.4f} eV, gap {edges['gap']:.4f} eV")
+        print(f"wrote dos.png, dos.npy, {name} to {out}")
     return 0
 
 

@@ -1,0 +1,113 @@
+"""``eqtb run TASK.json -i MODEL -stu STRUCTURE``: band (DeePTB's band.json unchanged), dos, pdos,
+fermi and export with a tiny SLEM trained in the test on the real Si64 frame; results checked
+against the same quantities computed directly from the model's prediction."""
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from eqtb.cli import main
+
+
+@pytest.fixture(scope="module")
+def setup(data_dir, tiny_model, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    src = data_dir / "si64_abacus"
+    shutil.copyfile(src / "Si64.vasp", tmp / "Si64.vasp")
+    return {"tmp": tmp, "model": tiny_model, "poscar": tmp / "Si64.vasp", "band": src / "band.json"}
+
+
+def _run(args, capsys):
+    rc = main(["run", *map(str, args)])
+    return rc, capsys.readouterr()
+
+
+def _task(path, **opts):
+    path.write_text(json.dumps({"task_options": opts}))
+    return path
+
+
+def test_band_task_unchanged(setup, capsys, tmp_path):
+    """DeePTB's band.json (with "device": "cuda" at the top) runs as is; the bands are the
+    eigenvalues of the predicted H(k), S(k)."""
+    import eqtb
+    from eqtb.tb.spectrum import band_energies
+
+    rc, cap = _run([setup["band"], "-i", setup["model"], "-stu", setup["poscar"], "-o", tmp_path], capsys)
+    assert rc == 0, cap.err
+    assert "CUDA is not available" in cap.err or "cuda" not in cap.err.lower()
+    for f in ("band.png", "bands.npy", "kpoints.npy", "band_summary.json"):
+        assert (tmp_path / f).is_file()
+    bands, kpts = np.load(tmp_path / "bands.npy"), np.load(tmp_path / "kpoints.npy")
+    assert bands.shape == (len(kpts), 256)
+    pred = eqtb.load(setup["model"]).predict(setup["poscar"])
+    ref = band_energies(pred.hamiltonian, pred.overlap, kpts[::25])
+    np.testing.assert_allclose(bands[::25], ref, atol=1e-6)
+    summary = json.loads((tmp_path / "band_summary.json").read_text())
+    assert summary["natoms"] == 64 and summary["model"] == str(setup["model"])
+    assert summary["n_electrons"] == 256 and summary["fermi_level"] is not None
+
+
+def test_dos_pdos_fermi(setup, capsys, tmp_path):
+    dos_task = _task(tmp_path / "dos.json", task="dos", mesh_grid=[2, 2, 2], sigma=0.1, nel_atom={"Si": 4})
+    rc, cap = _run([dos_task, "-i", setup["model"], "-stu", setup["poscar"], "-o", tmp_path / "dos"], capsys)
+    assert rc == 0, cap.err
+    cols = np.load(tmp_path / "dos" / "dos.npy")
+    e, total = cols[:, 0], cols[:, 1]
+    assert abs(np.trapezoid(total, e) - 512) < 1.0  # 256 orbitals x 2 spins, all states in the window
+    pdos_task = _task(tmp_path / "pdos.json", task="pdos", mesh_grid=[1, 1, 1], sigma=0.1)
+    rc, cap = _run([pdos_task, "-i", setup["model"], "-stu", setup["poscar"], "-o", tmp_path / "pdos"], capsys)
+    assert rc == 0, cap.err
+    info = json.loads((tmp_path / "pdos" / "dos.json").read_text())
+    assert info["columns"][2:] == ["Si 1s", "Si 1p"]
+    cols = np.load(tmp_path / "pdos" / "dos.npy")
+    np.testing.assert_allclose(cols[:, 2:].sum(1), cols[:, 1], atol=1e-8)
+    fermi_task = _task(tmp_path / "fermi.json", task="fermi", nel_atom={"Si": 4}, mesh_grid=[2, 2, 2])
+    rc, cap = _run([fermi_task, "-i", setup["model"], "-stu", setup["poscar"], "-o", tmp_path / "fermi"], capsys)
+    assert rc == 0, cap.err
+    fermi = json.loads((tmp_path / "fermi" / "fermi.json").read_text())
+    assert fermi["n_electrons"] == 256 and abs(fermi["count"] - 256) < 1e-6
+    dos_info = json.loads((tmp_path / "dos" / "dos.json").read_text())
+    assert abs(fermi["mu"] - dos_info["fermi_level"]) < 1e-6  # same mesh, same rule
+
+
+def test_export_task(setup, capsys, tmp_path):
+    from eqtb.data.folder import TrajectoryFolder
+
+    task = _task(tmp_path / "export.json", task="export", format=["dataset", "npz"])
+    rc, cap = _run([task, "-i", setup["model"], "-stu", setup["poscar"], "-o", tmp_path / "ex"], capsys)
+    assert rc == 0, cap.err
+    frame = TrajectoryFolder(tmp_path / "ex" / "dataset").frame(0)
+    import eqtb
+
+    pred = eqtb.load(setup["model"]).predict(setup["poscar"])
+    k = [[0.1, 0.2, 0.3]]
+    np.testing.assert_allclose(frame.hamiltonian.dense(k), pred.hk(k), atol=1e-6)
+    assert (tmp_path / "ex" / "npz" / "hamiltonian.npz").is_file()
+
+
+@pytest.mark.parametrize("case, match", [
+    ("no structure", "no structure"),
+    ("bad task", "cannot be run|unknown"),
+    ("missing model", "not found"),
+    ("unknown key", "did you mean|unknown key"),
+])
+def test_errors(setup, capsys, tmp_path, case, match):
+    args = [setup["band"], "-i", setup["model"], "-stu", setup["poscar"], "-o", tmp_path]
+    if case == "no structure":
+        args = args[:3] + args[5:]
+    elif case == "bad task":
+        args[0] = _task(tmp_path / "t.json", task="train")
+    elif case == "missing model":
+        args[2] = tmp_path / "nope.pth"
+    else:
+        args[0] = _task(tmp_path / "t.json", task="dos", mesh_grd=[1, 1, 1])
+    rc, cap = _run(args, capsys)
+    assert rc == 2
+    lines = cap.err.strip().splitlines()
+    assert "Traceback" not in cap.err and lines[-1].startswith("eqtb run: error: ")
+    assert all("warning" in line for line in lines[:-1])
+    assert re.search(match, lines[-1]), cap.err
