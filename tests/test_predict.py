@@ -117,3 +117,21 @@ def test_bad_structures(model, tmp_path):
         model.predict(42)
     with pytest.raises(Exception, match="not found|does not exist|No such"):
         model.predict(tmp_path / "missing.vasp")
+
+
+def test_sparse_equals_dense_two_elements():
+    """Elements with different orbital counts (GaAs 2s2p2d / 2s2p1d): the padding of the
+    full-basis layout is removed from the sparse matrices."""
+    from eqtb.basis import Basis
+    from eqtb.models.slem import SLEM
+
+    torch.manual_seed(0)
+    basis = Basis({"Ga": "2s2p2d", "As": "2s2p1d"})
+    model = Predictor(SLEM(basis, 6.0, "8x0e+8x1o+4x2e+2x3o+2x4e", 1, 30.0, overlap=True))
+    pred = model.predict(bulk("GaAs", "zincblende", a=5.65).repeat((2, 1, 1)))
+    assert pred.hamiltonian.norb == 2 * (18 + 13)
+    for q in ("hamiltonian", "overlap"):
+        for k in (None, [0.1, 0.2, -0.3]):
+            dense = pred.operators[q].dense([k or [0, 0, 0]])[0]
+            assert np.abs(dense).max() > 1e-2
+            np.testing.assert_allclose(pred.sparse(q, k).toarray(), dense, rtol=0, atol=1e-12)
