@@ -37,7 +37,7 @@ from eqtb.models.heads import BlockAssembler, OverlapHead
 from eqtb.models.inputs import ModelInputs
 from eqtb.nn.irreps import IrrepsLinear, gate_frame, gate_parts, n_gates
 from eqtb.nn.radial import MLP, BesselBasis
-from eqtb.nn.so2 import IrrepsLayout, SO2Linear, directed_frames, frame_cat
+from eqtb.nn.so2 import IrrepsLayout, SO2Linear, directed_frames
 from eqtb.structure import pair_cutoffs
 
 
@@ -71,6 +71,10 @@ class _EdgeModulation(nn.Module):
     def forward(self, x, s):
         w = self.lin(s)
         return [x[0] * w] + [xm * w[:, w.shape[1] - xm.shape[2]:].unsqueeze(1) for xm in x[1:]]
+
+    def gated(self, x, gates, s, layout: IrrepsLayout):
+        """:func:`eqtb.nn.irreps.gate_frame` followed by this modulation, in one pass."""
+        return gate_frame(x, gates, layout, self.lin(s))
 
 
 class SLEM(nn.Module):
@@ -219,15 +223,15 @@ class SLEM(nn.Module):
         u = [None if a is None else a + b for a, b in
              zip(self.node_lin[k]([None if x is None else x * self.norm for x in msg]), self.node_self[k](h))]
         new = self._gate(u)
-        return [None if a is None else self.res * a + (1.0 - self.res) * b for a, b in zip(h, new)]
+        return [None if a is None else torch.lerp(b, a, self.res) for a, b in zip(h, new)]
 
     def _edge_stage(self, k, e, hf_src, hf_dst, s):
-        y, g = self.edge_conv[k](frame_cat([hf_src, hf_dst] if e is None else [e, hf_src, hf_dst]), s)
-        y = self.edge_mod[k](gate_frame(y, g, self.hidden), s)
-        return y if e is None else [self.res * a + (1.0 - self.res) * b for a, b in zip(e, y)]
+        y, g = self.edge_conv[k]([hf_src, hf_dst] if e is None else [e, hf_src, hf_dst], s)
+        y = self.edge_mod[k].gated(y, g, s, self.hidden)
+        return y if e is None else [torch.lerp(b, a, self.res) for a, b in zip(e, y)]
 
     def _edge_output(self, e, hf_src, hf_dst, s, D):
-        y, _ = self.edge_out(frame_cat([e, hf_src, hf_dst]), s)
+        y, _ = self.edge_out([e, hf_src, hf_dst], s)
         return self.out_layout.merge(self.out_layout.from_frame(y, D))
 
     def _onsite_features(self, h):

@@ -62,14 +62,20 @@ def n_gates(layout: IrrepsLayout) -> int:
     return layout.sizes[0] - layout.n_scalars
 
 
-def gate_frame(x: FrameFeatures, gates: torch.Tensor, layout: IrrepsLayout) -> FrameFeatures:
-    """Gated nonlinearity on frame features (E, ...) with gate scalars (E, n_gates(layout))."""
+def gate_frame(x: FrameFeatures, gates: torch.Tensor, layout: IrrepsLayout,
+               scale: torch.Tensor | None = None) -> FrameFeatures:
+    """Gated nonlinearity on frame features (E, ...) with gate scalars (E, n_gates(layout)), then
+    (optionally) every channel multiplied by ``scale`` (E, C_0) (an invariant per edge and channel,
+    channels ordered as frame group 0) — fused into one multiplication per group."""
     n0 = layout.n_scalars
     g = torch.sigmoid(gates)
+    mult = g if scale is None else scale[:, n0:] * g
     scalars = _scalar_activation(x[0][:, :n0], [p for _, p in layout.channels[0][:n0]])
-    out = [torch.cat([scalars, x[0][:, n0:] * g], dim=1)]
+    if scale is not None:
+        scalars = scalars * scale[:, :n0]
+    out = [torch.cat([scalars, x[0][:, n0:] * mult], dim=1)]
     for m in range(1, len(x)):
-        out.append(x[m] * g[:, g.shape[1] - x[m].shape[2]:].unsqueeze(1))
+        out.append(x[m] * mult[:, mult.shape[1] - x[m].shape[2]:].unsqueeze(1))
     return out
 
 

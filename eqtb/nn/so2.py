@@ -129,7 +129,8 @@ class IrrepsLayout:
 
     @classmethod
     def concat(cls, *layouts: IrrepsLayout) -> IrrepsLayout:
-        """Layout of :func:`frame_cat` of frame features with these layouts."""
+        """Layout of frame features with these layouts concatenated channel-wise, group by group
+        (the input of :class:`SO2Linear` given a list of frame features)."""
         out = cls()
         for m in range(max(lay.lmax for lay in layouts) + 1):
             out.channels.append([c for lay in layouts if lay.lmax >= m for c in lay.channels[m]])
@@ -261,31 +262,40 @@ class SO2Linear(nn.Module):
             self.wa.append(nn.Parameter(torch.randn(sign.shape) * scale))
             self.wb.append(nn.Parameter(torch.randn(sign.shape) * scale))
 
-    def forward(self, x: FrameFeatures, scalars: torch.Tensor | None = None):
-        x0 = x[0] if scalars is None else torch.cat([x[0], scalars], dim=1)
-        y0 = x0 @ (self.w0 * self.mask0) + self.bias * self.bias_mask
+    def forward(self, x: FrameFeatures | list[FrameFeatures], scalars: torch.Tensor | None = None):
+        """``x``: frame features in ``layout_in``, or a list of frame features whose channels,
+        concatenated group by group, make ``layout_in`` (:meth:`IrrepsLayout.concat`): the map is
+        then a sum of products with row blocks of the weights, without copying the inputs together.
+        Returns (frame features in ``layout_out``, extra invariant outputs or None)."""
+        parts = x if isinstance(x[0], list) else [x]
+        E = parts[0][0].shape[0]
+        W0 = self.w0 * self.mask0
+        y0 = (self.bias * self.bias_mask).expand(E, -1)
+        r = 0
+        for p in parts + ([[scalars]] if scalars is not None else []):
+            c = p[0].shape[1]
+            y0 = torch.addmm(y0, p[0], W0[r:r + c])
+            r += c
         c0 = self.layout_out.sizes[0]
         out = [y0[:, :c0]]
-        E = x0.shape[0]
         for m in range(1, self.layout_out.lmax + 1):
             c_out = self.layout_out.sizes[m]
             if m > self.n_m:
-                out.append(x0.new_zeros((E, 2, c_out)))
+                out.append(y0.new_zeros((E, 2, c_out)))
                 continue
             A = self.wa[m - 1] * getattr(self, f"mask_a{m}")
             B = self.wb[m - 1] * getattr(self, f"mask_b{m}")
-            W = torch.cat([torch.cat([A, B], dim=1), torch.cat([-B, A], dim=1)], dim=0)
-            xm = x[m]
-            out.append((xm.reshape(E, -1) @ W).reshape(E, 2, c_out))
+            ym, r = None, 0
+            for p in parts:
+                if len(p) <= m:
+                    continue
+                c = p[m].shape[2]
+                a, b = A[r:r + c], B[r:r + c]
+                W = torch.cat([torch.cat([a, b], dim=1), torch.cat([-b, a], dim=1)], dim=0)
+                xm = p[m].reshape(E, 2 * c)
+                ym = xm @ W if ym is None else torch.addmm(ym, xm, W)
+                r += c
+            out.append(ym.reshape(E, 2, c_out))
         return out, (y0[:, c0:] if self.n_scalars_out else None)
 
 
-def frame_cat(parts: list[FrameFeatures]) -> FrameFeatures:
-    """Concatenate the channels of several frame features group by group (layout:
-    :meth:`IrrepsLayout.concat` of theirs)."""
-    n = max(len(p) for p in parts)
-    out = []
-    for m in range(n):
-        ps = [p[m] for p in parts if len(p) > m]
-        out.append(torch.cat(ps, dim=-1))
-    return out
