@@ -111,3 +111,29 @@ def test_errors(setup, capsys, tmp_path, case, match):
     assert "Traceback" not in cap.err and lines[-1].startswith("eqtb run: error: ")
     assert all("warning" in line for line in lines[:-1])
     assert re.search(match, lines[-1]), cap.err
+
+
+def test_sparse_method(setup, capsys, tmp_path):
+    """--method sparse (what structures above 6000 orbitals get): KPM DOS and Fermi level, band
+    edges by shift-invert Lanczos; checked against dense diagonalization of the same H, S."""
+    import scipy.linalg as sla
+
+    import eqtb
+
+    rc, cap = _run([setup["band"], "-i", setup["model"], "-stu", setup["poscar"], "-o", tmp_path,
+                    "--method", "sparse", "--nbands", "12"], capsys)
+    assert rc == 0, cap.err
+    summary = json.loads((tmp_path / "band_summary.json").read_text())
+    pred = eqtb.load(setup["model"]).predict(setup["poscar"])
+    exact = sla.eigh(pred.hk([[0, 0, 0]])[0], pred.sk([[0, 0, 0]])[0], eigvals_only=True)
+    edges = summary["band_edges"]
+    sigma = edges["sigma"]
+    nearest = np.sort(exact[np.argsort(np.abs(exact - sigma))[:12]])
+    np.testing.assert_allclose(edges["eigenvalues"], nearest, atol=1e-7)
+    if edges["bracketed"]:
+        assert edges["vbm"] == pytest.approx(exact[exact < sigma].max(), abs=1e-7)
+        assert edges["cbm"] == pytest.approx(exact[exact >= sigma].min(), abs=1e-7)
+    cols = np.load(tmp_path / "dos.npy")
+    assert abs(np.trapezoid(cols[:, 1], cols[:, 0]) - 512) < 5  # KPM DOS integrates to 2 x 256 states
+    kpm = summary["kpm"]
+    assert kpm["n_moments"] == 256 and kpm["resolution"] < 0.5

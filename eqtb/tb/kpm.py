@@ -601,6 +601,29 @@ class KPMResult:
         out = self._dos_per_vector(np.atleast_1d(E)).mean(axis=0)
         return float(out[0]) if np.ndim(E) == 0 else out.reshape(np.shape(E))
 
+    def gap_around(self, E: float, threshold: float = 0.02) -> tuple[float, float] | None:
+        """The interval around E where the kernel-smoothed DOS stays below ``threshold`` times its
+        maximum (an estimate of a gap containing E, edges blurred by :attr:`resolution`), or None
+        when the DOS at E is above it. For an insulator, the middle of this interval is a better
+        Fermi level than :meth:`fermi_level`, whose N(E) = n crossing wanders across the gap with
+        the stochastic error."""
+        emin, emax = self.bounds
+        step = self.resolution / 8
+        grid = np.arange(emin, emax + step, step)
+        d = self.dos_at(grid)
+        low = d < threshold * d.max()
+        k = int(np.clip(np.searchsorted(grid, E), 0, len(grid) - 1))
+        if not low[k]:
+            return None
+        lo, hi = k, k
+        while lo > 0 and low[lo - 1]:
+            lo -= 1
+        while hi < len(grid) - 1 and low[hi + 1]:
+            hi += 1
+        if lo == 0 or hi == len(grid) - 1:  # below or above the whole spectrum, not a gap
+            return None
+        return float(grid[lo]), float(grid[hi])
+
     def fermi_level(self, n_electrons: float, tol: float = 1e-10) -> float:
         """Energy (eV) where :meth:`integrated` equals ``n_electrons`` (all spins), by bisection
         between the bounds. For an insulator the result lies in the gap only if the stochastic
