@@ -848,7 +848,7 @@ def _add_demo(sub) -> None:
         description="A complete example on built-in data: generates a small Si dataset with PySCF (reused "
                     "from OUT/data when present), trains SLEM for a few minutes on the CPU, plots the "
                     "model's bands over PySCF's on a frame not used in training (errors in the legend), "
-                    "then predicts the band structure of a much larger supercell. About 10 minutes on "
+                    "then predicts the band structure of a much larger supercell. About 6-7 minutes on "
                     "2 cores; writes OUT/demo_summary.json and the plots.")
     p.add_argument("-o", "--output", default="out/demo", metavar="OUT", help="output folder (default out/demo)")
     p.add_argument("--minutes", type=float, default=4.0, help="training time in minutes (default 4)")
