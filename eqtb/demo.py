@@ -504,22 +504,6 @@ def _stage_test(out: Path, data: dict, train: dict, s: dict) -> dict:
 _BANDS: dict = {}
 
 
-@contextmanager
-def _blas_env(n: int):
-    """Set the BLAS/OpenMP thread counts in the environment, for processes spawned inside."""
-    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-    old = {k: os.environ.get(k) for k in names}
-    os.environ.update({k: str(n) for k in names})
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _bands_init(H, S) -> None:
     """Worker initialiser: the real-space matrices O(R) of H and S (scipy CSR, both triangles)."""
     _BANDS["H"], _BANDS["S"] = H.real_space_sparse(), S.real_space_sparse()
@@ -566,7 +550,9 @@ def _supercell_bands(H, S, ideal_cell, cell, budget_s: float, workers: int, prog
 
     from tqdm import tqdm
 
-    with _blas_env(1):
+    from eqtb.data.generate import thread_env
+
+    with thread_env(1):
         pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_bands_init,
                                    initargs=(H, S))
         try:

@@ -394,8 +394,8 @@ def _init_worker(nthreads: int) -> None:
 
 
 @contextmanager
-def _thread_env(nthreads: int):
-    """Temporarily set the thread-count variables so spawned workers start with them."""
+def thread_env(nthreads: int):
+    """Temporarily set the thread-count variables (OpenMP, OpenBLAS, MKL) so spawned workers start with them."""
     names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
     old = {k: os.environ.get(k) for k in names}
     try:
@@ -662,7 +662,7 @@ def generate(structure, out, nframes: int = 4, displacement: float = 0.05, strai
             pool = ProcessPoolExecutor(nw, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                                        initargs=(nthreads,))
             try:
-                with _thread_env(nthreads):  # spawned workers start during submit and inherit it
+                with thread_env(nthreads):  # spawned workers start during submit and inherit it
                     futures = [pool.submit(_frame_job, job) for job in jobs]
                 for fut in as_completed(futures):
                     emit(fut.result())

@@ -101,6 +101,7 @@ class SLEM(nn.Module):
                                                         dtype=torch.get_default_dtype()), persistent=False)
         hidden = check_hidden_irreps(irreps_hidden, self.basis)
         self.hidden = IrrepsLayout(hidden)
+        self.flip = self.hidden.flip_signs()  # see _bond_frames
         self.gated = IrrepsLayout(hidden + o3.Irreps(f"{n_gates(self.hidden)}x0e"))
         self.norm = 1.0 / math.sqrt(avg_num_neighbors)
         self.res = res_update_ratio
@@ -307,7 +308,7 @@ class SLEM(nn.Module):
         edge frames: the far end's are the near end's of the reverse edge, sign-flipped
         (see :func:`eqtb.nn.so2.directed_frames`)."""
         hf_src = self.hidden.to_frame(self._gather(h, src), D)
-        signs = [g.to(hf_src[0]) for g in self.hidden.flip_signs()]
+        signs = [g.to(hf_src[0]) for g in self.flip]
         return hf_src, [torch.roll(x, n_bonds, 0) * g for x, g in zip(hf_src, signs)]
 
     def _onsite_blocks(self, h, types):
