@@ -276,7 +276,7 @@ def _override_overlap(path: Path, frame):
     """Replace the frame's S by the blocks of group 0 (or the only group) of an overlaps.h5."""
     import h5py
 
-    from eqtb.tb.operator import Operator
+    from eqtb.operator import Operator
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: override_overlap file does not exist")
@@ -899,9 +899,9 @@ def _add_parse(sub) -> None:
 
 def run_parse(args) -> int:
     from eqtb.data.parse import parse_folders
-    from eqtb.data.parsers import PARSERS, _load_all
+    from eqtb.data.parsers import PARSERS, load_all
 
-    _load_all()
+    load_all()
     if args.mode not in PARSERS:
         raise CLIError(f"unknown -m/--mode {args.mode!r}; known: {', '.join(sorted(PARSERS))}")
     if args.workers < 1:

@@ -381,7 +381,7 @@ def _stage_train(out: Path, data: dict, s: dict, minutes: float, progress) -> di
 
 # ------------------------------------------------------------------------------------ stage 3
 def _truncated(op, keep):
-    from eqtb.tb.operator import Operator
+    from eqtb.operator import Operator
 
     return Operator(op.structure, op.basis, op.onsite, op.i[keep], op.j[keep], op.R[keep], op.offsite[keep])
 
@@ -405,7 +405,7 @@ def evaluate_frame(predictor, folder, ideal_cell, npoints: int = 80, n_empty: in
     from eqtb.data.folder import TrajectoryFolder
     from eqtb.metrics import BlockErrors, band_errors
     from eqtb.tb.spectrum import band_energies, n_electrons
-    from eqtb.train.data import match_bonds
+    from eqtb.bonds import match_bonds
 
     frame = TrajectoryFolder(folder).frame(0, density_matrix=False)
     st = frame.structure
@@ -434,7 +434,7 @@ def evaluate_frame(predictor, folder, ideal_cell, npoints: int = 80, n_empty: in
     keep = None
     for q, target in (("hamiltonian", frame.hamiltonian), ("overlap", frame.overlap)):
         po = pred.operators[q]
-        idx = match_bonds(target, po.i, po.j, po.R)
+        idx = match_bonds((target.i, target.j, target.R), (po.i, po.j, po.R), po.natoms)
         tgt = np.where((idx >= 0)[:, None, None], target.offsite[np.maximum(idx, 0)], 0.0)
         be.add(q, po.onsite, target.onsite, types)
         be.add(q, po.offsite, tgt, types[po.i], types[po.j])

@@ -8,10 +8,10 @@ every block. Only the *existing orbital entries* count: row orbitals of the row 
 column orbitals of the column atom's element (``basis.orbital_mask``); the padding entries of the
 full layout are ignored whatever they hold. Onsite blocks count in full (every entry of the
 ``norb x norb`` block); off-site blocks are those of the canonical half of the bonds (as in
-:class:`eqtb.tb.operator.Operator`), so every bond is counted once, in one direction. A block is
+:class:`eqtb.operator.Operator`), so every bond is counted once, in one direction. A block is
 onsite or off-site by how it is passed to :meth:`BlockErrors.add` (``type_j=None``: onsite), so a
 bond of an atom to its own periodic image is off-site. :meth:`BlockErrors.add_operator` does both
-parts of an :class:`~eqtb.tb.operator.Operator` at once.
+parts of an :class:`~eqtb.operator.Operator` at once.
 
 For a group G of such entries with errors ``e = pred - target`` (``|e|`` is the modulus for complex
 blocks)::
@@ -59,11 +59,9 @@ import sys
 import numpy as np
 
 from eqtb.basis import ANGULAR_LETTERS, Basis
+from eqtb.quantities import ERROR_UNITS
 
-__all__ = ["QUANTITY_UNITS", "BlockErrors", "band_errors"]
-
-#: unit of the reported errors (input error x 1000) of every quantity
-QUANTITY_UNITS = {"hamiltonian": "meV", "overlap": "1e-3", "density_matrix": "1e-3"}
+__all__ = ["BlockErrors", "band_errors"]
 _SCALE = 1000.0
 _KINDS = ("onsite", "offsite")
 
@@ -140,8 +138,8 @@ class BlockErrors:
         order) of the row and column atom of every block; ``type_j=None`` means the blocks are
         onsite blocks (``type_j = type_i``), otherwise they are off-site blocks (pass only the
         canonical half of the bonds to count each bond once)."""
-        if quantity not in QUANTITY_UNITS:
-            raise ValueError(f"unknown quantity {quantity!r}; expected one of {list(QUANTITY_UNITS)}")
+        if quantity not in ERROR_UNITS:
+            raise ValueError(f"unknown quantity {quantity!r}; expected one of {list(ERROR_UNITS)}")
         T, F = self._T, self._F
         kind = "onsite" if type_j is None else "offsite"
         ti = _to_numpy(type_i).reshape(-1)
@@ -178,7 +176,7 @@ class BlockErrors:
         acc[kind][2] += nblk
 
     def add_operator(self, quantity: str, pred, target) -> None:
-        """Accumulate onsite and off-site errors of two :class:`~eqtb.tb.operator.Operator` of the same
+        """Accumulate onsite and off-site errors of two :class:`~eqtb.operator.Operator` of the same
         structure and bonds (``pred`` may also be a ``(onsite, offsite)`` pair of arrays/tensors laid
         out like ``target``)."""
         if isinstance(pred, tuple):
@@ -236,7 +234,7 @@ class BlockErrors:
         res = {}
         for q in self._acc:
             g = self._groups(q)
-            res[q] = {"unit": QUANTITY_UNITS[q],
+            res[q] = {"unit": ERROR_UNITS[q],
                       **{k: _stats(*g[k]) for k in ("all", "onsite", "offsite")},
                       **{sec: {kind: {name: _stats(*v) for name, v in g[sec][kind].items()} for kind in _KINDS}
                          for sec in ("by_pair", "by_orbital")}}

@@ -7,7 +7,7 @@
 >>> Hk, Sk = pred.hk([[0, 0, 0]]), pred.sk([[0, 0, 0]])       # (nk, norb, norb) complex
 >>> H = pred.sparse("hamiltonian")                            # scipy CSR at Gamma
 
-A :class:`Prediction` holds one :class:`eqtb.tb.operator.Operator` per predicted quantity
+A :class:`Prediction` holds one :class:`eqtb.operator.Operator` per predicted quantity
 (``hamiltonian`` in eV or ``density_matrix``, and ``overlap`` when the model has the overlap head), in
 the same form as operators read from a dataset, so everything that works on DFT data (bands, DOS,
 PDOS, Fermi level, export, error metrics) works on predictions.
@@ -30,12 +30,10 @@ import torch
 
 from eqtb.basis import Basis
 from eqtb.structure import Structure, StructureError, build_graph
-from eqtb.tb.operator import Operator
+from eqtb.operator import Operator
 
 #: directed edges per chunk when predicting large structures (a few MB of activations per layer)
 DEFAULT_CHUNK = 8192
-
-QUANTITIES = ("hamiltonian", "overlap", "density_matrix")
 
 
 class PredictionError(ValueError):

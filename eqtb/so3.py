@@ -24,7 +24,7 @@ PERMUTATION = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
 
 
 @contextmanager
-def _float64():
+def float64_default():
     """e3nn builds representation matrices in torch's default dtype: force float64 for exactness."""
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
@@ -51,7 +51,7 @@ def wigner_D(l: int, rotation, parity: int = 1) -> np.ndarray:
     For an orbital shell use parity (-1)^l."""
     Q = np.asarray(rotation, dtype=np.float64)
     Qp = PERMUTATION @ Q @ PERMUTATION.T
-    with _float64():
+    with float64_default():
         return o3.Irrep(l, parity).D_from_matrix(torch.as_tensor(Qp)).numpy()
 
 
@@ -59,7 +59,7 @@ def irreps_D(irreps: str | o3.Irreps, rotation) -> np.ndarray:
     """Block-diagonal representation of ``rotation`` on a feature vector with these irreps."""
     Q = np.asarray(rotation, dtype=np.float64)
     Qp = PERMUTATION @ Q @ PERMUTATION.T
-    with _float64():
+    with float64_default():
         return o3.Irreps(irreps).D_from_matrix(torch.as_tensor(Qp)).numpy()
 
 

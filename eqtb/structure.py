@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from eqtb.basis import element_symbol
+from eqtb.bonds import canonicalize, sort_order
 
 #: atoms closer than this (Angstrom) are rejected as "on top of each other"
 MIN_DISTANCE = 0.1
@@ -199,9 +200,7 @@ def build_graph(structure: Structure, r_max, symbols: list[str] | None = None) -
     i, j, R, d = nl.compute(s.positions, box, s.pbc.tolist() if s.pbc.any() else False, quantities="ijSD")
     i, j, R, d = i.astype(np.int64), j.astype(np.int64), R.astype(np.int64), d.astype(np.float64)
     # canonical orientation: i < j, or i == j with R lexicographically positive
-    flip = np.nonzero((i > j) | ((i == j) & _lex_negative(R)))[0]
-    i[flip], j[flip] = j[flip], i[flip]
-    R[flip] *= -1
+    i, j, R, flip = canonicalize(i, j, R)
     d[flip] *= -1
     if not np.all(cut == rmax):
         type_of = {sym: k for k, sym in enumerate(symbols)}
@@ -213,24 +212,8 @@ def build_graph(structure: Structure, r_max, symbols: list[str] | None = None) -
         ti, tj = lookup[s.numbers[i]], lookup[s.numbers[j]]
         keep = np.linalg.norm(d, axis=1) < cut[ti, tj]
         i, j, R, d = i[keep], j[keep], R[keep], d[keep]
-    order = _bond_order(i, j, R, s.natoms)
+    order = sort_order(i, j, R, s.natoms)
     return Graph(s, i[order], j[order], R[order], d[order])
-
-
-def _bond_order(i: np.ndarray, j: np.ndarray, R: np.ndarray, natoms: int) -> np.ndarray:
-    """Permutation sorting bonds by (i, j, R) lexicographically (one combined int64 key when it fits)."""
-    span = int(np.abs(R).max(initial=0)) * 2 + 1
-    if natoms**2 * span**3 < 2**62:
-        key = (i * natoms + j) * span**3
-        key += ((R[:, 0] + span // 2) * span + (R[:, 1] + span // 2)) * span + (R[:, 2] + span // 2)
-        return np.argsort(key, kind="stable")
-    return np.lexsort((R[:, 2], R[:, 1], R[:, 0], j, i))
-
-
-def _lex_negative(R: np.ndarray) -> np.ndarray:
-    """True where the integer vector R is lexicographically negative."""
-    first = np.where(R[:, 0] != 0, R[:, 0], np.where(R[:, 1] != 0, R[:, 1], R[:, 2]))
-    return first < 0
 
 
 def _orthogonal(v: np.ndarray) -> np.ndarray:

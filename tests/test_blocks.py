@@ -7,7 +7,7 @@ from eqtb.basis import Basis
 from eqtb.blocks import BlockTransform
 from eqtb.so3 import coupling_matrix, irreps_D, spherical_harmonics, wigner_D
 from eqtb.structure import Structure
-from eqtb.tb.operator import Operator
+from eqtb.operator import Operator
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from eqtb.basis import Basis
 from eqtb.data import folder as folder_mod
 from eqtb.data.folder import (DatasetError, DatasetWarning, Frame, Info, TrajectoryFolder, find_folders,
                               read_dataset, read_info, write_folder)
-from eqtb.tb.operator import parse_block_keys
+from eqtb.bonds import parse_block_keys
 
 TEXT_FILES = ["positions.dat", "cell.dat", "atomic_numbers.dat", "pbc.dat", "basis.dat", "kpoints.npy"]
 

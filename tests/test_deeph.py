@@ -13,7 +13,7 @@ from eqtb.data.deeph import (DeepHError, DeepHFolder, DeepHParser, deeph_key, pa
 from eqtb.data.folder import DatasetError, DatasetWarning, Frame, read_dataset
 from eqtb.data.parsers import PARSERS, ParseError
 from eqtb.structure import Structure
-from eqtb.tb.operator import Operator
+from eqtb.operator import Operator
 
 #: eqtb p order is (y, z, x); OpenMX's is (x, y, z): eqtb component k = OpenMX component P[k]
 P_EQTB_FROM_OPENMX = [1, 2, 0]

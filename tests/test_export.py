@@ -11,7 +11,7 @@ from eqtb.data import export as export_mod
 from eqtb.data.deeph import read_deeph_folder
 from eqtb.data.export import FORMATS, ExportError, export_operators, load_npz_export
 from eqtb.data.folder import DatasetWarning, TrajectoryFolder
-from eqtb.tb.operator import Operator
+from eqtb.operator import Operator
 
 KPTS = np.array([[0.1, -0.23, 0.37], [0.5, 0.25, 0.0]])
 

@@ -16,7 +16,7 @@ import pytest
 from eqtb.basis import Basis
 from eqtb.data.folder import DatasetError, DatasetWarning, Frame, read_dataset
 from eqtb.data.lmdb import LMDBDataset, entry_key, folder_to_lmdb, write_lmdb
-from eqtb.tb.operator import Operator
+from eqtb.operator import Operator
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ import pytest
 
 from eqtb.basis import Basis, BasisError
 from eqtb.structure import Structure
-from eqtb.tb.operator import BlockError, Operator
+from eqtb.bonds import BlockError
+from eqtb.operator import Operator
 
 
 @pytest.fixture(scope="module")

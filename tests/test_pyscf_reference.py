@@ -23,7 +23,7 @@ from pyscf.pbc import gto as pbc_gto  # noqa: E402
 from eqtb.basis import Basis  # noqa: E402
 from eqtb.data import pyscf_engine as pe  # noqa: E402
 from eqtb.data.conventions import to_eqtb  # noqa: E402
-from eqtb.tb.operator import Operator  # noqa: E402
+from eqtb.operator import Operator  # noqa: E402
 
 try:  # the project's generalized eigensolver when present
     from eqtb.tb.spectrum import eigh as _eigh

@@ -19,9 +19,9 @@ from scipy.linalg import block_diag
 from eqtb.basis import Basis
 from eqtb.models.inputs import ModelInputs, collate
 from eqtb.models.slem import SLEM, ModelError
-from eqtb.so3 import _float64, wigner_D
+from eqtb.so3 import float64_default, wigner_D
 from eqtb.structure import Structure, build_graph
-from eqtb.tb.operator import Operator
+from eqtb.operator import Operator
 
 SI_BASIS = Basis({"Si": "1s1p"})
 SI_HIDDEN = "8x0e+8x1o+4x2e"
@@ -44,7 +44,7 @@ def _one_thread():
 
 
 #: torch's default dtype float64 while the model runs (a control: frames are float64 regardless)
-exact_frames = _float64
+exact_frames = float64_default
 
 
 def _perturbed(structure: Structure, seed: int, sigma: float = 0.1) -> Structure:

@@ -5,7 +5,7 @@ import torch
 from eqtb.blocks import BlockTransform
 from eqtb.data.folder import TrajectoryFolder
 from eqtb.data.stats import dataset_stats, load_stats, operator_stats, save_stats
-from eqtb.tb.operator import Operator
+from eqtb.operator import Operator
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 
 from eqtb.basis import Basis
 from eqtb.structure import Structure, build_graph
-from eqtb.tb.operator import Operator
+from eqtb.operator import Operator
 
 SI_A = 5.43  # Angstrom, conventional cubic lattice constant
 

@@ -55,7 +55,8 @@ from eqtb.data.folder import DatasetError, DatasetWarning, Frame
 from eqtb.data.parsers import ParseError, Parser, register
 from eqtb.data.atomic import atomic_directory
 from eqtb.structure import Structure, StructureError
-from eqtb.tb.operator import BlockError, Operator, parse_block_keys
+from eqtb.bonds import BlockError, parse_block_keys
+from eqtb.operator import Operator
 
 __all__ = ["DeepHError", "DeepHFolder", "read_deeph_folder", "write_deeph_folder", "DeepHParser",
            "DEEPH_BLOCK_FILES", "deeph_key", "parse_deeph_key"]

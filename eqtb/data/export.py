@@ -26,7 +26,7 @@ with k in fractional reciprocal coordinates (DeePTB's sign; atomic positions not
 real spherical harmonics m = -l..l without Condon-Shortley phase, p = (y, z, x), d = (xy, yz, z2, xz,
 x2-y2) except in ``"deeph"`` (OpenMX order, converted by the writer).
 
-Scaling. ``"npz"`` is vectorised over bonds (:meth:`~eqtb.tb.operator.Operator.real_space_sparse`,
+Scaling. ``"npz"`` is vectorised over bonds (:meth:`~eqtb.operator.Operator.real_space_sparse`,
 one Python loop over the nR lattice vectors only) and is the format for big structures. ``"dataset"``
 and ``"deeph"`` go through a ``{key: block}`` dict (one numpy array per block) and one HDF5 dataset
 per block, i.e. Python loops over blocks. Measured on Si64 (64 atoms, 1s1p, 4749 blocks per operator
@@ -60,7 +60,8 @@ from eqtb.data.folder import (
 )
 from eqtb.hints import did_you_mean
 from eqtb.structure import Structure
-from eqtb.tb.operator import Operator
+from eqtb.operator import Operator
+from eqtb.quantities import UNITS
 
 __all__ = ["FORMATS", "QUANTITIES", "ExportError", "export_operators", "load_npz_export"]
 
@@ -68,8 +69,6 @@ __all__ = ["FORMATS", "QUANTITIES", "ExportError", "export_operators", "load_npz
 FORMATS = ("dataset", "deeph", "npz")
 #: the quantities that can be exported (the operator fields of :class:`~eqtb.data.folder.Frame`)
 QUANTITIES = tuple(BLOCK_FILES)
-#: units of each quantity's matrix elements
-UNITS = {"hamiltonian": "eV", "overlap": "dimensionless", "density_matrix": "dimensionless"}
 #: name and version of the npz layout, written to and checked in export.json
 NPZ_FORMAT = "eqtb-npz"
 NPZ_FORMAT_VERSION = 1

@@ -55,7 +55,8 @@ from eqtb.basis import Basis, BasisError, element_symbol
 from eqtb.data.atomic import atomic_directory
 from eqtb.hints import did_you_mean
 from eqtb.structure import Structure, StructureError
-from eqtb.tb.operator import BlockError, Operator
+from eqtb.bonds import BlockError
+from eqtb.operator import Operator
 
 __all__ = [
     "DatasetError", "DatasetWarning", "BandInfo", "Info", "read_info", "Frame", "TrajectoryFolder",

@@ -289,7 +289,7 @@ def _compute_frame(structure: Structure, settings: dict, index: int, out: Path) 
     """SCF, blocks, staging folder, self-check, rename into place. Returns the frame record."""
     from eqtb.data import pyscf_engine as pe
     from eqtb.data.folder import Frame, TrajectoryFolder, write_folder
-    from eqtb.tb.operator import Operator
+    from eqtb.operator import Operator
     from eqtb.tb.spectrum import band_energies
 
     t0 = time.perf_counter()

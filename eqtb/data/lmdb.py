@@ -63,7 +63,9 @@ from eqtb.basis import Basis, BasisError
 from eqtb.data.atomic import atomic_directory
 from eqtb.data.folder import DatasetError, DatasetWarning, Frame, TrajectoryFolder, basis_from_text, find_folders
 from eqtb.structure import Structure, StructureError
-from eqtb.tb.operator import BlockError, Operator
+from eqtb.bonds import BlockError
+from eqtb.operator import Operator
+from eqtb.quantities import QUANTITIES
 
 __all__ = ["write_lmdb", "LMDBDataset", "folder_to_lmdb", "close_readers", "DEFAULT_MAP_SIZE", "entry_key"]
 
@@ -72,7 +74,6 @@ __all__ = ["write_lmdb", "LMDBDataset", "folder_to_lmdb", "close_readers", "DEFA
 DEFAULT_MAP_SIZE = 1 << 40
 #: commit the write transaction after this many bytes of values (and at the end)
 COMMIT_BYTES = 256 << 20
-QUANTITIES = ("hamiltonian", "overlap", "density_matrix")
 
 
 def _lmdb():

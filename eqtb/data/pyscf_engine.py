@@ -1,7 +1,7 @@
 """Real-space H(R), S(R) blocks from PySCF: molecules (R = 0 only) and periodic cells.
 
 This is the DFT engine behind reference data: a converged PySCF mean-field object is turned into
-eqtb :class:`~eqtb.tb.operator.Operator` objects whose Bloch sums reproduce PySCF's own bands.
+eqtb :class:`~eqtb.operator.Operator` objects whose Bloch sums reproduce PySCF's own bands.
 
 Conventions and units
 ---------------------
@@ -40,7 +40,8 @@ from ase.data import atomic_numbers as _ASE_Z
 from eqtb.basis import Basis, element_symbol
 from eqtb.data.conventions import atom_transform
 from eqtb.structure import Structure
-from eqtb.tb.operator import Operator, block_key
+from eqtb.bonds import block_key
+from eqtb.operator import Operator
 
 #: Hartree -> eV (CODATA 2018, DeePTB's value; FORMATS Appendix A)
 HARTREE_EV = 27.211386245988
@@ -493,7 +494,7 @@ def periodic_density_blocks(mf, keys, dm_kpts=None, imag_tol: float = 1e-4):
     the time-reversal average); it is not round-off because PySCF's F(k) at k = -k mod G (the
     k = 1/2 points of even meshes) is real only up to FFT-grid aliasing (~4e-6 for Si gth-szv on
     a 15^3 grid) and to the SCF convergence; above ``imag_tol`` a ValueError is raised."""
-    from eqtb.tb.operator import parse_block_keys
+    from eqtb.bonds import parse_block_keys
 
     cell = mf.cell
     if not _is_kpoint_scf(mf):

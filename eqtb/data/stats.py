@@ -153,7 +153,7 @@ def _group_moments(feats: np.ndarray, L: np.ndarray, start: np.ndarray):
 
 
 def operator_stats(operators: Iterable, basis: Basis, r_max=None) -> OperatorStats:
-    """Statistics over a stream of :class:`~eqtb.tb.operator.Operator` (one per frame, same basis).
+    """Statistics over a stream of :class:`~eqtb.operator.Operator` (one per frame, same basis).
     ``r_max`` (number or DeePTB dict) restricts off-site blocks to bonds within the model cutoff."""
     basis = Basis(basis)
     up, full = BlockTransform(basis, "upper"), BlockTransform(basis, "all")

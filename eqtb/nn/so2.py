@@ -31,7 +31,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from eqtb.so3 import _float64, to_e3nn_frame
+from eqtb.so3 import float64_default, to_e3nn_frame
 
 FrameFeatures = list  # [ (E, C_0), (E, 2, C_1), ..., (E, 2, C_lmax) ]
 
@@ -46,7 +46,7 @@ def edge_frames(vectors: torch.Tensor, lmax: int, dtype: torch.dtype | None = No
     coupling of 1 x (l-1) onto l (:func:`_coupling`): the same matrices as ``e3nn.o3.wigner_D``,
     several times faster."""
     dtype = dtype or vectors.dtype
-    with torch.no_grad(), _float64():  # e3nn builds its generators in the default dtype
+    with torch.no_grad(), float64_default():  # e3nn builds its generators in the default dtype
         v = to_e3nn_frame(vectors.detach().to(torch.float64))  # eqtb z is e3nn's polar axis y
         alpha, beta = o3.xyz_to_angles(v)
         D1 = o3.angles_to_matrix(alpha, beta, torch.zeros_like(alpha))

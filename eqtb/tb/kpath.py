@@ -4,7 +4,7 @@ Conventions
 -----------
 * k-points are **fractional (reduced) coordinates** of the reciprocal lattice vectors ``b_i`` of
   the given cell (``a_i . b_j = 2 pi delta_ij``), no 2 pi factor; this is what
-  :meth:`eqtb.tb.operator.Operator.dense` takes.
+  :meth:`eqtb.operator.Operator.dense` takes.
 * The x axis of a band plot, :attr:`KPath.x`, is the cumulative Cartesian path length in 1/Angstrom
   **including the 2 pi** (``|dk_frac @ structure.reciprocal_cell|``), as ASE plots it. DeePTB's
   ``xlist`` in ``bandstructure.npy`` is the same length without the 2 pi (``x / (2 pi)``).

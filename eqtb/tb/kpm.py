@@ -132,7 +132,7 @@ LORENTZ_LAMBDA = 4.0
 
 
 # ------------------------------------------------------------------------------ input checking
-def _as_pencil(H, S=None, dtype=None):
+def as_pencil(H, S=None, dtype=None):
     """Validate and convert H (and S) to CSR with int32 indices where possible.
 
     Raises SpectrumError for non-square, mismatched, non-finite or non-Hermitian input."""
@@ -391,7 +391,7 @@ def spectral_bounds(H, S=None, steps: int = 40, margin: float = 0.01, seed: int 
     value is pushed outwards by its residual norm ``beta_{m+1} |s_m|`` (an eigenvalue lies within
     that distance) and then by ``margin`` times the width."""
     if _pencil is None:
-        H, S, _ = _as_pencil(H, S)
+        H, S, _ = as_pencil(H, S)
         _pencil = _Pencil(H, S, solve_tol=solve_tol)
     pen = _pencil
     n = pen.Hop.shape[0]
@@ -720,7 +720,7 @@ def kpm_dos(H, S=None, energies=None, n_moments: int = 256, n_random: int = 8,
         raise SpectrumError(f"solve_tol must be > 0, got {solve_tol}")
     M, R = int(n_moments), int(n_random)
     t0 = time.perf_counter()
-    H, S, cplx = _as_pencil(H, S, dtype)
+    H, S, cplx = as_pencil(H, S, dtype)
     n = H.shape[0]
     pen = _Pencil(H, S, preconditioner, blocks, backend, solve_tol, max_cg_iter)
     t1 = time.perf_counter()

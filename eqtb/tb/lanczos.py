@@ -42,7 +42,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from eqtb.tb.kpm import _as_pencil
+from eqtb.tb.kpm import as_pencil
 from eqtb.tb.spectrum import SpectrumError
 
 __all__ = ["band_edges", "eigenvalues_near"]
@@ -62,7 +62,7 @@ def eigenvalues_near(H, S=None, sigma: float = 0.0, k: int = 8, tol: float = 0,
     tol, or move sigma away from a degenerate cluster)."""
     from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, eigsh
 
-    H, S, _ = _as_pencil(H, S)
+    H, S, _ = as_pencil(H, S)
     n = H.shape[0]
     k = int(k)
     if not 1 <= k < n - 1:
@@ -138,7 +138,7 @@ def _lu_fill(H, S, sigma: float) -> dict:
     """Diagnostics for the docstring's cost table: nnz of the LU factors of H - sigma S."""
     from scipy.sparse.linalg import splu
 
-    H, S, _ = _as_pencil(H, S)
+    H, S, _ = as_pencil(H, S)
     A = (H - sigma * (S if S is not None else sp.identity(H.shape[0], format="csr"))).tocsc()
     lu = splu(A)
     return {"n": A.shape[0], "nnz": A.nnz, "nnz_lu": lu.L.nnz + lu.U.nnz}

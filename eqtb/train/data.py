@@ -18,14 +18,11 @@ import numpy as np
 import torch
 
 from eqtb.basis import Basis
+from eqtb.bonds import match_bonds
 from eqtb.data.folder import DatasetError, TrajectoryFolder, find_folders
 from eqtb.models.inputs import ModelInputs
 from eqtb.structure import Structure, build_graph
-from eqtb.tb.operator import Operator
-
-#: data_options flags -> quantity names
-QUANTITY_FLAGS = {"get_Hamiltonian": "hamiltonian", "get_overlap": "overlap", "get_DM": "density_matrix"}
-
+from eqtb.operator import Operator
 
 @dataclass
 class Sample:
@@ -39,26 +36,6 @@ class Sample:
     eigenvalues: np.ndarray | None = None
 
 
-def edge_keys(i: np.ndarray, j: np.ndarray, R: np.ndarray, natoms: int, span: int) -> np.ndarray:
-    """One int64 key per bond (i, j, R), |R components| < span // 2."""
-    h = span // 2
-    return ((i * natoms + j) * span + (R[:, 0] + h)) * span * span + (R[:, 1] + h) * span + (R[:, 2] + h)
-
-
-def match_bonds(op: Operator, i: np.ndarray, j: np.ndarray, R: np.ndarray) -> np.ndarray:
-    """For each bond (i, j, R) of a canonical-half list, the index of the same bond in ``op``
-    (-1 where ``op`` has no block for it)."""
-    span = 2 * int(max(np.abs(R).max(initial=0), np.abs(op.R).max(initial=0))) + 3
-    n = op.structure.natoms
-    ka = edge_keys(np.asarray(op.i), np.asarray(op.j), np.asarray(op.R), n, span)
-    kb = edge_keys(i, j, R, n, span)
-    if len(ka) == 0:
-        return np.full(len(kb), -1)
-    order = np.argsort(ka)
-    pos = np.searchsorted(ka[order], kb).clip(max=len(ka) - 1)
-    return np.where(ka[order][pos] == kb, order[pos], -1)
-
-
 def make_sample(name: str, structure: Structure, operators: dict[str, Operator], basis: Basis, r_max,
                 dtype: torch.dtype = torch.float32) -> Sample:
     """Graph at ``r_max`` plus targets aligned to its bonds."""
@@ -69,7 +46,7 @@ def make_sample(name: str, structure: Structure, operators: dict[str, Operator],
     for q, op in operators.items():
         if op is None:
             continue
-        idx = match_bonds(op, graph.i, graph.j, graph.R)
+        idx = match_bonds((op.i, op.j, op.R), (graph.i, graph.j, graph.R), structure.natoms)
         blocks = np.zeros((graph.n_edges, basis.full_norb, basis.full_norb))
         ok = idx >= 0
         blocks[ok] = op.offsite[idx[ok]].real

@@ -28,7 +28,8 @@ import torch
 from eqtb.basis import Basis
 from eqtb.data.folder import DATA_SUFFIXES, DatasetError, TrajectoryFolder
 from eqtb.metrics import BlockErrors, band_errors
-from eqtb.tb.operator import Operator
+from eqtb.operator import Operator
+from eqtb.quantities import DATA_FLAGS
 from eqtb.tb.spectrum import SpectrumError, band_energies, fermi_level, n_electrons
 from eqtb.train.data import Sample, make_sample
 
@@ -168,7 +169,6 @@ class TestSet:
                 "quantities": self.quantities, "bonds_beyond_cutoff": dropped}
 
 
-_QUANTITY_FLAG = {"hamiltonian": "get_Hamiltonian", "overlap": "get_overlap", "density_matrix": "get_DM"}
 
 
 def load_test_set(path: str | Path, model, prefix: str | None = None, bands: bool = False,
@@ -202,8 +202,8 @@ def load_test_set(path: str | Path, model, prefix: str | None = None, bands: boo
         which = "test" if isinstance(cfg, TestConfig) else ("validation" if do.validation is not None else "train")
         ds = getattr(do, which)
         key = f"data_options.{which}"
-        if not getattr(ds, _QUANTITY_FLAG[main]):
-            raise EvaluationError(f"{path}: {key}.{_QUANTITY_FLAG[main]} is false, but the model predicts the {main}")
+        if not getattr(ds, DATA_FLAGS[main]):
+            raise EvaluationError(f"{path}: {key}.{DATA_FLAGS[main]} is false, but the model predicts the {main}")
         bands = bands or ds.get_eigenvalues
         optional = ["overlap"] if ds.get_overlap and (overlap_wanted or bands) else []
         root = resolve_root(ds.root, cfg.path, f"{key}.root")

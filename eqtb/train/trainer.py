@@ -42,7 +42,7 @@ from eqtb.config import (
 from eqtb.data.stats import operator_stats
 from eqtb.models import build_model
 from eqtb.models.inputs import ModelInputs, collate
-from eqtb.tb.operator import Operator
+from eqtb.operator import Operator
 from eqtb.train.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -50,7 +50,8 @@ from eqtb.train.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from eqtb.train.data import QUANTITY_FLAGS, Sample, load_samples
+from eqtb.quantities import DATA_FLAGS
+from eqtb.train.data import Sample, load_samples
 from eqtb.train.loss import BlockLoss
 from eqtb.train.optim import Scheduler, build_optimizer
 
@@ -64,7 +65,7 @@ class TrainError(ValueError):
 def quantities_of(cfg: TrainConfig) -> tuple[str, list[str]]:
     """(main quantity, all quantities to load) from the data flags and ``common_options.overlap``."""
     flags = cfg.data_options.train
-    wanted = [q for f, q in QUANTITY_FLAGS.items() if getattr(flags, f)]
+    wanted = [q for q, f in DATA_FLAGS.items() if getattr(flags, f)]
     if "hamiltonian" in wanted:
         main = "hamiltonian"
     elif "density_matrix" in wanted:

@@ -1,7 +1,7 @@
 """Parsers of DFT-code output: one module per code behind one small interface.
 
 A parser opens one calculation folder and yields :class:`eqtb.data.folder.Frame` objects (structure,
-H/S/D :class:`~eqtb.tb.operator.Operator` in eqtb units and orbital order, k-points, eigenvalues),
+H/S/D :class:`~eqtb.operator.Operator` in eqtb units and orbital order, k-points, eigenvalues),
 which :func:`eqtb.data.folder.write_folder` writes as a dataset. Units and orbital conventions are
 converted inside the parser, once, with :mod:`eqtb.data.conventions`.
 
@@ -65,7 +65,7 @@ def register(cls: type[Parser]) -> type[Parser]:
 
 
 def get_parser(name: str) -> type[Parser]:
-    _load_all()
+    load_all()
     if name not in PARSERS:
         raise ParseError(f"unknown DFT code {name!r}; known: {sorted(PARSERS)}")
     return PARSERS[name]
@@ -75,7 +75,7 @@ def get_parser(name: str) -> type[Parser]:
 _EXTERNAL = ("eqtb.data.deeph",)
 
 
-def _load_all() -> None:
+def load_all() -> None:
     """Import every parser module so that it registers itself."""
     import importlib
     import pkgutil

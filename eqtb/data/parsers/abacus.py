@@ -36,7 +36,7 @@ What is read, and from where
   read from ``OUT.*/hscsr.tgz`` (not unpacked on disk). Only the first ionic step of a file is read.
   ``M(R)[mu, nu] = <phi_mu(r)| O |phi_nu(r - R.A)>``: R is the cell of the **column** orbital, as in
   eqtb block keys. Both triangles and all R are in the files; the parser keeps all of them
-  (:meth:`AbacusParser.blocks`), and :class:`~eqtb.tb.operator.Operator` averages each pair
+  (:meth:`AbacusParser.blocks`), and :class:`~eqtb.operator.Operator` averages each pair
   ``(i, j, R)`` / ``(j, i, -R)``; the largest difference is recorded in
   :attr:`AbacusParser.hermiticity`.
 * **Units**: H is Rydberg in the files and is multiplied by :data:`RY_TO_EV` = 13.605698 (the factor
@@ -76,7 +76,8 @@ from eqtb.data.conventions import atom_transform
 from eqtb.data.folder import Frame
 from eqtb.data.parsers import ParseError, Parser, register
 from eqtb.structure import Structure, StructureError
-from eqtb.tb.operator import BlockError, Operator
+from eqtb.bonds import BlockError
+from eqtb.operator import Operator
 
 __all__ = ["AbacusParser", "ParseWarning", "CSRMatrices", "read_csr", "read_stru", "read_input",
            "hermiticity_residual", "RY_TO_EV", "BOHR_TO_ANGSTROM"]

@@ -16,7 +16,6 @@ each with its own ``norb`` orbitals (compact layout, no padding).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Mapping
@@ -25,29 +24,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from eqtb.basis import Basis
-from eqtb.structure import Structure, _bond_order, _lex_negative
-
-
-class BlockError(ValueError):
-    """Blocks that do not fit the structure or the basis (missing onsite block, wrong shape, NaN)."""
-
-
-_KEY = re.compile(r"^(-?\d+)_(-?\d+)_(-?\d+)_(-?\d+)_(-?\d+)$")
-
-
-def parse_block_keys(keys) -> np.ndarray:
-    """``"i_j_Rx_Ry_Rz"`` keys -> int array (n, 5). Raises BlockError on a malformed key."""
-    out = np.empty((len(keys), 5), dtype=np.int64)
-    for n, k in enumerate(keys):
-        m = _KEY.match(k)
-        if m is None:
-            raise BlockError(f"malformed block key {k!r}; expected 'i_j_Rx_Ry_Rz'")
-        out[n] = [int(x) for x in m.groups()]
-    return out
-
-
-def block_key(i: int, j: int, R) -> str:
-    return f"{int(i)}_{int(j)}_{int(R[0])}_{int(R[1])}_{int(R[2])}"
+from eqtb.bonds import BlockError, block_key, canonicalize, parse_block_keys, sort_order
+from eqtb.structure import Structure
 
 
 @dataclass
@@ -118,11 +96,9 @@ class Operator:
         off = np.where(~onsite_mask)[0]
         i, j, R = idx[off, 0], idx[off, 1], idx[off, 2:]
         blk = full[off]
-        flip = (i > j) | ((i == j) & _lex_negative(R))
+        i, j, R, flip = canonicalize(i, j, R)
         blk[flip] = np.conj(np.swapaxes(blk[flip], 1, 2))
-        i, j = np.where(flip, j, i), np.where(flip, i, j)
-        R = np.where(flip[:, None], -R, R)
-        order = _bond_order(i, j, R, n)
+        order = sort_order(i, j, R, n)
         i, j, R, blk = i[order], j[order], R[order], blk[order]
         # merge duplicates (both triangles given) by averaging
         if len(i):
