@@ -37,7 +37,7 @@ def one_size(n: int, model_path: str | None, kpm: bool, chunk: int | None) -> di
     import torch
 
     torch.set_num_threads(1)
-    from eqtb.basis import Basis
+    from eqtb.config import config_to_dict, load_config
     from eqtb.models import build_model
     from eqtb.predict import DEFAULT_CHUNK, Predictor
     from eqtb.structure import Structure
@@ -46,8 +46,8 @@ def one_size(n: int, model_path: str | None, kpm: bool, chunk: int | None) -> di
         predictor = Predictor.load(model_path)
     else:
         torch.manual_seed(0)
-        cfg = json.loads((DATA / "input_short_cpu.json").read_text())
-        predictor = Predictor(build_model(cfg["model_options"], Basis(cfg["common_options"]["basis"]), overlap=True))
+        cfg = config_to_dict(load_config(DATA / "input_short_cpu.json"))
+        predictor = Predictor(build_model(cfg))
     cell = Structure.read(DATA / "Si64.vasp")
     predictor.predict(cell)  # warm-up (one-time set-up costs are not part of the scaling)
     structure = cell.repeat((n, n, n))

@@ -62,7 +62,7 @@ def errors(ckpt: Path, folder: Path) -> dict:
 
     from eqtb.data.folder import TrajectoryFolder
     from eqtb.metrics import BlockErrors
-    from eqtb.models import load_model
+    from eqtb.predict import load_model
     from eqtb.train.data import make_sample
 
     model = load_model(ckpt)

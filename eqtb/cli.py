@@ -1096,7 +1096,7 @@ def _add_test(sub) -> None:
 def run_test(args) -> int:
     import torch
 
-    from eqtb.models import load_model
+    from eqtb.predict import load_model
     from eqtb.train.evaluate import evaluate, load_test_set
 
     if args.window <= 0:

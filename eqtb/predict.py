@@ -12,7 +12,8 @@ A :class:`Prediction` holds one :class:`eqtb.operator.Operator` per predicted qu
 the same form as operators read from a dataset, so everything that works on DFT data (bands, DOS,
 PDOS, Fermi level, export, error metrics) works on predictions.
 
-Large structures: the model runs in chunks of bonds (``chunk`` directed edges at a time, default
+Large structures: a model whose locality allows it (:class:`eqtb.models.base.Locality`: two-centre
+or strictly local) runs in chunks of bonds (``chunk`` directed edges at a time, default
 :data:`DEFAULT_CHUNK`), so memory is bounded by the chunk plus the outputs (~40 floats of geometry and
 2 F^2 block entries per bond) and time is linear in the number of atoms. Inference is
 ``torch.no_grad`` in the model's dtype (float32 unless trained in float64); the blocks are returned as
@@ -142,8 +143,18 @@ class Prediction:
                                 overwrite=overwrite)
 
 
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """The trained model of an eqtb checkpoint file (``eqtb train`` output), any registered family,
+    in eval mode (:func:`eqtb.models.from_checkpoint`)."""
+    from eqtb.models import from_checkpoint
+    from eqtb.train.checkpoint import load_checkpoint
+
+    return from_checkpoint(load_checkpoint(path), device)
+
+
 class Predictor:
-    """A trained model ready to predict the operators of any structure of its elements."""
+    """A trained model (:class:`eqtb.models.base.OperatorModel`) ready to predict the operators of
+    any structure of its elements."""
 
     def __init__(self, model: torch.nn.Module, source: str = ""):
         self.model = model.eval()
@@ -152,12 +163,10 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Predictor:
         """From an eqtb checkpoint (``eqtb train`` output: ``run/checkpoint/slem.best.pth``)."""
-        from eqtb.models import load_model
-
         return cls(load_model(path, device), source=str(path))
 
     def __repr__(self) -> str:
-        return (f"Predictor({type(self.model).__name__}, basis {self.basis.spec}, predicts "
+        return (f"Predictor({self.model.family}, basis {self.basis.spec}, predicts "
                 f"{', '.join(self.quantities)}{', ' + self.source if self.source else ''})")
 
     @property
@@ -166,7 +175,7 @@ class Predictor:
 
     @property
     def quantities(self) -> list[str]:
-        return [self.model.quantity] + (["overlap"] if self.model.has_overlap else [])
+        return list(self.model.quantities)
 
     @property
     def device(self) -> torch.device:
@@ -179,11 +188,13 @@ class Predictor:
     def predict(self, structure, chunk: int | None = DEFAULT_CHUNK, progress: bool | None = False) -> Prediction:
         """Operators of ``structure`` (Structure, ase.Atoms or file path). ``chunk``: directed
         edges per chunk (None: all at once, fastest for small cells, memory grows with the
-        structure); ``progress``: a tqdm bar (None: only on a terminal)."""
+        structure; ignored by models that are not strictly local); ``progress``: a tqdm bar (None:
+        only on a terminal)."""
         import time
 
         from tqdm.auto import tqdm
 
+        from eqtb.models.assembly import to_operators
         from eqtb.models.inputs import ModelInputs
 
         s = as_structure(structure)
@@ -200,16 +211,15 @@ class Predictor:
         graph = build_graph(s, self.model.r_max, self.basis.symbols)
         inputs = ModelInputs.from_graph(graph, self.basis, self.dtype).to(self.device)
         t1 = time.perf_counter()
+        if not self.model.locality.strictly_local:
+            chunk = None
         steps = self.model.chunk_steps(inputs, chunk)
         with torch.no_grad(), tqdm(total=steps, desc=f"predict {s.natoms} atoms", unit="chunk",
                                    disable=progress is False or (progress is None and steps < 20),
                                    leave=False) as bar:
             out = self.model(inputs, edge_chunk=chunk, progress=bar)
         t2 = time.perf_counter()
-        ops = {}
-        for quantity, (onsite, offsite) in out.items():
-            ops[quantity] = Operator(s, self.basis, onsite.double().cpu().numpy(), graph.i, graph.j, graph.R,
-                                     offsite.double().cpu().numpy())
+        ops = to_operators(s, self.basis, graph.i, graph.j, graph.R, out)
         del out
         timings = {"graph": t1 - t0, "model": t2 - t1, "operators": time.perf_counter() - t2,
                    "n_atoms": s.natoms, "n_bonds": graph.n_edges}

@@ -50,7 +50,7 @@ def setup(data_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference_mae(setup):
     """MAE (meV, and 1e-3 for S) of the model on the frame, computed independently with numpy."""
-    from eqtb.models import load_model
+    from eqtb.predict import load_model
     from eqtb.train.data import load_samples
 
     model = load_model(setup["ckpt"])

@@ -1,46 +1,44 @@
-"""Models of the operators: config -> model in one place (:func:`build_model`), and loading a
-trained model from a checkpoint (:func:`load_model`)."""
+"""Models of the operators, one family per module behind one interface (:mod:`eqtb.models.base`).
+
+:func:`build_model` builds the family a validated configuration selects; :func:`from_checkpoint`
+rebuilds a trained model from a checkpoint's contents (reading the file is
+:func:`eqtb.predict.load_model`'s job). Importing this package registers every family:
+
+* ``slem`` -- :mod:`eqtb.models.slem`, strictly local E(3)-equivariant message passing;
+* ``nnsk`` -- :mod:`eqtb.models.sk`, Slater-Koster two-centre integrals.
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 
 from eqtb.basis import Basis
-from eqtb.models.slem import SLEM, ModelError
+from eqtb.models import sk, slem  # noqa: F401  (registers the families)
+from eqtb.models.base import FAMILIES, ModelError, OperatorModel, family_class, family_name
 
-SUPPORTED_EMBEDDINGS = ("slem",)
-
-
-def build_model(model_options: dict, basis: Basis, overlap: bool = False, quantity: str = "hamiltonian",
-                stats: dict | None = None) -> SLEM:
-    """The model described by DeePTB-style ``model_options`` ({"embedding": {...}, "prediction":
-    {...}}) for ``basis``; ``stats`` (quantity -> OperatorStats) sets the output normalisation."""
-    emb = dict(model_options.get("embedding") or {})
-    pred = dict(model_options.get("prediction") or {})
-    method = emb.get("method", "se2")
-    if method not in SUPPORTED_EMBEDDINGS or model_options.get("nnsk") or model_options.get("dftbsk"):
-        raise ModelError(f"embedding method {method!r} is not supported yet (supported: {', '.join(SUPPORTED_EMBEDDINGS)})")
-    if pred.get("method", "e3tb") != "e3tb":
-        raise ModelError(f"prediction method {pred.get('method')!r} is not supported with {method} (use e3tb)")
-    ratio = emb.get("res_update_ratios", 0.5)
-    return SLEM(basis, emb["r_max"], emb["irreps_hidden"], int(emb["n_layers"]), float(emb["avg_num_neighbors"]),
-                n_radial_basis=int(emb.get("n_radial_basis", 10)), cutoff_type=emb.get("cutoff_type", "polynomial"),
-                cutoff_p=float(emb.get("PolynomialCutoff_p", 6)), latent_dim=int(emb.get("latent_dim", 64)),
-                res_update_ratio=float(ratio), overlap=overlap,
-                overlap_neurons=pred.get("neurons") or [64, 64], quantity=quantity, stats=stats)
+__all__ = ["FAMILIES", "ModelError", "OperatorModel", "build_model", "family_name", "from_checkpoint"]
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> SLEM:
-    """A trained model from an eqtb checkpoint (``eqtb train`` output), in eval mode."""
-    from eqtb.train.checkpoint import load_checkpoint
+def build_model(config: dict, stats: dict | None = None, quantity: str = "hamiltonian") -> OperatorModel:
+    """The model of a validated, default-filled configuration dict (:func:`eqtb.config.config_to_dict`:
+    ``common_options`` give the basis and the overlap switch, ``model_options`` the family and its
+    options); ``stats``: quantity -> OperatorStats for the output normalisation; ``quantity``: the
+    main target."""
+    common, options = config["common_options"], config["model_options"]
+    cls = family_class(options)
+    return cls.from_options(options, Basis(common["basis"]), stats, quantity=quantity,
+                            overlap=bool(common["overlap"]))
 
-    ck = load_checkpoint(path)
-    cfg = ck["config"]
-    common = cfg["common_options"]
-    dtype = torch.float64 if common.get("dtype") == "float64" else torch.float32
-    model = build_model(cfg["model_options"], Basis(common["basis"]), bool(common.get("overlap")),
-                        ck.get("quantity", "hamiltonian"))
-    model.load_state_dict(ck["model_state_dict"])
+
+def from_checkpoint(state: dict, device: str | torch.device = "cpu") -> OperatorModel:
+    """The trained model held by a checkpoint dict (``config``, ``model_state_dict``, and the
+    ``model_family`` and ``quantity`` it was trained for), in eval mode, in the config's dtype."""
+    cfg = state["config"]
+    name = state.get("model_family") or family_name(cfg["model_options"])
+    if name not in FAMILIES:
+        raise ModelError(f"the checkpoint holds a {name!r} model, which this eqtb does not have "
+                         f"(it has {', '.join(sorted(FAMILIES))})")
+    model = build_model(cfg, None, state.get("quantity", "hamiltonian"))
+    model.load_state_dict(state["model_state_dict"])
+    dtype = torch.float64 if cfg["common_options"].get("dtype") == "float64" else torch.float32
     return model.to(device=device, dtype=dtype).eval()

@@ -15,8 +15,8 @@ hidden irreps ``H`` (e.g. ``"32x0e+32x1o+16x2e"``), frame features as in :mod:`e
   appended to the invariant inputs, a gated nonlinearity and a channel-wise radial modulation, added
   residually. ``e_ij`` depends only on atoms within r_max of i or of j.
 * **Heads**: onsite features from ``h_i`` by an equivariant linear map; off-site features from the
-  last ``[e_ij, h_i, h_j]`` by an SO(2) convolution, rotated back to the lab frame; both through
-  :class:`eqtb.models.heads.BlockAssembler`. Overlap from :class:`eqtb.models.heads.OverlapHead`.
+  last ``[e_ij, h_i, h_j]`` by an SO(2) convolution, rotated back to the lab frame; both assembled by
+  :class:`eqtb.models.assembly.IrrepsAssembler`. Overlap from :class:`eqtb.models.heads.OverlapHead`.
 
 The costly work is a handful of dense matrix products over all directed edges per layer (one per
 |m|), with edge dependence entering only through elementwise modulation. Since node features never
@@ -33,7 +33,9 @@ from e3nn import o3
 from torch import nn
 
 from eqtb.basis import Basis
-from eqtb.models.heads import BlockAssembler, OverlapHead
+from eqtb.models.assembly import IrrepsAssembler
+from eqtb.models.base import Features, Locality, ModelError, OperatorModel, register
+from eqtb.models.heads import OverlapHead
 from eqtb.models.inputs import ModelInputs
 from eqtb.nn.irreps import IrrepsLinear, gate_frame, gate_parts, n_gates
 from eqtb.nn.radial import MLP, BesselBasis
@@ -41,11 +43,9 @@ from eqtb.nn.so2 import IrrepsLayout, SO2Linear, directed_frames
 from eqtb.structure import pair_cutoffs
 
 
-class ModelError(ValueError):
-    """Model options that cannot describe this basis (e.g. hidden irreps missing an irrep)."""
-
-
 def check_hidden_irreps(hidden: str, basis: Basis) -> o3.Irreps:
+    """``hidden`` as sorted, simplified irreps; :class:`ModelError` unless it holds every irrep the
+    basis needs (:attr:`eqtb.basis.Basis.essential_irreps`)."""
     try:
         irreps = o3.Irreps(hidden).sort().irreps.simplify()
     except (ValueError, AssertionError) as err:
@@ -77,7 +77,8 @@ class _EdgeModulation(nn.Module):
         return gate_frame(x, gates, layout, self.lin(s))
 
 
-class SLEM(nn.Module):
+@register
+class SLEM(OperatorModel):
     """Strictly local equivariant model; see the module docstring.
 
     ``r_max``: float or per-element / per-bond dict (Angstrom), as DeePTB's embedding r_max.
@@ -91,6 +92,7 @@ class SLEM(nn.Module):
                  overlap_neurons: list[int] | tuple[int, ...] = (64, 64), quantity: str = "hamiltonian",
                  stats: dict | None = None):
         super().__init__()
+        self.check_quantity(quantity)
         self.basis = Basis(basis)
         self.r_max = r_max
         self.quantity = quantity
@@ -106,7 +108,7 @@ class SLEM(nn.Module):
         self.norm = 1.0 / math.sqrt(avg_num_neighbors)
         self.res = res_update_ratio
         stats = stats or {}
-        self.assembler = BlockAssembler(self.basis, stats.get(quantity))
+        self.assembler = IrrepsAssembler(self.basis, stats.get(quantity))
         out_irreps = o3.Irreps(self.basis.irreps(self.basis.all_pairs))
         self.out_layout = IrrepsLayout(out_irreps)
         self.onsite_layout = IrrepsLayout(self.basis.irreps(self.basis.upper_pairs))
@@ -141,6 +143,36 @@ class SLEM(nn.Module):
                         if overlap else None)
         if self.overlap is not None:
             self.lmax = max(self.lmax, self.overlap.lmax)
+
+    family = "slem"
+
+    @classmethod
+    def from_options(cls, options: dict, basis: Basis, stats: dict | None = None, *,
+                     quantity: str = "hamiltonian", overlap: bool = False) -> "SLEM":
+        """From DeePTB's ``{"embedding": {"method": "slem", ...}, "prediction": {"method": "e3tb",
+        ...}}`` (validated, defaults filled)."""
+        emb, pred = options["embedding"], options["prediction"]
+        if pred["method"] != "e3tb":
+            raise ModelError(f"prediction method {pred['method']!r} cannot follow the slem embedding (use e3tb)")
+        return cls(basis, emb["r_max"], emb["irreps_hidden"], int(emb["n_layers"]), float(emb["avg_num_neighbors"]),
+                   n_radial_basis=int(emb["n_radial_basis"]), cutoff_type=emb["cutoff_type"],
+                   cutoff_p=float(emb["PolynomialCutoff_p"]), latent_dim=int(emb["latent_dim"]),
+                   res_update_ratio=float(emb["res_update_ratios"]), overlap=overlap,
+                   overlap_neurons=pred["neurons"], quantity=quantity, stats=stats)
+
+    @classmethod
+    def cutoff_of(cls, options: dict):
+        return options["embedding"]["r_max"]
+
+    @property
+    def locality(self) -> Locality:
+        return Locality(1)
+
+    def heads(self) -> dict:
+        out = {self.quantity: self.assembler}
+        if self.overlap is not None:
+            out["overlap"] = self.overlap.assembler
+        return out
 
     # ------------------------------------------------------------------ geometry
     def geometry(self, inputs: ModelInputs) -> dict:
@@ -258,19 +290,19 @@ class SLEM(nn.Module):
         h[0] = h[0] + (self.type_embed(nn.functional.one_hot(types, T).to(h[0])) * self.even_scalars).unsqueeze(1)
         return h
 
-    # ------------------------------------------------------------------ forward
-    def forward(self, inputs: ModelInputs, edge_chunk: int | None = None,
-                progress=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Blocks of the canonical bonds: ``{quantity: (onsite (N, F, F), offsite (E, F, F))}``, plus
-        ``"overlap"`` when the model has the overlap head.
+    # ------------------------------------------------------------------ features
+    def features(self, inputs: ModelInputs, edge_chunk: int | None = None, progress=None):
+        """Raw outputs (:class:`eqtb.models.base.Features`): off-site irreps features of the directed
+        edges, onsite features of the atoms, and the overlap head's integrals.
 
         ``edge_chunk``: process about this many directed edges at a time (memory bounded by the
-        chunk, for large structures; see :meth:`_forward_chunked`); the result equals the unchunked
-        one to round-off. ``progress``: an object with ``update(n)`` (e.g. tqdm) told of every
-        chunk done, :meth:`chunk_steps` in all."""
+        chunk, for large structures; see :meth:`_features_chunked`); the blocks equal the
+        unchunked ones to round-off. ``progress``: an object with ``update(n)`` (e.g. tqdm) told of
+        every chunk done, :meth:`chunk_steps` in all."""
         E = inputs.n_edges
         if edge_chunk and edge_chunk < 2 * E:
-            return self._forward_chunked(inputs, max(1, edge_chunk // 2), progress)
+            yield from self._features_chunked(inputs, max(1, edge_chunk // 2), progress)
+            return
         geo = self.geometry(inputs)
         types, src, dst = inputs.types, inputs.src, inputs.dst
         N = inputs.n_atoms
@@ -288,16 +320,22 @@ class SLEM(nn.Module):
                 msg = self.hidden.zeros(N, radial)
                 self._scatter(msg, src, self._node_message(k, hf_src, s, D))
                 h = self._node_update(k, h, msg)
-        out = {self.quantity: (self._onsite_blocks(h, types),
-                               self.assembler.offsite(self._edge_output(e, hf_src, hf_dst, s, D), ti, tj))}
-        if self.overlap is not None:
-            out["overlap"] = (self.overlap.onsite(types), self.overlap.offsite(radial, D, ti, tj))
+        part = Features(slice(0, E), ti, tj, {self.quantity: self._edge_output(e, hf_src, hf_dst, s, D)}, D,
+                        {self.quantity: self._onsite_features_flat(h)})
+        self._add_overlap(part, radial, types)
         if progress is not None:
             progress.update(self.chunk_steps(inputs, None))
-        return out
+        yield part
+
+    def _add_overlap(self, part: Features, radial, types=None) -> None:
+        if self.overlap is None:
+            return
+        part.offsite["overlap"] = self.overlap.integrals(radial, part.ti, part.tj)
+        if types is not None:
+            part.onsite["overlap"] = self.overlap.onsite_features[types]
 
     def chunk_steps(self, inputs: ModelInputs, edge_chunk: int | None) -> int:
-        """Number of progress updates :meth:`forward` makes with this ``edge_chunk``."""
+        """Number of progress updates :meth:`features` makes with this ``edge_chunk``."""
         E = inputs.n_edges
         if not edge_chunk or edge_chunk >= 2 * E:
             return 1
@@ -311,14 +349,14 @@ class SLEM(nn.Module):
         signs = [g.to(hf_src[0]) for g in self.flip]
         return hf_src, [torch.roll(x, n_bonds, 0) * g for x, g in zip(hf_src, signs)]
 
-    def _onsite_blocks(self, h, types):
-        return self.assembler.onsite(self.onsite_layout.merge(self._onsite_features(h)), types)
+    def _onsite_features_flat(self, h):
+        return self.onsite_layout.merge(self._onsite_features(h))
 
-    def _forward_chunked(self, inputs, bonds_per_chunk, progress=None):
-        """The same function evaluated in chunks of canonical bonds (each chunk holds both
-        directions of its bonds, so its blocks are complete): node passes over the chunks, layer by
-        layer (node features never read edge features), then every chunk through all edge stages
-        and the heads. Geometry is kept per chunk (~40 floats per directed edge)."""
+    def _features_chunked(self, inputs, bonds_per_chunk, progress=None):
+        """The same features in chunks of canonical bonds (each chunk holds both directions of its
+        bonds, so its blocks are complete): node passes over the chunks, layer by layer (node
+        features never read edge features), then every chunk through all edge stages and the
+        heads. Geometry is kept per chunk (~40 floats per directed edge)."""
         types = inputs.types
         N = inputs.n_atoms
         chunks = _chunks(inputs.n_edges, bonds_per_chunk)
@@ -351,22 +389,20 @@ class SLEM(nn.Module):
                 self._scatter(msg, src, self._node_message(k, hf, s, geo["D"]))
                 tick()
             hs.append(self._node_update(k, hs[-1], msg))
-        offsite, overlap = [], []
-        for sl, geo in zip(chunks, geos):
+        for n, (sl, geo) in enumerate(zip(chunks, geos)):
             src, ti, tj, s = local(sl, geo)
-            D, n = geo["D"], sl.stop - sl.start
+            D, nb = geo["D"], sl.stop - sl.start
             e = None
             for k, h in enumerate(hs):
-                hf_src, hf_dst = self._bond_frames(h, src, D, n)
+                hf_src, hf_dst = self._bond_frames(h, src, D, nb)
                 e = self._edge_stage(k, e, hf_src, hf_dst, s)
-            offsite.append(self.assembler.offsite(self._edge_output(e, hf_src, hf_dst, s, D), ti, tj))
-            if self.overlap is not None:
-                overlap.append(self.overlap.offsite(geo["radial"], D, ti, tj))
+            part = Features(sl, ti, tj, {self.quantity: self._edge_output(e, hf_src, hf_dst, s, D)}, D)
+            last = n == len(chunks) - 1
+            if last:
+                part.onsite[self.quantity] = self._onsite_features_flat(hs[-1])
+            self._add_overlap(part, geo["radial"], types if last else None)
             tick()
-        out = {self.quantity: (self._onsite_blocks(hs[-1], types), torch.cat(offsite))}
-        if self.overlap is not None:
-            out["overlap"] = (self.overlap.onsite(types), torch.cat(overlap))
-        return out
+            yield part
 
 
 def _chunks(n: int, size: int | None) -> list[slice]:

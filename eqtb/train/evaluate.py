@@ -28,7 +28,7 @@ import torch
 from eqtb.basis import Basis
 from eqtb.data.folder import DATA_SUFFIXES, DatasetError, TrajectoryFolder
 from eqtb.metrics import BlockErrors, band_errors
-from eqtb.operator import Operator
+from eqtb.models.assembly import to_operators
 from eqtb.quantities import DATA_FLAGS
 from eqtb.tb.spectrum import SpectrumError, band_energies, fermi_level, n_electrons
 from eqtb.train.data import Sample, make_sample
@@ -301,13 +301,6 @@ class _BandAccumulator:
         return out
 
 
-def _to_operator(sample: Sample, basis: Basis, blocks) -> Operator:
-    on, off = blocks
-    inp = sample.inputs
-    return Operator(sample.structure, basis, on.detach().double().cpu().numpy(), inp.i.cpu().numpy(),
-                    inp.j.cpu().numpy(), inp.R.cpu().numpy(), off.detach().double().cpu().numpy())
-
-
 def _band_table(b: dict) -> str:
     title = (f"bands: errors in meV ({b['frames']} frame(s), up to {b['nbands']} bands, overlap from "
              f"{b['overlap']})")
@@ -343,7 +336,7 @@ def evaluate(model, samples: Sequence[Sample], progress: bool | None = False, ba
              nel_atom: Mapping[str, float] | None = None) -> dict:
     """Errors of ``model`` on ``samples``.
 
-    ``model``: a trained model (:func:`eqtb.models.load_model`) with ``basis``, ``quantity``,
+    ``model``: a trained model (:func:`eqtb.predict.load_model`) with ``basis``, ``quantity``,
     ``has_overlap`` and ``model(inputs) -> {quantity: (onsite, offsite), "overlap": ...}``; the
     samples must be built in its basis at its cutoff (:func:`load_test_samples`). Blocks of a quantity
     a sample has no targets for are skipped.
@@ -368,7 +361,7 @@ def evaluate(model, samples: Sequence[Sample], progress: bool | None = False, ba
     if fermi_levels is not None and len(fermi_levels) != len(samples):
         raise ValueError(f"fermi_levels has {len(fermi_levels)} entries for {len(samples)} samples")
     basis = Basis(model.basis)
-    quantities = [model.quantity] + (["overlap"] if getattr(model, "has_overlap", False) else [])
+    quantities = list(model.quantities)
     device, dtype = _model_device_dtype(model)
     errors = BlockErrors(basis)
     acc = {a: _BandAccumulator() for a in BAND_ALIGNS}
@@ -391,11 +384,13 @@ def evaluate(model, samples: Sequence[Sample], progress: bool | None = False, ba
                 errors.add(q, p_off, t_off, types[inputs.i], types[inputs.j])
             if not (bands and s.kpoints is not None and s.eigenvalues is not None):
                 continue
-            H = _to_operator(s, basis, pred[model.quantity])
-            if "overlap" in pred:
-                S, src = _to_operator(s, basis, pred["overlap"]), "model"
+            ops = to_operators(s.structure, basis, inputs.i, inputs.j, inputs.R, pred)
+            H = ops[model.quantity]
+            if "overlap" in ops:
+                S, src = ops["overlap"], "model"
             elif "overlap" in s.targets:
-                S, src = _to_operator(s, basis, s.targets["overlap"]), "dataset"
+                S, src = to_operators(s.structure, basis, inputs.i, inputs.j, inputs.R,
+                                      {"overlap": s.targets["overlap"]})["overlap"], "dataset"
             else:
                 S, src = None, "identity"
             ref = np.asarray(s.eigenvalues, dtype=np.float64)

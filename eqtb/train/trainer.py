@@ -32,15 +32,17 @@ import torch
 import eqtb
 from eqtb.basis import Basis
 from eqtb.config import (
+    ConfigError,
     TrainConfig,
     basis_from_config,
     config_from_dict,
     config_to_dict,
-    model_r_max,
     resolve_root,
 )
 from eqtb.data.stats import operator_stats
-from eqtb.models import build_model
+from eqtb.models import ModelError, build_model
+from eqtb.models.assembly import to_operators
+from eqtb.models.base import family_class, family_name
 from eqtb.models.inputs import ModelInputs, collate
 from eqtb.operator import Operator
 from eqtb.train.checkpoint import (
@@ -82,10 +84,8 @@ def quantities_of(cfg: TrainConfig) -> tuple[str, list[str]]:
 
 def sample_operator(s: Sample, basis: Basis, quantity: str) -> Operator:
     """The aligned targets of a sample as an Operator (bonds within the cutoff only)."""
-    on, off = s.targets[quantity]
     inp = s.inputs
-    return Operator(s.structure, basis, on.double().numpy(), inp.i.numpy(), inp.j.numpy(), inp.R.numpy(),
-                    off.double().numpy())
+    return to_operators(s.structure, basis, inp.i, inp.j, inp.R, {quantity: s.targets[quantity]})[quantity]
 
 
 def _batch(samples: list[Sample]):
@@ -126,7 +126,12 @@ class Trainer:
         np.random.seed(self.seed % 2**32)
         torch.manual_seed(self.seed)
         self.basis = basis_from_config(cfg)
-        self.r_max = model_r_max(cfg)
+        plain = config_to_dict(cfg)
+        try:
+            self.family = family_name(plain["model_options"])
+            self.r_max = family_class(plain["model_options"]).cutoff_of(plain["model_options"])
+        except ModelError as exc:
+            raise ConfigError(cfg.source, "model_options", str(exc)) from None
         self.quantity, self.quantities = quantities_of(cfg)
 
         self.train_set = self._load("train")
@@ -135,9 +140,10 @@ class Trainer:
         if self.restart_state is None and init_state is None:
             stats = {q: operator_stats((sample_operator(s, self.basis, q) for s in self.train_set), self.basis)
                      for q in self.quantities}
-        plain = config_to_dict(cfg)
-        self.model = build_model(plain["model_options"], self.basis, common.overlap, self.quantity,
-                                 stats).to(device=self.device, dtype=self.dtype)
+        try:
+            self.model = build_model(plain, stats, self.quantity).to(device=self.device, dtype=self.dtype)
+        except ModelError as exc:
+            raise ConfigError(cfg.source, "model_options", str(exc)) from None
         if stats is not None:
             self.model.calibrate([s.inputs for s in self.train_set])
         if init_state is not None:
@@ -147,8 +153,7 @@ class Trainer:
         opts = plain["train_options"]
         self.optimizer = build_optimizer(self.model.parameters(), opts["optimizer"])
         self.scheduler = Scheduler(self.optimizer, opts["lr_scheduler"])
-        name = plain["model_options"]["embedding"]["method"]
-        self.ckpt = CheckpointManager(self.out / "checkpoint", name, self.opts.max_ckpt)
+        self.ckpt = CheckpointManager(self.out / "checkpoint", self.family, self.opts.max_ckpt)
         self.epoch = 0
         self.iteration = 0
         if self.restart_state is not None:
@@ -193,7 +198,8 @@ class Trainer:
                 "optimizer_state_dict": self.optimizer.state_dict(),
                 "lr_scheduler_state_dict": self.scheduler.state_dict(), "epoch": self.epoch,
                 "iteration": self.iteration, "rng": rng_state(), "checkpoints": self.ckpt.state_dict(),
-                "eqtb_version": eqtb.__version__, "quantity": self.quantity, "task": "hamiltonians"}
+                "eqtb_version": eqtb.__version__, "quantity": self.quantity, "model_family": self.family,
+                "task": "hamiltonians"}
 
     # ------------------------------------------------------------------ steps
     def _step(self, batch: list[Sample]) -> tuple[float, dict]:

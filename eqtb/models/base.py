@@ -1,0 +1,217 @@
+"""The model layer's contract: what every family declares, what it returns, and the registry.
+
+A *family* (``slem``, ``nnsk``, later ``lem``, ``mix``, ``dftbsk``, ...) is one module holding a
+subclass of :class:`OperatorModel` decorated with :func:`register`. It declares
+
+* ``family`` -- its registry name, the one DeePTB's configs select it by (:func:`family_name`);
+* :meth:`OperatorModel.cutoff_of` -- the graph cutoff in Angstrom its options imply (one radius, or
+  per element / per bond type, as :func:`eqtb.structure.pair_cutoffs` reads it), known before the
+  model is built so that datasets can be read at the right cutoff;
+* :attr:`OperatorModel.locality` -- how far a predicted block looks (:class:`Locality`): two-centre,
+  strictly local (atoms within r_max of either end of the bond), or a receptive field of
+  n x r_max. It decides whether chunked inference is exact and how wide a halo must be;
+* :attr:`OperatorModel.quantities` -- the operators it predicts (:mod:`eqtb.quantities`);
+* :meth:`OperatorModel.heads` -- one assembler per quantity, whose ``kind`` says whether the
+  family emits irreps features or two-centre integrals (:mod:`eqtb.models.assembly`).
+
+It is built by one :meth:`OperatorModel.from_options` from the validated, default-filled
+``model_options`` (defaults live in the schema, :mod:`eqtb.config`, and nowhere else), and it
+implements :meth:`OperatorModel.features`: the raw outputs for the bonds of a graph, possibly in
+parts (chunks of bonds). :meth:`OperatorModel.forward`, shared by every family, turns the parts into
+Hermitian blocks with the assemblers; :func:`eqtb.models.assembly.to_operators` turns blocks into
+Operators. Checkpoints record the family name and rebuild it (:func:`eqtb.models.from_checkpoint`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from eqtb.basis import Basis
+from eqtb.models.inputs import ModelInputs
+from eqtb.quantities import MAIN_QUANTITIES, OVERLAP
+from eqtb.structure import pair_cutoffs
+
+__all__ = ["FAMILIES", "Features", "Locality", "ModelError", "OperatorModel", "family_class", "family_name",
+           "register"]
+
+
+class ModelError(ValueError):
+    """Model options that cannot describe this basis, or a family that eqtb does not have."""
+
+
+@dataclass(frozen=True)
+class Locality:
+    """How far the block of a bond (i, j) looks. ``hops``: 0 -- two-centre (the positions and
+    elements of i and j only); 1 -- strictly local (every atom within r_max of i or of j, at any
+    depth); n > 1 -- semi-local (atoms within n x r_max)."""
+
+    hops: int
+
+    @property
+    def strictly_local(self) -> bool:
+        return self.hops <= 1
+
+    def halo(self, r_max: float) -> float:
+        """Width (Angstrom) of the region around a set of atoms that must be present for their
+        blocks to be exact: ``max(hops, 1) x r_max`` (a two-centre block still needs its bond)."""
+        return max(self.hops, 1) * float(r_max)
+
+    def describe(self) -> str:
+        return {0: "two-centre", 1: "strictly local"}.get(self.hops, f"semi-local ({self.hops} x r_max)")
+
+
+@dataclass
+class Features:
+    """One part of a model's raw outputs.
+
+    ``bonds``: the canonical bonds this part covers (a slice of the graph's bonds); ``ti``, ``tj``:
+    (2e,) element types of the source and destination of its directed edges ``[fwd; rev]``;
+    ``offsite``: quantity -> (2e, dim) features of those edges (irreps features in the lab frame, or
+    two-centre integrals, as the quantity's head expects); ``frames``: the edges' Wigner-D matrices
+    per l (:func:`eqtb.nn.so2.directed_frames`; needed by two-centre heads); ``onsite``: quantity ->
+    (N, onsite_dim) normalised onsite features of every atom (in exactly one part)."""
+
+    bonds: slice
+    ti: torch.Tensor
+    tj: torch.Tensor
+    offsite: dict[str, torch.Tensor]
+    frames: list[torch.Tensor] | None = None
+    onsite: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+#: registry name -> family class
+FAMILIES: dict[str, type["OperatorModel"]] = {}
+
+
+def register(cls: type["OperatorModel"]) -> type["OperatorModel"]:
+    """Class decorator: make a family available to :func:`family_class` under ``cls.family``."""
+    if not cls.family:
+        raise TypeError(f"{cls.__name__} has no family name")
+    if cls.family in FAMILIES and FAMILIES[cls.family] is not cls:
+        raise TypeError(f"family {cls.family!r} is registered twice ({FAMILIES[cls.family].__name__}, {cls.__name__})")
+    FAMILIES[cls.family] = cls
+    return cls
+
+
+def family_name(model_options: dict) -> str:
+    """The family DeePTB's ``model_options`` select: ``"mix"`` (nnsk or dftbsk with an embedding),
+    ``"nnsk"``, ``"dftbsk"``, else the embedding's ``method`` (``"slem"``, ``"lem"``, ...)."""
+    sk = "nnsk" if model_options.get("nnsk") else "dftbsk" if model_options.get("dftbsk") else None
+    emb = model_options.get("embedding")
+    if sk:
+        return "mix" if emb else sk
+    if not emb:
+        raise ModelError("model_options name no model (no embedding, nnsk or dftbsk)")
+    return emb.get("method", "se2")
+
+
+def family_class(model_options: dict) -> type["OperatorModel"]:
+    """The registered family of ``model_options``; :class:`ModelError` when eqtb does not have it."""
+    name = family_name(model_options)
+    if name not in FAMILIES:
+        raise ModelError(f"model family {name!r} is not supported yet (supported: {', '.join(sorted(FAMILIES))})")
+    return FAMILIES[name]
+
+
+class OperatorModel(nn.Module):
+    """Base of every family: the declarations of the module docstring and the shared forward.
+
+    Attributes every subclass sets in ``__init__``: ``basis`` (:class:`eqtb.basis.Basis`),
+    ``r_max`` (graph cutoff, Angstrom, as :meth:`cutoff_of` returns it), ``quantity`` (the main
+    target, ``"hamiltonian"`` or ``"density_matrix"``) and ``has_overlap``."""
+
+    family: ClassVar[str] = ""
+    basis: Basis
+    r_max: float | dict
+    quantity: str
+    has_overlap: bool
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_options(cls, options: dict, basis: Basis, stats: dict | None = None, *,
+                     quantity: str = "hamiltonian", overlap: bool = False) -> "OperatorModel":
+        """The model of validated, default-filled ``options`` (``model_options`` of a config) for
+        ``basis``; ``stats``: quantity -> :class:`eqtb.data.stats.OperatorStats` of the training
+        targets (output normalisation; None for a model whose weights will be loaded)."""
+        raise NotImplementedError
+
+    @classmethod
+    def cutoff_of(cls, options: dict) -> float | dict:
+        """Graph cutoff (Angstrom) of a model with these ``model_options``."""
+        raise NotImplementedError
+
+    @staticmethod
+    def check_quantity(quantity: str) -> None:
+        if quantity not in MAIN_QUANTITIES:
+            raise ModelError(f"a model predicts one of {', '.join(MAIN_QUANTITIES)} (plus the overlap), "
+                             f"not {quantity!r}")
+
+    # ------------------------------------------------------------------ declarations
+    @property
+    def locality(self) -> Locality:
+        raise NotImplementedError
+
+    @property
+    def quantities(self) -> tuple[str, ...]:
+        return (self.quantity, OVERLAP) if self.has_overlap else (self.quantity,)
+
+    def heads(self) -> dict[str, nn.Module]:
+        """quantity -> its assembler (:mod:`eqtb.models.assembly`)."""
+        raise NotImplementedError
+
+    @property
+    def output_kinds(self) -> dict[str, str]:
+        """quantity -> ``"irreps"`` or ``"sk"``."""
+        return {q: h.kind for q, h in self.heads().items()}
+
+    def bond_cutoffs(self) -> dict[str, float]:
+        """Cutoff (Angstrom) of every bond type ``"A-B"`` of the basis."""
+        sym = self.basis.symbols
+        rc = pair_cutoffs(self.r_max, sym)
+        return {f"{a}-{b}": float(rc[x, y]) for x, a in enumerate(sym) for y, b in enumerate(sym) if x <= y}
+
+    @property
+    def max_cutoff(self) -> float:
+        return float(np.max(pair_cutoffs(self.r_max, self.basis.symbols)))
+
+    def describe(self) -> dict:
+        """What the model declares, JSON-able."""
+        return {"family": self.family, "basis": self.basis.spec, "quantities": list(self.quantities),
+                "outputs": self.output_kinds, "locality": self.locality.describe(), "cutoffs": self.bond_cutoffs(),
+                "halo": self.locality.halo(self.max_cutoff)}
+
+    # ------------------------------------------------------------------ evaluation
+    def features(self, inputs: ModelInputs, edge_chunk: int | None = None, progress=None) -> Iterator[Features]:
+        """Raw outputs for every bond of ``inputs``, as one or more :class:`Features` parts.
+        ``edge_chunk``: about this many directed edges per part (honoured by families whose
+        locality allows it, ignored by others); ``progress``: told ``update(n)`` for
+        :meth:`chunk_steps` steps in all."""
+        raise NotImplementedError
+
+    def chunk_steps(self, inputs: ModelInputs, edge_chunk: int | None) -> int:
+        """Number of progress updates :meth:`features` makes with this ``edge_chunk``."""
+        return 1
+
+    @torch.no_grad()
+    def calibrate(self, inputs: list[ModelInputs]) -> None:
+        """Data-dependent initialisation from training structures (default: nothing)."""
+
+    def forward(self, inputs: ModelInputs, edge_chunk: int | None = None,
+                progress=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Blocks ``{quantity: (onsite (N, F, F), offsite (E, F, F))}`` of the atoms and canonical
+        bonds of ``inputs``, assembled part by part (memory bounded by a part)."""
+        heads = self.heads()
+        onsite: dict[str, torch.Tensor] = {}
+        offsite: dict[str, list[torch.Tensor]] = {q: [] for q in heads}
+        for part in self.features(inputs, edge_chunk, progress):
+            for q, f in part.offsite.items():
+                offsite[q].append(heads[q].offsite(f, part.ti, part.tj, part.frames))
+            onsite.update(part.onsite)
+        return {q: (heads[q].onsite(onsite[q], inputs.types),
+                    offsite[q][0] if len(offsite[q]) == 1 else torch.cat(offsite[q])) for q in heads}
