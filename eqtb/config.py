@@ -25,9 +25,14 @@ Every problem is reported as a :class:`ConfigError` (a ``ValueError``) whose lin
 ``<file>: <dotted.key.path>: <problem>``, e.g.
 ``input.json: train_options.optimizer.lrr: unknown key; did you mean 'lr'?``.
 
+No key acts silently: :func:`load_config` emits one :class:`ConfigWarning` per key the file sets
+that has no effect in eqtb (see :func:`ignored_keys`), e.g.
+``input.json: model_options.embedding.res_update: ignored by eqtb (eqtb always uses residual
+updates, weighted by res_update_ratios)``.
+
 Entry points: :func:`load_config` (file -> :class:`TrainConfig` or :class:`TestConfig`),
 :func:`config_to_dict` / :func:`config_from_dict` (plain dicts, e.g. for checkpoints),
-:func:`resolve_root`, :func:`model_r_max`, :func:`basis_from_config`.
+:func:`ignored_keys`, :func:`resolve_root`, :func:`model_r_max`, :func:`basis_from_config`.
 """
 
 import copy
@@ -35,6 +40,7 @@ import functools
 import json
 import operator
 import re
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -57,10 +63,10 @@ from eqtb.basis import Basis, BasisError
 from eqtb.hints import did_you_mean
 
 __all__ = [
-    "CommonOptions", "ConfigError", "DataOptions", "DataSetOptions", "LossOptions", "ModelOptions",
-    "TestConfig", "TestDataOptions", "TestOptions", "TrainConfig", "TrainOptions",
-    "apply_overrides", "basis_from_config", "config_from_dict", "config_to_dict", "load_config",
-    "model_r_max", "resolve_root",
+    "CommonOptions", "ConfigError", "ConfigWarning", "DataOptions", "DataSetOptions", "LossOptions",
+    "ModelOptions", "TestConfig", "TestDataOptions", "TestOptions", "TrainConfig", "TrainOptions",
+    "apply_overrides", "basis_from_config", "config_from_dict", "config_to_dict", "ignored_keys",
+    "load_config", "model_r_max", "resolve_root",
 ]
 
 
@@ -83,6 +89,11 @@ class ConfigError(ValueError):
 
 def _rebuild_config_error(source: str, problems: list[tuple[str, str]]) -> ConfigError:
     return ConfigError(source, problems=problems)
+
+
+class ConfigWarning(UserWarning):
+    """A key of a configuration file that eqtb accepts but that has no effect (see
+    :func:`ignored_keys`)."""
 
 
 def _fail(*items: tuple[str, str]) -> PydanticCustomError:
@@ -470,7 +481,9 @@ class LinearLR(_Scheduler):
 
 
 class ReduceOnPlateauLR(_Scheduler):
-    """``ReduceLROnPlateau`` on the epoch-mean loss (validation if any, else training)."""
+    """``ReduceLROnPlateau`` on the epoch loss (validation if any, else the epoch-mean training
+    loss), or with ``train_options.update_lr_per_iter`` on the mean of the last
+    ``sliding_win_size`` iteration losses."""
 
     type: Literal["rop"] = "rop"
     mode: Literal["min", "max"] = "min"
@@ -589,10 +602,12 @@ class LossOptions(_Options):
 
 
 class TrainOptions(_Options):
-    """``train_options``. Frequencies count iterations (batches); the scheduler steps once per
-    epoch unless ``update_lr_per_iter`` (rop then uses the mean of the last
-    ``sliding_win_size`` losses). ``max_time`` (seconds or null) is an eqtb extension: stop
-    training cleanly once this wall time is exceeded."""
+    """``train_options``. ``save_freq`` counts iterations (batches); eqtb's trainer counts
+    ``validation_freq`` and ``display_freq`` in epochs. The learning-rate scheduler steps once per
+    epoch unless ``update_lr_per_iter`` (then once per iteration, ``rop`` on the mean of the last
+    ``sliding_win_size`` iteration losses; see :class:`eqtb.train.optim.Scheduler`). ``max_time``
+    (seconds or null) is an eqtb extension: stop training cleanly once this wall time is
+    exceeded."""
 
     num_epoch: PosInt
     batch_size: PosInt = 1
@@ -720,6 +735,164 @@ class TestConfig(_Config):
 
 
 _KINDS = {"train": TrainConfig, "test": TestConfig}
+
+
+# ================================================================================ ignored keys
+_NO_REFERENCE = "eqtb does not use reference data sets"
+_OVERLAP_HEAD_ONLY = "used only by the overlap head, and common_options.overlap is false"
+
+
+def _given(obj: BaseModel | None, key: str) -> bool:
+    """True when the file set ``key`` of ``obj`` explicitly (whatever its value)."""
+    return obj is not None and key in obj.model_fields_set
+
+
+def _ignored_nnsk(mo: ModelOptions, overlap: bool) -> list[tuple[str, str]]:
+    nnsk = mo.nnsk
+    if _given(nnsk, "atomic_radius") and nnsk.atomic_radius != "cov":
+        return [("model_options.nnsk.atomic_radius", "eqtb's bond-length reference r_0 is the sum of "
+                                                     "covalent radii (\"cov\")")]
+    return []
+
+
+def _ignored_slem(mo: ModelOptions, overlap: bool) -> list[tuple[str, str]]:
+    emb, pred = mo.embedding, mo.prediction
+    checks = [  # (key, ignored when given with this value?, reason)
+        ("env_embed_multiplicity", lambda v: True,
+         "eqtb's SLEM has no environment-embedding multiplicity; its widths come from irreps_hidden"),
+        ("tp_radial_emb", lambda v: v,
+         "eqtb embeds the radial basis and the element types with one MLP, without a tensor product"),
+        ("tp_radial_channels", lambda v: True,
+         "used only by DeePTB's tensor-product radial embedding, which eqtb does not have"),
+        ("latent_channels", lambda v: True,
+         "eqtb's edge MLP has one hidden layer of latent_dim neurons"),
+        ("res_update", lambda v: not v, "eqtb always uses residual updates, weighted by res_update_ratios"),
+        ("res_update_ratios_learnable", lambda v: v, "eqtb's res_update_ratios is fixed, not learned"),
+        ("universal", lambda v: v, "eqtb's element one-hot encodings cover the basis elements only"),
+        ("PolynomialCutoff_p", lambda v: emb.cutoff_type != "polynomial",
+         "used only with cutoff_type \"polynomial\""),
+    ]
+    out = [(f"model_options.embedding.{key}", why) for key, ignored, why in checks
+           if _given(emb, key) and ignored(getattr(emb, key))]
+    if _given(pred, "neurons") and not overlap:
+        out.append(("model_options.prediction.neurons", _OVERLAP_HEAD_ONLY))
+    if _given(pred, "activation") and (not overlap or pred.activation.lower() != "silu"):
+        out.append(("model_options.prediction.activation",
+                    _OVERLAP_HEAD_ONLY if not overlap else "eqtb's overlap-head MLP always uses SiLU"))
+    checks = [("scales_trainable", "eqtb's output scales are fixed dataset statistics"),
+              ("shifts_trainable", "eqtb's output shifts are fixed dataset statistics"),
+              ("if_batch_normalized", "eqtb's MLPs have no batch normalisation")]
+    out += [(f"model_options.prediction.{key}", why) for key, why in checks
+            if _given(pred, key) and getattr(pred, key)]
+    return out
+
+
+def _ignored_train(to: TrainOptions, validation: bool) -> list[tuple[str, str]]:
+    out = []
+    opt, sched, losses = to.optimizer, to.lr_scheduler, to.loss_options
+    if _given(to, "ref_batch_size"):
+        out.append(("train_options.ref_batch_size", _NO_REFERENCE))
+    if not validation:
+        out += [(f"train_options.{key}", "there is no data_options.validation set")
+                for key in ("val_batch_size", "valid_fast") if _given(to, key)]
+    if _given(losses, "validation"):
+        if not validation:
+            out.append(("train_options.loss_options.validation", "there is no data_options.validation set"))
+        elif losses.validation.model_dump() != losses.train.model_dump():
+            out.append(("train_options.loss_options.validation",
+                        "eqtb computes validation losses with loss_options.train"))
+    if _given(losses, "reference"):
+        out.append(("train_options.loss_options.reference", _NO_REFERENCE))
+    if _given(to, "sliding_win_size") and not (to.update_lr_per_iter and isinstance(sched, ReduceOnPlateauLR)):
+        out.append(("train_options.sliding_win_size",
+                    "used only by the rop scheduler with update_lr_per_iter true"))
+    if isinstance(opt, SGDOptions) and _given(opt, "dampening") and opt.momentum == 0:
+        out.append(("train_options.optimizer.dampening", "used only with a nonzero momentum"))
+    if isinstance(sched, CyclicLR):
+        lr_path = "train_options.lr_scheduler"
+        if _given(opt, "lr"):
+            out.append(("train_options.optimizer.lr", "the cyclic scheduler sets the learning rate, "
+                                                      "starting at base_lr"))
+        if _given(sched, "scale_mode"):
+            out.append((f"{lr_path}.scale_mode", "without a scale_fn, PyTorch takes it from mode "
+                                                 "(\"iterations\" for exp_range, else \"cycle\")"))
+        if _given(sched, "gamma") and sched.mode != "exp_range":
+            out.append((f"{lr_path}.gamma", "used only with mode \"exp_range\""))
+        out += [(f"{lr_path}.{key}", "used only with cycle_momentum true")
+                for key in ("base_momentum", "max_momentum")
+                if _given(sched, key) and not sched.cycle_momentum]
+        if _given(sched, "verbose") and sched.verbose not in (False, "deprecated"):
+            out.append((f"{lr_path}.verbose", "eqtb logs the learning rate with every displayed epoch"))
+    return out
+
+
+def _ignored_data(do: DataOptions, overlap: bool) -> list[tuple[str, str]]:
+    out = [(f"data_options.{key}", "eqtb takes the cutoff from model_options")
+           for key in ("r_max", "er_max", "oer_max") if getattr(do, key) is not None]
+    if _given(do, "reference"):
+        out.append(("data_options.reference", _NO_REFERENCE))
+    train = do.train
+    if train.get_overlap and not overlap and _given(train, "get_overlap"):
+        out.append(("data_options.train.get_overlap",
+                    "the overlap is loaded only when common_options.overlap is true"))
+    if train.get_DM and train.get_Hamiltonian and _given(train, "get_DM"):
+        out.append(("data_options.train.get_DM",
+                    "eqtb trains one operator: the Hamiltonian, as get_Hamiltonian is true"))
+    if train.get_eigenvalues and _given(train, "get_eigenvalues"):
+        out.append(("data_options.train.get_eigenvalues", "eqtb does not train on eigenvalues"))
+    if do.validation is not None:
+        out += [(f"data_options.validation.{key}",
+                 "the training set's get_* flags decide what is loaded for validation")
+                for key in ("get_Hamiltonian", "get_overlap", "get_DM", "get_eigenvalues")
+                if _given(do.validation, key) and getattr(do.validation, key) != getattr(train, key)]
+    return out
+
+
+def _ignored_test(cfg: TestConfig) -> list[tuple[str, str]]:
+    common, test = cfg.common_options, cfg.test_options
+    reasons = {"overlap": "the model decides whether it predicts the overlap",
+               "device": "eqtb test runs on its --device option",
+               "dtype": "eqtb test uses the model's dtype",
+               "seed": "eqtb test draws no random numbers"}
+    out = [(f"common_options.{key}", why) for key, why in reasons.items() if _given(common, key)]
+    reasons = {"batch_size": "eqtb test evaluates one structure at a time",
+               "display_freq": "eqtb test reports once, at the end",
+               "loss_options": "eqtb test reports block errors (MAE, RMSE), not a training loss"}
+    return out + [(f"test_options.{key}", why) for key, why in reasons.items() if _given(test, key)]
+
+
+#: model family -> the ignored keys of its model_options (families eqtb can build)
+_MODEL_CHECKS = {"slem": _ignored_slem, "nnsk": _ignored_nnsk}
+
+
+def ignored_keys(cfg: TrainConfig | TestConfig) -> list[tuple[str, str]]:
+    """``(dotted key path, reason)`` for every key that ``cfg``'s source set explicitly (pydantic's
+    ``model_fields_set``) and that has no effect in eqtb: model_options, train_options, then
+    data_options keys (test config: common_options, then test_options).
+
+    A key with no effect at all is listed whenever it is given; a switch of which eqtb implements
+    one value only (e.g. ``res_update``: eqtb always updates residually) is listed only when given
+    the other value; a key that acts only together with another (e.g. ``PolynomialCutoff_p`` with
+    ``cutoff_type`` "polynomial", ``valid_fast`` with a validation set) is listed when that other
+    condition fails. Model keys are checked for the families whose keys this function knows
+    (:data:`_MODEL_CHECKS`: ``slem`` with an ``e3tb`` prediction, ``nnsk``); a model from a
+    checkpoint has no model keys here. A training config of any other family (``lem``,
+    ``trinity``, ``se2``, ``dftbsk``, nnsk/dftbsk + ``se2``, ...) lists nothing: eqtb refuses it
+    when training starts ("not supported yet"). A test config lists the options ``eqtb test``
+    takes from the model or its command line instead. Keys that eqtb refuses when they would
+    act (e.g. ``onsite_shift`` true, eigenvalue losses) are not listed here."""
+    if isinstance(cfg, TestConfig):
+        return _ignored_test(cfg)
+    mo, overlap = cfg.model_options, cfg.common_options.overlap
+    out = []
+    if mo is not None:
+        family = mo.embedding.method if mo.family == "nnenv" else mo.family
+        if family not in _MODEL_CHECKS:
+            return []
+        out = _MODEL_CHECKS[family](mo, overlap)
+    if cfg.train_options is not None:
+        out += _ignored_train(cfg.train_options, cfg.data_options.validation is not None)
+    return out + _ignored_data(cfg.data_options, overlap)
 
 
 # ============================================================================ error translation
@@ -897,7 +1070,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
     """Read a DeePTB configuration (JSON; YAML by suffix ``.yaml``/``.yml`` when PyYAML is
     installed), apply dotted ``overrides`` (see :func:`apply_overrides`) before validation,
     validate with defaults filled and return a :class:`TrainConfig` (``kind="train"``) or
-    :class:`TestConfig` (``kind="test"``). Every problem raises :class:`ConfigError`."""
+    :class:`TestConfig` (``kind="test"``). Every problem raises :class:`ConfigError`; every key
+    set that has no effect in eqtb (:func:`ignored_keys`) emits one :class:`ConfigWarning`
+    ``<file>: <dotted.key.path>: ignored by eqtb (<reason>)``."""
     path = Path(path)
     source = str(path)
     data = _read(path)
@@ -905,8 +1080,12 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
         if not isinstance(data, dict):
             raise ConfigError(source, "", f"expected an object at the top level, got {_show(data)}")
         data = apply_overrides(data, overrides, source)
-    cfg = _validate(data, source, kind, tuple(str(k) for k in (overrides or {})))
+    overridden = tuple(str(k) for k in (overrides or {}))
+    cfg = _validate(data, source, kind, overridden)
     cfg._path = path
+    for key, reason in ignored_keys(cfg):
+        note = " (from an override)" if any(key == o or key.startswith(o + ".") for o in overridden) else ""
+        warnings.warn(f"{source}: {key}: ignored by eqtb ({reason}){note}", ConfigWarning, stacklevel=2)
     return cfg
 
 
@@ -918,6 +1097,7 @@ def config_to_dict(cfg: TrainConfig | TestConfig) -> dict:
 
 def config_from_dict(data: dict, source: str = "checkpoint", kind: str | None = None) -> TrainConfig | TestConfig:
     """Validate a configuration dict (e.g. from a checkpoint); ``source`` names it in errors.
+    Emits no :class:`ConfigWarning` (a checkpoint's config was checked when its file was read).
     ``kind`` ``"train"`` / ``"test"``; None: ``"test"`` when it has ``test_options`` or a
     ``data_options.test`` set, else ``"train"``."""
     if kind is None:

@@ -21,6 +21,9 @@ from eqtb.config import (
     resolve_root,
 )
 
+# the shared DeePTB inputs set keys eqtb ignores; tests/test_ignored_keys.py checks those warnings
+pytestmark = pytest.mark.filterwarnings("ignore::eqtb.config.ConfigWarning")
+
 
 @pytest.fixture()
 def si64_config(data_dir):

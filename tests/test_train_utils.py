@@ -198,6 +198,161 @@ def test_scheduler_defaults_and_errors():
         Scheduler(opt, {"type": "cos"}).load_state_dict(Scheduler(opt, {}).state_dict())
 
 
+def test_builders_take_their_defaults_from_the_config_schema():
+    from eqtb import config
+
+    for model in (config.AdamOptions, config.AdamWOptions, config.SGDOptions, config.RMSpropOptions):
+        defaults = model().model_dump(exclude={"type"})
+        group = build_optimizer(_params(), {"type": model.model_fields["type"].default}).param_groups[0]
+        assert {k: list(group[k]) if k == "betas" else group[k] for k in defaults} == defaults
+    for model in (config.ExpLR, config.LinearLR, config.ReduceOnPlateauLR, config.CosineLR):
+        sched = Scheduler(build_optimizer(_params(), {}), {"type": model.model_fields["type"].default})
+        assert sched.options == model().model_dump(exclude={"type", "warmup_epochs"})
+        assert sched.warmup_epochs == model().warmup_epochs
+    cyc = Scheduler(build_optimizer(_params(), {}), {"type": "cyclic", "base_lr": 0.1, "max_lr": 1.0})
+    assert cyc.options == config.CyclicLR(base_lr=0.1, max_lr=1.0).model_dump(
+        exclude={"type", "warmup_epochs", "last_epoch", "verbose", "scale_fn"})
+    plain = Scheduler(build_optimizer(_params(), {}))
+    assert plain.update_lr_per_iter is config.TrainOptions.model_fields["update_lr_per_iter"].default
+    assert plain.sliding_win_size == config.TrainOptions.model_fields["sliding_win_size"].default
+
+
+# ------------------------------------------------------------------- per-iteration lr updates
+
+def _drive(sched, losses, per_epoch, metric=lambda e: 100.0):
+    """Feed iteration ``losses`` to ``sched`` in epochs of ``per_epoch`` iterations (the trainer's
+    calls); returns the lr after every iteration."""
+    lrs = []
+    for k, loss in enumerate(losses):
+        sched.after_iteration(loss)
+        lrs.append(sched.lr)
+        if (k + 1) % per_epoch == 0:
+            sched.after_epoch(metric(k // per_epoch))
+    return lrs
+
+
+def test_per_iteration_exp_decays_once_per_iteration():
+    sched = Scheduler(build_optimizer(_params(), {"lr": 0.01}), {"type": "exp", "gamma": 0.9},
+                      update_lr_per_iter=True)
+    lrs = _drive(sched, [1.0] * 12, per_epoch=4)  # 3 epochs of 4 iterations
+    np.testing.assert_allclose(lrs, [0.01 * 0.9 ** n for n in range(1, 13)], rtol=1e-12)
+    assert sched.epoch == 3
+
+
+def test_per_iteration_warmup_is_counted_in_epochs():
+    sched = Scheduler(build_optimizer(_params(), {"lr": 0.06}), {"type": "exp", "gamma": 0.5, "warmup_epochs": 2},
+                      update_lr_per_iter=True)
+    seen = []  # lr each iteration trains with
+    for epoch in range(3):
+        for _ in range(3):
+            seen.append(sched.lr)
+            sched.after_iteration(1.0)
+        sched.after_epoch(1.0)
+    expected = [0.02] * 3 + [0.04] * 3 + [0.06, 0.03, 0.015]  # ramp constant within an epoch, then per-iteration decay
+    np.testing.assert_allclose(seen, expected, rtol=1e-12)
+    assert seen[6] == 0.06
+
+
+@pytest.mark.parametrize("options", [
+    {"type": "rop", "patience": 2, "factor": 0.5, "warmup_epochs": 1},
+    {"type": "exp", "gamma": 0.7},
+    {"type": "cyclic", "base_lr": 1e-4, "max_lr": 1e-2, "step_size_up": 2, "step_size_down": 3},
+])
+def test_per_epoch_mode_is_the_epoch_step(options):
+    """Without update_lr_per_iter, after_iteration does nothing and after_epoch(metric) is step(metric)."""
+    metrics = [3.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5]
+    ref = Scheduler(build_optimizer(_params(), {"lr": 1.0}), options)
+    new = Scheduler(build_optimizer(_params(), {"lr": 1.0}), options, update_lr_per_iter=False, sliding_win_size=3)
+    ref_lrs, new_lrs = [], []
+    for metric in metrics:
+        for loss in (9.0, 8.0, 7.0):
+            new.after_iteration(loss)
+            assert new.lr == ref.lr  # no per-iteration effect
+        ref.step(metric)
+        new.after_epoch(metric)
+        ref_lrs.append(ref.lr)
+        new_lrs.append(new.lr)
+    assert new_lrs == ref_lrs and len(set(ref_lrs)) > 1
+
+
+def test_per_iteration_rop_steps_on_the_sliding_mean():
+    losses = [4.0, 3.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    opts = {"type": "rop", "patience": 2, "factor": 0.5}
+    # window 3: means 4, 3.5, 3, 2, 1.33, 1, 1, 1, 1 -> best at iteration 6, third bad one (9) reduces
+    sched = Scheduler(build_optimizer(_params(), {"lr": 1.0}), opts, update_lr_per_iter=True, sliding_win_size=3)
+    assert _drive(sched, losses, per_epoch=3, metric=lambda e: 1e9) == [1.0] * 8 + [0.5]
+    assert sched.main.num_bad_epochs == 0
+    # window 1 (the iteration loss itself): best at iteration 4, reduced at 7
+    sched = Scheduler(build_optimizer(_params(), {"lr": 1.0}), opts, update_lr_per_iter=True, sliding_win_size=1)
+    assert _drive(sched, losses, per_epoch=3) == [1.0] * 6 + [0.5, 0.5, 0.5]
+
+
+def _run_per_iter(options, n_iter, per_epoch, win, restart_at=None):
+    """lr of every iteration with per-iteration updates; with restart_at, optimizer and scheduler are
+    rebuilt from state dicts (through a torch.save round trip) after that many iterations."""
+    losses = 1.0 + 0.3 * np.random.default_rng(3).random(n_iter)  # noisy plateau: rop improves and reduces
+    params = _params()
+
+    def build():
+        opt = build_optimizer(params, {"lr": 0.01})
+        return opt, Scheduler(opt, options, update_lr_per_iter=True, sliding_win_size=win)
+
+    opt, sched = build()
+    lrs = []
+    for k in range(n_iter):
+        if k == restart_at:
+            buf = io.BytesIO()
+            torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, buf)
+            buf.seek(0)
+            saved = torch.load(buf, weights_only=False)
+            opt, sched = build()
+            opt.load_state_dict(saved["opt"])
+            sched.load_state_dict(saved["sched"])
+        lrs.append(sched.lr)
+        opt.zero_grad()
+        sum((p ** 2).sum() for p in params).backward()
+        opt.step()
+        sched.after_iteration(float(losses[k]))
+        if (k + 1) % per_epoch == 0:
+            sched.after_epoch(float(losses[k]))
+    return lrs
+
+
+@pytest.mark.parametrize("options", [
+    {"type": "rop", "patience": 1, "factor": 0.7, "warmup_epochs": 1},
+    {"type": "cyclic", "base_lr": 1e-4, "max_lr": 1e-2, "step_size_up": 3, "step_size_down": 5},
+    {"type": "exp", "gamma": 0.95, "warmup_epochs": 2},
+])
+def test_per_iteration_restart_mid_window_is_exact(options):
+    full = _run_per_iter(options, 40, per_epoch=6, win=5)
+    restarted = _run_per_iter(options, 40, per_epoch=6, win=5, restart_at=15)  # mid-epoch, mid-window
+    assert restarted == full  # bit-identical
+    assert len(set(full[15:])) > 3
+
+
+def test_scheduler_state_restores_window_and_mode():
+    opt = build_optimizer(_params(), {"lr": 1.0})
+    sched = Scheduler(opt, {"type": "rop"}, update_lr_per_iter=True, sliding_win_size=3)
+    for loss in (5.0, 4.0, 3.0, 2.0):
+        sched.after_iteration(loss)
+    state = sched.state_dict()
+    assert state["window"] == [4.0, 3.0, 2.0] and state["sliding_win_size"] == 3
+    other = Scheduler(build_optimizer(_params(), {"lr": 1.0}), {"type": "rop"})  # per epoch, window 50
+    other.load_state_dict(state)
+    assert other.update_lr_per_iter and other.sliding_win_size == 3 and other.state_dict() == state
+    old = {k: v for k, v in state.items() if k not in ("update_lr_per_iter", "sliding_win_size", "window")}
+    other.load_state_dict(old)  # a state written before per-iteration updates existed
+    assert other.state_dict()["window"] == []
+
+
+def test_per_iteration_option_errors():
+    opt = build_optimizer(_params(), {"lr": 1.0})
+    with pytest.raises(TrainOptionsError, match="sliding_win_size must be an integer >= 1"):
+        Scheduler(opt, {}, sliding_win_size=0)
+    with pytest.raises(TrainOptionsError, match="update_lr_per_iter must be true or false"):
+        Scheduler(opt, {}, update_lr_per_iter="yes")
+
+
 # ----------------------------------------------------------------------------------- checkpoints
 
 def test_save_atomic_roundtrip_and_failure_keeps_old_file(tmp_path, monkeypatch):

@@ -1,10 +1,12 @@
 """Optimizers and learning-rate schedules built from DeePTB ``train_options`` dictionaries.
 
 ``train_options.optimizer`` and ``train_options.lr_scheduler`` (FORMATS.md section 5.4) are
-variants on ``type``; keys left out take DeePTB's defaults (:data:`OPTIMIZER_DEFAULTS`,
-:data:`SCHEDULER_DEFAULTS`), which are *not* always PyTorch's (e.g. ``linear`` has
-``end_factor`` 1/3 and ``cyclic`` has ``mode`` ``"exp_range"``). Unknown types and keys raise
-:class:`TrainOptionsError` with the closest valid spelling.
+variants on ``type``. The accepted keys and their defaults are those of the configuration schema
+(:mod:`eqtb.config`: :class:`~eqtb.config.AdamOptions`, :class:`~eqtb.config.ExpLR`, ...), which
+holds DeePTB's defaults; they are *not* always PyTorch's (e.g. ``linear`` has ``end_factor`` 1/3
+and ``cyclic`` has ``mode`` ``"exp_range"``). The builders also take plain, unvalidated dicts:
+unknown types and keys raise :class:`TrainOptionsError` with the closest valid spelling, and values
+are checked by PyTorch.
 
 eqtb extensions: optimizer ``AdamW`` (PyTorch defaults, ``weight_decay`` 0.01) and scheduler key
 ``warmup_epochs`` (default 0, see :class:`Scheduler`). ``LBFGS``, accepted by DeePTB's schema, is
@@ -14,12 +16,27 @@ provide.
 
 from __future__ import annotations
 
+import collections
 import copy
+import math
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 from torch.optim import lr_scheduler as _lrs
 
+from eqtb.config import (
+    AdamOptions,
+    AdamWOptions,
+    CosineLR,
+    CyclicLR,
+    ExpLR,
+    LinearLR,
+    ReduceOnPlateauLR,
+    RMSpropOptions,
+    SGDOptions,
+    TrainOptions,
+)
 from eqtb.hints import did_you_mean
 
 
@@ -27,17 +44,17 @@ class TrainOptionsError(ValueError):
     """An optimizer or learning-rate scheduler option that cannot be used."""
 
 
-#: DeePTB's defaults per optimizer type (``dptb/utils/argcheck.py``), plus eqtb's AdamW
-OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "Adam": {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False},
-    "AdamW": {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 1e-2, "amsgrad": False},
-    "SGD": {"lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0, "dampening": 0.0, "nesterov": False},
-    "RMSprop": {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.0,
-                "centered": False},
-}
+#: optimizer type -> (schema model holding its keys and defaults, torch class)
+_OPTIMIZERS: dict[str, tuple[type[BaseModel], type[torch.optim.Optimizer]]] = {
+    "Adam": (AdamOptions, torch.optim.Adam), "AdamW": (AdamWOptions, torch.optim.AdamW),
+    "SGD": (SGDOptions, torch.optim.SGD), "RMSprop": (RMSpropOptions, torch.optim.RMSprop)}
 
-_OPTIMIZER_CLASSES = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW, "SGD": torch.optim.SGD,
-                      "RMSprop": torch.optim.RMSprop}
+#: scheduler type -> (schema model holding its keys and defaults, torch class)
+_SCHEDULERS: dict[str, tuple[type[BaseModel], type]] = {
+    "exp": (ExpLR, _lrs.ExponentialLR), "linear": (LinearLR, _lrs.LinearLR),
+    "rop": (ReduceOnPlateauLR, _lrs.ReduceLROnPlateau), "cos": (CosineLR, _lrs.CosineAnnealingLR),
+    "cyclic": (CyclicLR, _lrs.CyclicLR)}
+
 
 class _Required:
     def __repr__(self) -> str:
@@ -47,32 +64,29 @@ class _Required:
 #: marks a key without default that must be given (cyclic ``base_lr``/``max_lr``)
 REQUIRED = _Required()
 
-#: DeePTB's defaults per scheduler type
-SCHEDULER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "exp": {"gamma": 0.999},
-    "linear": {"start_factor": 0.3333333, "end_factor": 0.3333333, "total_iters": 5},
-    "rop": {"mode": "min", "factor": 0.1, "patience": 10, "threshold": 1e-4, "threshold_mode": "rel",
-            "cooldown": 0, "min_lr": 0.0, "eps": 1e-8},
-    "cos": {"T_max": 100, "eta_min": 0.0},
-    "cyclic": {"base_lr": REQUIRED, "max_lr": REQUIRED, "step_size_up": 10, "step_size_down": 40,
-               "mode": "exp_range", "gamma": 1.0, "scale_fn": None, "scale_mode": "cycle",
-               "cycle_momentum": False, "base_momentum": 0.8, "max_momentum": 0.9,
-               "last_epoch": -1, "verbose": "deprecated"},
-}
 
-_SCHEDULER_CLASSES = {"exp": _lrs.ExponentialLR, "linear": _lrs.LinearLR,
-                      "rop": _lrs.ReduceLROnPlateau, "cos": _lrs.CosineAnnealingLR,
-                      "cyclic": _lrs.CyclicLR}
+def _defaults(model: type[BaseModel]) -> dict[str, Any]:
+    """Key -> default (a fresh copy; :data:`REQUIRED` for keys without one) of a schema model of
+    :mod:`eqtb.config`, in declaration order, without its variant tag ``type``."""
+    return {name: REQUIRED if field.is_required() else field.get_default(call_default_factory=True)
+            for name, field in model.model_fields.items() if name != "type"}
+
+
+def _train_default(key: str) -> Any:
+    """The schema's default of ``train_options.<key>`` (a section: its variant ``type``)."""
+    value = TrainOptions.model_fields[key].get_default(call_default_factory=True)
+    return value.type if isinstance(value, BaseModel) else value
+
 
 #: keys accepted by DeePTB's schema that PyTorch no longer takes (checked, then dropped)
 _CYCLIC_DROPPED = ("last_epoch", "verbose", "scale_fn")
 
 
-def _resolve(kind: str, options: dict | None, defaults: dict[str, dict[str, Any]], default_type: str,
-             refused: dict[str, str]) -> tuple[str, dict[str, Any]]:
-    """Split ``options`` into (type, keyword arguments with defaults filled in); raises
-    TrainOptionsError for a non-dict, an unknown or refused type, an unknown key or a missing
-    required key."""
+def _resolve(kind: str, options: dict | None, variants: dict[str, tuple[type[BaseModel], type]],
+             default_type: str, refused: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    """Split ``options`` into (type, keyword arguments with the schema's defaults filled in);
+    raises TrainOptionsError for a non-dict, an unknown or refused type, an unknown key or a
+    missing required key."""
     if options is None:
         options = {}
     if not isinstance(options, dict):
@@ -83,10 +97,10 @@ def _resolve(kind: str, options: dict | None, defaults: dict[str, dict[str, Any]
     if typ in refused:
         raise TrainOptionsError(f"train_options.{kind}: type {typ!r} is not supported by eqtb: "
                                 f"{refused[typ]}")
-    if typ not in defaults:
+    if typ not in variants:
         raise TrainOptionsError(f"train_options.{kind}: unknown type {typ!r}"
-                                f"{did_you_mean(typ, defaults, cutoff=0.5)}; valid types: {', '.join(defaults)}")
-    allowed = defaults[typ]
+                                f"{did_you_mean(typ, variants, cutoff=0.5)}; valid types: {', '.join(variants)}")
+    allowed = _defaults(variants[typ][0])
     for key in kwargs:
         if key not in allowed:
             raise TrainOptionsError(f"train_options.{kind}: unknown key {key!r} for type {typ!r}"
@@ -102,15 +116,16 @@ def build_optimizer(params, options: dict | None) -> torch.optim.Optimizer:
     """Build a torch optimizer from a DeePTB ``train_options.optimizer`` dict.
 
     ``options`` is ``{"type": "Adam"|"AdamW"|"SGD"|"RMSprop", <keys of that type>}``; a missing
-    ``type`` means Adam and missing keys take :data:`OPTIMIZER_DEFAULTS` (DeePTB's values).
-    ``params`` is what torch optimizers accept (an iterable of tensors or of param-group dicts).
+    ``type`` means Adam and missing keys take the schema's defaults (DeePTB's values, see
+    :class:`eqtb.config.AdamOptions` and its siblings). ``params`` is what torch optimizers accept
+    (an iterable of tensors or of param-group dicts).
 
     Guarantees: the returned optimizer's param groups carry exactly the resolved hyper-parameters;
     ``options`` is not modified. Raises :class:`TrainOptionsError` for LBFGS (unsupported), an
     unknown type or key (with the closest valid spelling), or values torch rejects (e.g. a negative
     ``lr``, ``nesterov`` without momentum).
     """
-    typ, kwargs = _resolve("optimizer", options, OPTIMIZER_DEFAULTS, "Adam", refused={
+    typ, kwargs = _resolve("optimizer", options, _OPTIMIZERS, _train_default("optimizer"), refused={
         "LBFGS": "it needs a closure that re-evaluates the loss several times per step, which the "
                  "eqtb trainer does not provide; use Adam or AdamW"})
     if "betas" in kwargs:
@@ -120,7 +135,7 @@ def build_optimizer(params, options: dict | None) -> torch.optim.Optimizer:
                                     f"got {betas!r}")
         kwargs["betas"] = (float(betas[0]), float(betas[1]))
     try:
-        return _OPTIMIZER_CLASSES[typ](params, **kwargs)
+        return _OPTIMIZERS[typ][1](params, **kwargs)
     except (ValueError, TypeError) as exc:
         raise TrainOptionsError(f"train_options.optimizer ({typ}): {exc}") from exc
 
@@ -137,37 +152,64 @@ def _set_group_lrs(optimizer: torch.optim.Optimizer, lrs: list[float]) -> None:
         group["lr"] = lr
 
 
+_STATE_KEYS = {"type", "warmup_epochs", "epoch", "lr0", "lrs", "main"}
+
+
 class Scheduler:
-    """Learning-rate schedule from a DeePTB ``train_options.lr_scheduler`` dict, with warm-up.
+    """Learning-rate schedule from a DeePTB ``train_options.lr_scheduler`` dict, with warm-up,
+    stepped once per epoch or once per iteration.
 
     ``options`` is ``{"type": "exp"|"linear"|"rop"|"cos"|"cyclic", <DeePTB keys of that type>,
-    "warmup_epochs": W}``; a missing ``type`` means ``exp`` and missing keys take
-    :data:`SCHEDULER_DEFAULTS`. The wrapped PyTorch scheduler ("main") is built on ``optimizer``
-    at construction; its starting learning rate ``lr0`` per param group is the optimizer's lr
-    (``cyclic``: its ``base_lr``).
+    "warmup_epochs": W}``; a missing ``type`` means ``exp`` and missing keys take the schema's
+    defaults (:class:`eqtb.config.ExpLR` and its siblings). The wrapped PyTorch scheduler ("main")
+    is built on ``optimizer`` at construction; its starting learning rate ``lr0`` per param group
+    is the optimizer's lr (``cyclic``: its ``base_lr``). ``update_lr_per_iter`` and
+    ``sliding_win_size`` are the ``train_options`` keys of those names (defaults from
+    :class:`eqtb.config.TrainOptions`).
 
-    Call :meth:`step` once per epoch, after the epoch (DeePTB also allows once per iteration;
-    "epoch" below means one call). Guarantees:
+    The trainer calls :meth:`after_iteration` after every optimizer step with that batch's
+    training loss, and :meth:`after_epoch` at the end of every epoch with the epoch metric (the
+    validation loss if any, else the epoch-mean training loss). A "step" of the main scheduler is
+    one epoch (``update_lr_per_iter`` false, the default, DeePTB's default) or one iteration
+    (``update_lr_per_iter`` true); its counts (``gamma`` per step, ``T_max``, ``total_iters``,
+    ``patience``, ``cooldown``, ``step_size_up/down``) are in those steps. Guarantees:
 
-    * warm-up: during the first ``W`` epochs (0-based epoch ``e < W``) the lr is
-      ``lr0 * (e + 1) / (W + 1)``, a linear ramp from ``lr0/(W+1)``; epoch ``W`` runs at ``lr0``
-      and later epochs follow the main scheduler exactly as it would without warm-up, shifted by
-      ``W`` epochs. Metrics passed during warm-up are ignored (``rop`` counts no bad epochs there).
-    * ``rop`` steps on the metric passed to :meth:`step` (lower is better for ``mode`` "min");
-      the other types ignore it.
+    * warm-up, always counted in epochs: during the first ``W`` epochs (0-based epoch ``e < W``)
+      the lr is ``lr0 * (e + 1) / (W + 1)``, a linear ramp from ``lr0/(W+1)`` constant within an
+      epoch; epoch ``W`` starts at ``lr0`` and from then on the main scheduler runs exactly as it
+      would without warm-up, shifted by ``W`` epochs. Nothing passed during warm-up steps the main
+      scheduler (per iteration: the iterations of warm-up epochs take no step; ``rop`` counts no
+      bad epochs or iterations there).
+    * per epoch: ``after_iteration`` does nothing; ``after_epoch(metric)`` is :meth:`step`
+      ``(metric)``. ``rop`` steps on that metric (lower is better for ``mode`` "min").
+    * per iteration: ``after_epoch`` only counts the epoch for warm-up; ``after_iteration(loss)``
+      appends ``loss`` to a window of the last ``sliding_win_size`` iteration losses (kept during
+      warm-up too) and, after warm-up, steps the main scheduler; ``rop`` steps on the mean of the
+      window, this iteration's loss included (DeePTB's sliding mean, for large data sets with
+      small batches). The other types ignore metrics.
+    * a non-finite metric counts as "not improved" for ``rop``.
     * restart exactness: ``load_state_dict(s.state_dict())`` on a Scheduler freshly built with the
       same options on a rebuilt optimizer (with or without the optimizer's state loaded) makes the
-      following learning rates identical, bit for bit, to an uninterrupted run. The state holds
-      the group learning rates, so it restores them on the optimizer too.
+      following learning rates identical, bit for bit, to an uninterrupted run, also in the middle
+      of an epoch or of a window. The state holds the group learning rates, so it restores them on
+      the optimizer too.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, options: dict | None = None):
-        options = dict(options or {})
-        warmup = options.pop("warmup_epochs", 0)
+    def __init__(self, optimizer: torch.optim.Optimizer, options: dict | None = None, *,
+                 update_lr_per_iter: bool = _train_default("update_lr_per_iter"),
+                 sliding_win_size: int = _train_default("sliding_win_size")):
+        if not isinstance(update_lr_per_iter, bool):
+            raise TrainOptionsError(f"train_options.update_lr_per_iter must be true or false, got "
+                                    f"{update_lr_per_iter!r}")
+        if isinstance(sliding_win_size, bool) or not isinstance(sliding_win_size, int) or sliding_win_size < 1:
+            raise TrainOptionsError(f"train_options.sliding_win_size must be an integer >= 1, got "
+                                    f"{sliding_win_size!r}")
+        typ, kwargs = _resolve("lr_scheduler", options, _SCHEDULERS, _train_default("lr_scheduler"),
+                              refused={})
+        warmup = kwargs.pop("warmup_epochs")
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
             raise TrainOptionsError(f"train_options.lr_scheduler: 'warmup_epochs' must be an integer "
                                     f">= 0, got {warmup!r}")
-        typ, kwargs = _resolve("lr_scheduler", options, SCHEDULER_DEFAULTS, "exp", refused={})
         if typ == "cyclic":
             if kwargs["last_epoch"] != -1:
                 raise TrainOptionsError("train_options.lr_scheduler (cyclic): 'last_epoch' must be -1 "
@@ -178,61 +220,101 @@ class Scheduler:
             for key in _CYCLIC_DROPPED:
                 kwargs.pop(key)
         try:
-            self.main = _SCHEDULER_CLASSES[typ](optimizer, **kwargs)
+            self.main = _SCHEDULERS[typ][1](optimizer, **kwargs)
         except (ValueError, TypeError) as exc:
             raise TrainOptionsError(f"train_options.lr_scheduler ({typ}): {exc}") from exc
         self.optimizer = optimizer
         self.type = typ
         self.options = kwargs
         self.warmup_epochs = warmup
+        self.update_lr_per_iter = update_lr_per_iter
         self.epoch = 0
+        self._window: collections.deque[float] = collections.deque(maxlen=sliding_win_size)
         self._lr0 = _group_lrs(optimizer)
         if warmup:
             _set_group_lrs(optimizer, [lr / (warmup + 1) for lr in self._lr0])
 
     @property
     def lr(self) -> float:
-        """Current learning rate of param group 0 (the one the next epoch uses)."""
+        """Current learning rate of param group 0 (the one the next optimizer step uses)."""
         return float(self.optimizer.param_groups[0]["lr"])
 
     @property
     def in_warmup(self) -> bool:
-        """True while the next epoch is a warm-up epoch."""
+        """True while the current epoch (the next one to finish) is a warm-up epoch."""
         return self.epoch < self.warmup_epochs
 
-    def step(self, metric: float | None = None) -> None:
-        """End one epoch and set the learning rate of the next one.
+    @property
+    def sliding_win_size(self) -> int:
+        """Number of iteration losses averaged for ``rop`` when stepping per iteration."""
+        return int(self._window.maxlen)
 
-        ``metric`` (the epoch's validation or training loss) is required by ``rop`` after warm-up
-        (a ``ValueError`` otherwise) and ignored by the other types and during warm-up. A
-        non-finite metric counts as "not improved" for ``rop``.
-        """
+    def _count_epoch(self) -> bool:
+        """Count one finished epoch and set the warm-up learning rate of the next; True when
+        warm-up was already over before this epoch (the main scheduler governs it)."""
         self.epoch += 1
         w = self.warmup_epochs
         if self.epoch < w:
             _set_group_lrs(self.optimizer, [lr * (self.epoch + 1) / (w + 1) for lr in self._lr0])
         elif self.epoch == w:
             _set_group_lrs(self.optimizer, list(self._lr0))
-        elif self.type == "rop":
-            if metric is None:
-                raise ValueError("the 'rop' learning-rate scheduler needs a metric (the epoch loss) "
-                                 "at every step after warm-up")
-            self.main.step(float(metric))
-        else:
+        return self.epoch > w
+
+    def _step_main(self, metric: float | None) -> None:
+        if self.type != "rop":
             self.main.step()
+        elif metric is None:
+            raise ValueError("the 'rop' learning-rate scheduler needs a metric (the epoch loss) at "
+                             "every step after warm-up")
+        else:
+            self.main.step(float(metric))
+
+    def step(self, metric: float | None = None) -> None:
+        """End one epoch and step the main scheduler once (after warm-up), whatever
+        ``update_lr_per_iter`` says; the trainer calls :meth:`after_epoch` instead.
+
+        ``metric`` (the epoch's validation or training loss) is required by ``rop`` after warm-up
+        (a ``ValueError`` otherwise) and ignored by the other types and during warm-up.
+        """
+        if self._count_epoch():
+            self._step_main(metric)
+
+    def after_iteration(self, loss: float) -> None:
+        """After one optimizer step with training loss ``loss`` (of that batch): with
+        ``update_lr_per_iter``, record it and, after warm-up, step the main scheduler (``rop``: on
+        the mean of the last ``sliding_win_size`` recorded losses). Otherwise nothing."""
+        if not self.update_lr_per_iter:
+            return
+        self._window.append(float(loss))
+        if not self.in_warmup:
+            self._step_main(math.fsum(self._window) / len(self._window))
+
+    def after_epoch(self, metric: float | None = None) -> None:
+        """At the end of an epoch, with the epoch metric (validation loss if any, else the
+        epoch-mean training loss): :meth:`step` ``(metric)`` when stepping per epoch; when stepping
+        per iteration, only the warm-up count advances (``metric`` is ignored)."""
+        if self.update_lr_per_iter:
+            self._count_epoch()
+        else:
+            self.step(metric)
 
     def state_dict(self) -> dict[str, Any]:
         """A deep-copied, picklable snapshot: type, warm-up length, epoch count, starting and
-        current group learning rates and the main scheduler's own state."""
+        current group learning rates, the main scheduler's own state, the stepping mode and the
+        window of recent iteration losses."""
         return {"type": self.type, "warmup_epochs": self.warmup_epochs, "epoch": self.epoch,
                 "lr0": list(self._lr0), "lrs": _group_lrs(self.optimizer),
-                "main": copy.deepcopy(self.main.state_dict())}
+                "main": copy.deepcopy(self.main.state_dict()),
+                "update_lr_per_iter": self.update_lr_per_iter,
+                "sliding_win_size": self.sliding_win_size, "window": list(self._window)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` snapshot, including the optimizer's group learning rates.
-        The stored schedule (its hyper-parameters and warm-up) wins over the options this object
-        was built with; a different scheduler type raises :class:`TrainOptionsError`."""
-        missing = {"type", "warmup_epochs", "epoch", "lr0", "lrs", "main"} - set(state)
+        The stored schedule (its hyper-parameters, warm-up and stepping mode) wins over the
+        options this object was built with; a different scheduler type raises
+        :class:`TrainOptionsError`. A state written before eqtb stepped per iteration (no
+        ``window``) keeps this object's stepping mode and starts an empty window."""
+        missing = _STATE_KEYS - set(state)
         if missing:
             raise TrainOptionsError(f"not an eqtb Scheduler state (missing {sorted(missing)})")
         if state["type"] != self.type:
@@ -245,8 +327,15 @@ class Scheduler:
         self.warmup_epochs = int(state["warmup_epochs"])
         self.epoch = int(state["epoch"])
         self._lr0 = [float(x) for x in state["lr0"]]
+        if "window" in state:
+            self.update_lr_per_iter = bool(state["update_lr_per_iter"])
+            self._window = collections.deque((float(x) for x in state["window"]),
+                                             maxlen=int(state["sliding_win_size"]))
+        else:
+            self._window.clear()
         _set_group_lrs(self.optimizer, [float(x) for x in state["lrs"]])
 
     def __repr__(self) -> str:
-        return (f"Scheduler(type={self.type!r}, warmup_epochs={self.warmup_epochs}, "
+        per = "iteration" if self.update_lr_per_iter else "epoch"
+        return (f"Scheduler(type={self.type!r}, per {per}, warmup_epochs={self.warmup_epochs}, "
                 f"epoch={self.epoch}, lr={self.lr:.6g})")
