@@ -32,7 +32,7 @@ updates, weighted by res_update_ratios)``.
 
 Entry points: :func:`load_config` (file -> :class:`TrainConfig` or :class:`TestConfig`),
 :func:`config_to_dict` / :func:`config_from_dict` (plain dicts, e.g. for checkpoints),
-:func:`ignored_keys`, :func:`resolve_root`, :func:`model_r_max`, :func:`basis_from_config`.
+:func:`ignored_keys`, :func:`resolve_root`, :func:`basis_from_config`.
 """
 
 import copy
@@ -66,7 +66,7 @@ __all__ = [
     "CommonOptions", "ConfigError", "ConfigWarning", "DataOptions", "DataSetOptions", "LossOptions",
     "ModelOptions", "TestConfig", "TestDataOptions", "TestOptions", "TrainConfig", "TrainOptions",
     "apply_overrides", "basis_from_config", "config_from_dict", "config_to_dict", "ignored_keys",
-    "load_config", "model_r_max", "resolve_root",
+    "load_config", "resolve_root",
 ]
 
 
@@ -1123,22 +1123,6 @@ def resolve_root(root: str, config_path: str | Path | None = None, key: str = ""
             return candidate.resolve()
     listed = " and ".join(str(t) for t in tried)
     raise ConfigError(source, key, f"data root {root!r} not found (tried {listed})")
-
-
-def model_r_max(cfg: TrainConfig) -> float | dict[str, float]:
-    """The model's cutoff in Angstrom (``model_options.embedding.r_max``: one radius or per
-    element / per bond), for the ``slem``, ``lem`` and ``trinity`` embeddings; other models raise
-    :class:`ConfigError` ("not supported yet")."""
-    mo = cfg.model_options
-    if mo is None or mo.family is None:
-        raise ConfigError(cfg.source, "model_options", "no model given (it must come from a checkpoint)")
-    emb = mo.embedding
-    if isinstance(emb, SlemEmbedding):
-        return emb.r_max
-    if emb is not None:
-        raise ConfigError(cfg.source, "model_options.embedding.method",
-                          f"cutoff of {emb.method!r} models not supported yet")
-    raise ConfigError(cfg.source, f"model_options.{mo.family}", f"cutoff of {mo.family} models not supported yet")
 
 
 def basis_from_config(cfg: TrainConfig | TestConfig) -> Basis:

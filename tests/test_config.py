@@ -17,7 +17,6 @@ from eqtb.config import (
     config_from_dict,
     config_to_dict,
     load_config,
-    model_r_max,
     resolve_root,
 )
 
@@ -73,7 +72,7 @@ def test_shared_si64_configs_load_unchanged(data_dir, name):
     assert (train.type, train.root, train.prefix, train.separator) == ("DefaultDataset", "./data", "Si64", ".")
     assert train.get_Hamiltonian and train.get_overlap and not train.get_eigenvalues
     assert cfg.data_options.r_max is None
-    assert model_r_max(cfg) == {"Si": 7.4}
+    assert cfg.model_options.embedding.r_max == {"Si": 7.4}
     assert basis_from_config(cfg) == Basis({"Si": "1s1p"})
 
 
@@ -179,8 +178,6 @@ def test_sk_models_and_their_cutoff(si64_dict):
     cfg = config_from_dict(apply_overrides(si64_dict, {"model_options": {"nnsk": nnsk}}))
     assert cfg.model_options.family == "nnsk" and cfg.model_options.nnsk.std == 0.01
     assert cfg.model_options.nnsk.push is False and cfg.model_options.nnsk.atomic_radius == "v1"
-    with pytest.raises(ConfigError, match="not supported yet"):
-        model_r_max(cfg)
     msg = problem(si64_dict, {"model_options": {"nnsk": {**nnsk, "hopping": {"method": "powrlaw"}}}})
     assert "model_options.nnsk.hopping.method: unknown method \"powrlaw\"" in msg and "did you mean 'powerlaw'?" in msg
 
@@ -218,7 +215,7 @@ def test_overrides(si64_config):
                                     "train_options.lr_scheduler.warmup_epochs": 2})
     assert cfg.train_options.num_epoch == 5 and cfg.train_options.max_time == 60.0
     assert cfg.train_options.lr_scheduler.warmup_epochs == 2
-    assert model_r_max(cfg) == {"Si": 6.0}
+    assert cfg.model_options.embedding.r_max == {"Si": 6.0}
     assert load_config(si64_config).train_options.num_epoch == 1500  # the file is untouched
 
 

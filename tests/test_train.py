@@ -89,3 +89,20 @@ def test_bad_configs_give_one_line_errors(si64_run, capsys, edit, message):
     assert main(["train", "bad.json", "-o", "bad", "-q"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_update_lr_per_iter_steps_the_scheduler_every_batch(si64_run):
+    """Two frames (the Si64 folder twice) -> two iterations per epoch: with update_lr_per_iter the
+    exponential schedule decays per batch, otherwise per epoch (DeePTB's semantics)."""
+    shutil.copytree(si64_run / "data" / "Si64.0", si64_run / "data" / "Si64.1")
+    cfg = json.loads((si64_run / "small.json").read_text())
+    cfg["train_options"].update(num_epoch=3, lr_scheduler={"type": "exp", "gamma": 0.5})
+    lrs = {}
+    for per_iter in (False, True):
+        cfg["train_options"]["update_lr_per_iter"] = per_iter
+        (si64_run / "lr.json").write_text(json.dumps(cfg))
+        assert main(["train", "lr.json", "-o", f"run{per_iter}", "-q"]) == 0
+        lrs[per_iter] = [json.loads(line)["lr"] for line in open(si64_run / f"run{per_iter}" / "log" / "history.jsonl")]
+    lr0 = cfg["train_options"]["optimizer"]["lr"]
+    assert lrs[False] == pytest.approx([lr0, lr0 * 0.5, lr0 * 0.25])  # logged before the epoch's step
+    assert lrs[True] == pytest.approx([lr0 * 0.25, lr0 * 0.5**4, lr0 * 0.5**6])  # after each epoch's 2 steps

@@ -12,7 +12,9 @@ subclass of :class:`OperatorModel` decorated with :func:`register`. It declares
   n x r_max. It decides whether chunked inference is exact and how wide a halo must be;
 * :attr:`OperatorModel.quantities` -- the operators it predicts (:mod:`eqtb.quantities`);
 * :meth:`OperatorModel.heads` -- one assembler per quantity, whose ``kind`` says whether the
-  family emits irreps features or two-centre integrals (:mod:`eqtb.models.assembly`).
+  family emits irreps features or two-centre integrals (:mod:`eqtb.models.assembly`);
+* :meth:`OperatorModel.example_options` -- a small configuration, on which ``tests/test_families.py``
+  runs the physics every family must have (:mod:`eqtb.models.testing`).
 
 It is built by one :meth:`OperatorModel.from_options` from the validated, default-filled
 ``model_options`` (defaults live in the schema, :mod:`eqtb.config`, and nowhere else), and it
@@ -144,6 +146,12 @@ class OperatorModel(nn.Module):
     @classmethod
     def cutoff_of(cls, options: dict) -> float | dict:
         """Graph cutoff (Angstrom) of a model with these ``model_options``."""
+        raise NotImplementedError
+
+    @classmethod
+    def example_options(cls, basis: Basis) -> dict:
+        """Small ``model_options`` (DeePTB JSON form, before validation) of this family for
+        ``basis``: what the inherited physics tests (:mod:`eqtb.models.testing`) build."""
         raise NotImplementedError
 
     @staticmethod

@@ -26,8 +26,6 @@ Not yet implemented (a clear :class:`ModelError`): other hopping forms and onsit
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 from ase.data import atomic_numbers, covalent_radii
@@ -168,9 +166,6 @@ class SlaterKoster(OperatorModel):
         for key, off in (("freeze", False), ("push", False), ("soc", {})):
             if nnsk.get(key) not in (off, None):
                 raise ModelError(f"model_options.nnsk.{key} is not supported yet")
-        if nnsk.get("atomic_radius", "cov") != "cov":
-            warnings.warn(f"model_options.nnsk.atomic_radius {nnsk['atomic_radius']!r}: eqtb has no such radius "
-                          "table yet; r_0 uses covalent radii ('cov')", stacklevel=2)
         extra = sorted(set(hop) - {"method", "rs", "w"}) + sorted(set(ons) - {"method"})
         if extra:
             raise ModelError(f"model_options.nnsk: keys {', '.join(extra)} are not supported with "
@@ -187,6 +182,11 @@ class SlaterKoster(OperatorModel):
         if hop["method"] not in CUTOFF_WIDTHS or "rs" not in hop or "w" not in hop:
             raise ModelError(f"model_options.nnsk.hopping: method {hop['method']!r} with rs and w is required")
         return _shift_cutoff(hop["rs"], CUTOFF_WIDTHS[hop["method"]] * float(hop["w"]))
+
+    @classmethod
+    def example_options(cls, basis: Basis) -> dict:
+        return {"nnsk": {"onsite": {"method": "uniform"}, "hopping": {"method": "powerlaw", "rs": 3.0, "w": 0.1},
+                         "std": 0.5}}
 
     @property
     def locality(self) -> Locality:

@@ -164,6 +164,14 @@ class SLEM(OperatorModel):
     def cutoff_of(cls, options: dict):
         return options["embedding"]["r_max"]
 
+    @classmethod
+    def example_options(cls, basis: Basis) -> dict:
+        ls = {ell for e in basis.elements for ell in e.shell_l}
+        hidden = "+".join(f"4x{ell}{'e' if ell % 2 == 0 else 'o'}" for ell in range(2 * max(ls) + 1))
+        return {"embedding": {"method": "slem", "r_max": 4.0, "irreps_hidden": hidden, "n_layers": 2,
+                              "avg_num_neighbors": 10.0, "latent_dim": 16},
+                "prediction": {"method": "e3tb", "neurons": [16]}}
+
     @property
     def locality(self) -> Locality:
         return Locality(1)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import eqtb
+from eqtb import __version__
 from eqtb.basis import Basis
 from eqtb.config import (
     ConfigError,
@@ -152,7 +152,8 @@ class Trainer:
                                  self.quantity, common.overlap).to(self.device)
         opts = plain["train_options"]
         self.optimizer = build_optimizer(self.model.parameters(), opts["optimizer"])
-        self.scheduler = Scheduler(self.optimizer, opts["lr_scheduler"])
+        self.scheduler = Scheduler(self.optimizer, opts["lr_scheduler"], update_lr_per_iter=opts["update_lr_per_iter"],
+                                   sliding_win_size=opts["sliding_win_size"])
         self.ckpt = CheckpointManager(self.out / "checkpoint", self.family, self.opts.max_ckpt)
         self.epoch = 0
         self.iteration = 0
@@ -198,7 +199,7 @@ class Trainer:
                 "optimizer_state_dict": self.optimizer.state_dict(),
                 "lr_scheduler_state_dict": self.scheduler.state_dict(), "epoch": self.epoch,
                 "iteration": self.iteration, "rng": rng_state(), "checkpoints": self.ckpt.state_dict(),
-                "eqtb_version": eqtb.__version__, "quantity": self.quantity, "model_family": self.family,
+                "eqtb_version": __version__, "quantity": self.quantity, "model_family": self.family,
                 "task": "hamiltonians"}
 
     # ------------------------------------------------------------------ steps
@@ -245,7 +246,7 @@ class Trainer:
         writer = self._tensorboard()
         o = self.opts
         n_params = sum(p.numel() for p in self.model.parameters())
-        log.info(f"eqtb {eqtb.__version__}: {len(self.train_set)} training frames, {len(self.val_set)} validation "
+        log.info(f"eqtb {__version__}: {len(self.train_set)} training frames, {len(self.val_set)} validation "
                  f"frames, {n_params} parameters, device {self.device}, {self.dtype}")
         start, t0 = self.epoch, time.perf_counter()
         stop_reason = "done"
@@ -265,6 +266,7 @@ class Trainer:
                     losses.append(loss)
                     infos.append(info)
                     self.iteration += 1
+                    self.scheduler.after_iteration(loss)
                     if self.iteration % o.save_freq == 0:
                         self.epoch = epoch - 1 if b + o.batch_size < len(order) else epoch
                         self.ckpt.save_iter(self.state(), self.iteration)
@@ -281,7 +283,7 @@ class Trainer:
                     if self.ckpt.is_improvement(metric):
                         self.ckpt.save_best(self.state(), metric)
                         best = metric
-                self.scheduler.step(rec.get("val_loss", train_loss))
+                self.scheduler.after_epoch(rec.get("val_loss", train_loss))
                 rec["seconds"] = time.perf_counter() - te
                 if epoch % o.display_freq == 0 or epoch == o.num_epoch:
                     self._display(rec, bar, history, writer)

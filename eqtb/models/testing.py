@@ -1,0 +1,176 @@
+"""The defining properties every model family must have, as reusable checks (in the spirit of
+e3nn's ``assert_equivariant``). ``tests/test_families.py`` runs them on every registered family, so a
+new family gets them by registering; a family's own tests may call them with other structures.
+
+Each check returns the measured errors (relative to the size of the blocks) so that a test can
+state its tolerance, and asserts the controls that keep it from passing vacuously (the blocks are
+not zero; a rotation does change them; the moved atom is seen where it should be).
+
+* :func:`equivariance_errors` -- blocks of a rotated / reflected structure are ``D B D^T``;
+* :func:`locality_errors` -- an atom outside the declared receptive field does not change a block;
+* :func:`chunk_errors` -- chunked evaluation equals unchunked (where the locality allows chunks);
+* :func:`reversal_errors` -- the raw predicted blocks are Hermitian: onsite blocks symmetric, and the
+  bond fed in the opposite direction (j, i, -R) yields the transposed block.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from e3nn import o3
+from scipy.linalg import block_diag
+
+from eqtb.basis import Basis
+from eqtb.models.base import OperatorModel
+from eqtb.models.inputs import ModelInputs
+from eqtb.so3 import wigner_D
+from eqtb.structure import Structure, build_graph
+
+__all__ = ["chunk_errors", "equivariance_errors", "full_D", "locality_errors", "predict_blocks", "randomize",
+           "random_orthogonal", "rel", "reversal_errors"]
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| relative to max |b|."""
+    a, b = torch.as_tensor(a).detach(), torch.as_tensor(b).detach()
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def full_D(basis: Basis, Q: np.ndarray) -> torch.Tensor:
+    """Orbital representation (float64) of the orthogonal matrix Q on the full-basis layout."""
+    return torch.as_tensor(block_diag(*[wigner_D(s.l, Q, (-1) ** s.l) for s in basis.full_shells]))
+
+
+def random_orthogonal(rng: np.random.Generator, det: int) -> np.ndarray:
+    """A random 3x3 rotation (``det`` 1) or rotation-reflection (``det`` -1)."""
+    Q = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    return Q * det * np.sign(np.linalg.det(Q))
+
+
+@torch.no_grad()
+def randomize(model: OperatorModel, seed: int = 0, scale: float = 0.2) -> OperatorModel:
+    """Perturb every parameter by ``scale`` x N(0, 1) so that biases, masks and modulations all take
+    part (many start at zero or one). Per-element onsite constants (a parameter of shape
+    (n_types, onsite_dim) of a head) get noise on their invariant (0e) components only: a constant
+    cannot carry a direction."""
+    gen = torch.Generator().manual_seed(seed)
+    T = model.basis.n_types
+    invariant = {}
+    for head in model.heads().values():
+        irreps = o3.Irreps(head.onsite_transform.irreps)
+        invariant[(T, head.onsite_dim)] = torch.cat(
+            [torch.full((ir.dim,), float(ir.l == 0 and ir.p == 1)) for mul, ir in irreps for _ in range(mul)])
+    for p in model.parameters():
+        noise = scale * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p)
+        mask = invariant.get(tuple(p.shape))
+        p.add_(noise if mask is None else noise * mask.to(p))
+    return model
+
+
+def predict_blocks(model: OperatorModel, structure: Structure, dtype=torch.float64, inputs=None, **kw):
+    """(graph, {quantity: (onsite, offsite)} float64 blocks) of ``structure`` at the model's cutoff."""
+    graph = build_graph(structure, model.r_max, model.basis.symbols)
+    x = inputs if inputs is not None else ModelInputs.from_graph(graph, model.basis, dtype)
+    with torch.no_grad():
+        out = model(x, **kw)
+    return graph, {q: tuple(t.detach().to(torch.float64) for t in v) for q, v in out.items()}
+
+
+def equivariance_errors(model: OperatorModel, structure: Structure, det: int, dtype=torch.float64,
+                        seed: int = 0) -> dict:
+    """{(quantity, part): error} of the blocks of the structure rotated (``det`` 1) or
+    rotated-reflected (``det`` -1) by a random Q and translated, against ``D B D^T``."""
+    rng = np.random.default_rng(seed)
+    Q = random_orthogonal(rng, det)
+    g, out = predict_blocks(model, structure, dtype)
+    g2, out2 = predict_blocks(model, structure.transformed(Q, rng.normal(size=3)), dtype)
+    assert np.array_equal(g2.i, g.i) and np.array_equal(g2.j, g.j) and np.array_equal(g2.R, g.R)
+    D = full_D(model.basis, Q)
+    errors = {}
+    for q in out:
+        for part, B, B2 in zip(("onsite", "offsite"), out[q], out2[q]):
+            assert B.abs().max() > 1e-3, f"{q} {part} blocks are zero: the check would be vacuous"
+            if part == "offsite":
+                assert rel(B2, B) > 1e-3, f"{q} off-site blocks do not change under a rotation"
+            errors[q, part] = rel(B2, D @ B @ D.T)
+    return errors
+
+
+def _image_distances(structure: Structure, a: int) -> np.ndarray:
+    """Distance from atom a to every atom, minimised over the 27 nearest periodic images."""
+    d = structure.positions - structure.positions[a]
+    if not structure.pbc.any():
+        return np.linalg.norm(d, axis=1)
+    shifts = np.array([(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1)]) @ structure.cell
+    return np.linalg.norm(d[:, None, :] + shifts[None], axis=2).min(axis=1)
+
+
+def _moved(structure: Structure, k: int, delta) -> Structure:
+    pos = structure.positions.copy()
+    pos[k] += delta
+    return Structure(structure.numbers, pos, structure.cell, structure.pbc)
+
+
+def locality_errors(model: OperatorModel, structure: Structure, seed: int = 0) -> dict:
+    """Move one atom k by 0.1 A and compare the blocks of a short bond (i, j) of a central atom:
+    ``"outside"`` -- k farther than the receptive field (``hops x r_max``; any other atom for a
+    two-centre model) from i and j: the relative change of the bond's block and of i's onsite block
+    (must be ~0); ``"inside"`` -- k a neighbour of i within r_max (for a two-centre model: j itself):
+    the relative change of the bond's block (must be clearly > 0)."""
+    rng = np.random.default_rng(seed)
+    g, out = predict_blocks(model, structure)
+    q = model.quantity
+    on, off = out[q]
+    n = structure.natoms
+    centre = structure.positions.mean(axis=0)
+    i = int(np.argmin(np.linalg.norm(structure.positions - centre, axis=1)))
+    e = next(int(e) for e in np.argsort(g.lengths) if i in (g.i[e], g.j[e]))
+    bi, bj, R = int(g.i[e]), int(g.j[e]), tuple(int(x) for x in g.R[e])
+    di, dj = _image_distances(structure, bi), _image_distances(structure, bj)
+    reach = model.locality.hops * model.max_cutoff
+    others = [k for k in range(n) if k not in (bi, bj)]
+    margin = {k: min(di[k], dj[k]) - reach for k in others}
+    k_out = max(margin, key=margin.get) if reach > 0 else min(others, key=lambda k: di[k])
+    assert reach == 0 or margin[k_out] > 0.2, "the structure is too small to test this receptive field"
+    k_in = (min((k for k in others if di[k] < model.max_cutoff), key=lambda k: di[k])
+            if model.locality.hops > 0 else bj)
+
+    def change(k):
+        delta = rng.normal(size=3)
+        g2, out2 = predict_blocks(model, _moved(structure, k, 0.1 * delta / np.linalg.norm(delta)))
+        idx = {(int(a), int(b), tuple(int(x) for x in r)): m for m, (a, b, r) in enumerate(zip(g2.i, g2.j, g2.R))}
+        on2, off2 = out2[q]
+        return rel(off2[idx[bi, bj, R]], off[e]), rel(on2[bi], on[bi])
+
+    bond_out, onsite_out = change(k_out)
+    bond_in, _ = change(k_in)
+    return {"outside": max(bond_out, onsite_out), "inside": bond_in}
+
+
+def chunk_errors(model: OperatorModel, structure: Structure, chunk: int = 37) -> float:
+    """Largest relative difference between blocks evaluated in chunks of ``chunk`` directed edges
+    and all at once (every quantity, onsite and off-site)."""
+    g, full = predict_blocks(model, structure)
+    assert 2 * g.n_edges > 3 * chunk, "too few edges to test chunks"
+    _, chunked = predict_blocks(model, structure, edge_chunk=chunk)
+    return max(rel(Bc, B) for q in full for B, Bc in zip(full[q], chunked[q]))
+
+
+def reversal_errors(model: OperatorModel, structure: Structure) -> dict:
+    """Hermiticity of the raw predicted blocks: ``"onsite"`` -- asymmetry of onsite blocks;
+    ``"reversed"`` -- difference between the blocks of every bond fed as (j, i, -R, -d) and the
+    transposed blocks of (i, j, R, d). Off-site blocks must not be symmetric themselves
+    (``"asymmetry"``, a control that must be clearly > 0 for a basis with p orbitals)."""
+    graph = build_graph(structure, model.r_max, model.basis.symbols)
+    x = ModelInputs.from_graph(graph, model.basis, torch.float64)
+    rev = ModelInputs(x.types, x.j, x.i, -x.vectors, -x.R, x.atom_offsets, x.edge_offsets)
+    with torch.no_grad():
+        out, out_rev = model(x), model(rev)
+    errors = {"onsite": 0.0, "reversed": 0.0, "asymmetry": np.inf}
+    for q in out:
+        on, off = out[q]
+        errors["onsite"] = max(errors["onsite"], rel(on.transpose(1, 2), on))
+        errors["reversed"] = max(errors["reversed"], rel(out_rev[q][1].transpose(1, 2), off),
+                                 rel(out_rev[q][0], on))
+        errors["asymmetry"] = min(errors["asymmetry"], rel(off.transpose(1, 2), off))
+    return errors
