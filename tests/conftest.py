@@ -42,3 +42,34 @@ def tiny_model(data_dir, tmp_path_factory) -> Path:
     (tmp / "input.json").write_text(json.dumps(cfg))
     Trainer(load_config(tmp / "input.json"), tmp / "train", progress=False).run()
     return tmp / "train" / "checkpoint" / "slem.latest.pth"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny graphs: intra-op threads only add overhead (seconds per forward on a busy host)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def si64_displaced(data_dir):
+    """The 64-atom Si cell of the ABACUS data, every atom displaced by ~0.1 A (seed 1)."""
+    from eqtb.models.testing import displaced
+    from eqtb.structure import Structure
+
+    return displaced(Structure.read(data_dir / "si64_abacus" / "Si64.vasp"), seed=1)
+
+
+@pytest.fixture(scope="module")
+def gaas_displaced():
+    """A 16-atom zincblende GaAs supercell, every atom displaced by ~0.1 A (seed 3)."""
+    from ase.build import bulk
+
+    from eqtb.models.testing import displaced
+    from eqtb.structure import Structure
+
+    return displaced(Structure.from_ase(bulk("GaAs", "zincblende", a=5.65).repeat((2, 2, 2))), seed=3)

@@ -127,6 +127,7 @@ class _Oracle(torch.nn.Module):
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
         self.basis, self.r_max, self.quantity, self.has_overlap = basis, r_max, "hamiltonian", True
+        self.quantities = ("hamiltonian", "overlap")
         self._targets = iter([s.targets for s in samples])
 
     def forward(self, inputs):

@@ -4,14 +4,11 @@ structures displaced randomly by ~0.1 A: the 64-atom Si cell of the ABACUS data 
 zincblende GaAs supercell with a two-element s/p/d basis. A family added to the registry is tested
 here without a line of its own."""
 
-import numpy as np
 import pytest
 import torch
-from ase.build import bulk
 
 from eqtb.basis import Basis
-from eqtb.config import ModelOptions
-from eqtb.models import FAMILIES
+from eqtb.models import FAMILIES, model_from_options
 from eqtb.models.testing import chunk_errors, equivariance_errors, locality_errors, randomize, reversal_errors
 from eqtb.structure import Structure
 
@@ -19,35 +16,23 @@ SI = Basis({"Si": "1s1p"})
 GAAS = Basis({"Ga": "2s2p2d", "As": "2s2p1d"})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _perturbed(structure: Structure, seed: int) -> Structure:
-    rng = np.random.default_rng(seed)
-    return Structure(structure.numbers, structure.positions + rng.normal(scale=0.1, size=structure.positions.shape),
-                     structure.cell, structure.pbc)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def si64(data_dir) -> Structure:
-    return _perturbed(Structure.read(data_dir / "si64_abacus" / "Si64.vasp"), seed=1)
+def si64(si64_displaced) -> Structure:
+    return si64_displaced
 
 
 @pytest.fixture(scope="module")
-def gaas() -> Structure:
-    return _perturbed(Structure.from_ase(bulk("GaAs", "zincblende", a=5.65).repeat((2, 2, 2))), seed=3)
+def gaas(gaas_displaced) -> Structure:
+    return gaas_displaced
 
 
 def build(family: str, basis: Basis, dtype=torch.float64, seed: int = 0):
-    cls = FAMILIES[family]
-    options = ModelOptions.model_validate(cls.example_options(basis)).model_dump()
     torch.manual_seed(seed)
-    model = cls.from_options(options, basis, None, overlap=True)
+    model = model_from_options(FAMILIES[family].example_options(basis), basis, overlap=True)
+    assert type(model) is FAMILIES[family]
     return randomize(model, seed).to(dtype).eval()
 
 

@@ -123,11 +123,14 @@ def test_sparse_equals_dense_two_elements():
     """Elements with different orbital counts (GaAs 2s2p2d / 2s2p1d): the padding of the
     full-basis layout is removed from the sparse matrices."""
     from eqtb.basis import Basis
-    from eqtb.models.slem import SLEM
+    from eqtb.models import model_from_options
 
     torch.manual_seed(0)
     basis = Basis({"Ga": "2s2p2d", "As": "2s2p1d"})
-    model = Predictor(SLEM(basis, 6.0, "8x0e+8x1o+4x2e+2x3o+2x4e", 1, 30.0, overlap=True))
+    model = Predictor(model_from_options({"embedding": {"method": "slem", "r_max": 6.0, "n_layers": 1,
+                                                        "irreps_hidden": "8x0e+8x1o+4x2e+2x3o+2x4e",
+                                                        "avg_num_neighbors": 30.0},
+                                          "prediction": {"method": "e3tb", "neurons": [64, 64]}}, basis, overlap=True))
     pred = model.predict(bulk("GaAs", "zincblende", a=5.65).repeat((2, 1, 1)))
     assert pred.hamiltonian.norb == 2 * (18 + 13)
     for q in ("hamiltonian", "overlap"):

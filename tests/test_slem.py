@@ -14,12 +14,13 @@ import pytest
 import torch
 from ase.build import bulk
 from e3nn import o3
-from scipy.linalg import block_diag
 
 from eqtb.basis import Basis
 from eqtb.models.inputs import ModelInputs, collate
-from eqtb.models.slem import SLEM, ModelError
-from eqtb.so3 import float64_default, wigner_D
+from eqtb.models import ModelError, model_from_options
+from eqtb.models.slem import SLEM
+from eqtb.models.testing import displaced, full_D, random_orthogonal, rel
+from eqtb.so3 import float64_default
 from eqtb.structure import Structure, build_graph
 from eqtb.operator import Operator
 
@@ -34,28 +35,16 @@ GAAS_RMAX = {"Ga": 4.5, "As": 4.0}
 
 
 # ---------------------------------------------------------------------------------------- helpers
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These graphs are tiny: intra-op threads only add overhead (seconds per forward on a busy host)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 #: torch's default dtype float64 while the model runs (a control: frames are float64 regardless)
 exact_frames = float64_default
 
 
-def _perturbed(structure: Structure, seed: int, sigma: float = 0.1) -> Structure:
-    rng = np.random.default_rng(seed)
-    return Structure(structure.numbers, structure.positions + rng.normal(scale=sigma, size=structure.positions.shape),
-                     structure.cell, structure.pbc)
-
-
 @pytest.fixture(scope="module")
-def si64(data_dir) -> Structure:
-    return _perturbed(Structure.read(data_dir / "si64_abacus" / "Si64.vasp"), seed=1)
+def si64(si64_displaced) -> Structure:
+    return si64_displaced
 
 
 @pytest.fixture(scope="module")
@@ -64,17 +53,19 @@ def si_cluster(data_dir) -> Structure:
     big = Structure.read(data_dir / "si64_abacus" / "Si64.vasp").repeat((2, 2, 2))
     centre = big.cell.sum(axis=0) / 2
     keep = np.linalg.norm(big.positions - centre, axis=1) < 7.5
-    return _perturbed(Structure(big.numbers[keep], big.positions[keep] - centre), seed=2)
+    return displaced(Structure(big.numbers[keep], big.positions[keep] - centre), seed=2)
 
 
 @pytest.fixture(scope="module")
-def gaas() -> Structure:
-    return _perturbed(Structure.from_ase(bulk("GaAs", "zincblende", a=5.65).repeat((2, 2, 2))), seed=3)
+def gaas(gaas_displaced) -> Structure:
+    return gaas_displaced
 
 
 def make_model(basis: Basis, r_max, hidden: str, n_layers: int = 2, dtype=torch.float64, seed: int = 0) -> SLEM:
     torch.manual_seed(seed)
-    model = SLEM(basis, r_max, hidden, n_layers, 10.0, latent_dim=16, overlap=True, overlap_neurons=(16,))
+    model = model_from_options({"embedding": {"method": "slem", "r_max": r_max, "irreps_hidden": hidden,
+                                              "n_layers": n_layers, "avg_num_neighbors": 10.0, "latent_dim": 16},
+                                "prediction": {"method": "e3tb", "neurons": [16]}}, basis, overlap=True)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name != "overlap.onsite_features":
@@ -94,22 +85,6 @@ def predict(model: SLEM, structure: Structure, dtype=torch.float64, exact: bool 
     return graph, {k: tuple(t.detach().to(torch.float64) for t in v) for k, v in out.items()}
 
 
-def full_D(basis: Basis, Q: np.ndarray) -> torch.Tensor:
-    """Orbital representation of the orthogonal matrix Q on the full-basis layout."""
-    return torch.as_tensor(block_diag(*[wigner_D(s.l, Q, (-1) ** s.l) for s in basis.full_shells]))
-
-
-def random_orthogonal(rng, det: int) -> np.ndarray:
-    Q = np.linalg.qr(rng.normal(size=(3, 3)))[0]
-    return Q * det * np.sign(np.linalg.det(Q))
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b| relative to max |b|."""
-    a, b = a.detach(), b.detach()
-    return float((a - b).abs().max() / b.abs().max())
-
-
 def bond_index(graph) -> dict:
     return {(int(i), int(j), tuple(int(x) for x in R)): e for e, (i, j, R) in enumerate(zip(graph.i, graph.j, graph.R))}
 
@@ -127,7 +102,9 @@ def _structure(case, request):
 def test_hidden_irreps_must_cover_the_basis():
     assert GAAS_BASIS.essential_irreps == "9x0e+8x1o+10x2e+4x3o+3x4e"
     with pytest.raises(ModelError, match="4e"):
-        SLEM(GAAS_BASIS, GAAS_RMAX, "8x0e+8x1o+8x2e+4x3o", 1, 10.0)
+        model_from_options({"embedding": {"method": "slem", "r_max": GAAS_RMAX, "irreps_hidden": "8x0e+8x1o+8x2e+4x3o",
+                                          "n_layers": 1, "avg_num_neighbors": 10.0},
+                            "prediction": {"method": "e3tb"}}, GAAS_BASIS)
 
 
 # ---------------------------------------------------------------------------------------- 1. O(3)
@@ -407,7 +384,7 @@ def test_chunked_equals_unchunked(case, request):
 # ---------------------------------------------------------------------------------------- 6. batches
 @pytest.mark.parametrize("cached", [False, True], ids=["fresh", "cached"])
 def test_batch_equals_separate(gaas, cached):
-    other = _perturbed(Structure.from_ase(bulk("GaAs", "zincblende", a=5.75)), seed=8)  # 2 atoms, self-image bonds
+    other = displaced(Structure.from_ase(bulk("GaAs", "zincblende", a=5.75)), seed=8)  # 2 atoms, self-image bonds
     model = make_model(GAAS_BASIS, GAAS_RMAX, GAAS_HIDDEN)
     graphs = [build_graph(s, GAAS_RMAX, GAAS_BASIS.symbols) for s in (gaas, other)]
     assert (graphs[1].i == graphs[1].j).any()

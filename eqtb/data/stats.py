@@ -25,6 +25,7 @@ import torch
 
 from eqtb.basis import Basis
 from eqtb.blocks import BlockTransform
+from eqtb.quantities import QUANTITIES
 from eqtb.structure import pair_cutoffs
 
 
@@ -202,7 +203,7 @@ def operator_stats(operators: Iterable, basis: Basis, r_max=None) -> OperatorSta
     return OperatorStats(basis, finish(on, Lo, so, no), finish(off, Le, se, ne), n_frames)
 
 
-def dataset_stats(folders, quantities=("hamiltonian", "overlap", "density_matrix"), r_max=None,
+def dataset_stats(folders, quantities=QUANTITIES, r_max=None,
                   basis=None) -> dict[str, OperatorStats]:
     """Statistics of every quantity present in a list of
     :class:`~eqtb.data.folder.TrajectoryFolder` (or anything with ``frames(**flags)``), frames read one

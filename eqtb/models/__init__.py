@@ -16,7 +16,8 @@ from eqtb.basis import Basis
 from eqtb.models import sk, slem  # noqa: F401  (registers the families)
 from eqtb.models.base import FAMILIES, ModelError, OperatorModel, family_class, family_name
 
-__all__ = ["FAMILIES", "ModelError", "OperatorModel", "build_model", "family_name", "from_checkpoint"]
+__all__ = ["FAMILIES", "ModelError", "OperatorModel", "build_model", "family_name", "from_checkpoint",
+           "model_from_options"]
 
 
 def build_model(config: dict, stats: dict | None = None, quantity: str = "hamiltonian") -> OperatorModel:
@@ -30,6 +31,16 @@ def build_model(config: dict, stats: dict | None = None, quantity: str = "hamilt
                             overlap=bool(common["overlap"]))
 
 
+def model_from_options(model_options: dict, basis, stats: dict | None = None, quantity: str = "hamiltonian",
+                       overlap: bool = False) -> OperatorModel:
+    """The model of DeePTB-style ``model_options`` as a user writes them (validated and completed with
+    the schema's defaults, :class:`eqtb.config.ModelOptions`) for ``basis``."""
+    from eqtb.config import ModelOptions
+
+    options = ModelOptions.model_validate(model_options).model_dump()
+    return family_class(options).from_options(options, Basis(basis), stats, quantity=quantity, overlap=overlap)
+
+
 def from_checkpoint(state: dict, device: str | torch.device = "cpu") -> OperatorModel:
     """The trained model held by a checkpoint dict (``config``, ``model_state_dict``, and the
     ``model_family`` and ``quantity`` it was trained for), in eval mode, in the config's dtype."""
@@ -40,5 +51,5 @@ def from_checkpoint(state: dict, device: str | torch.device = "cpu") -> Operator
                          f"(it has {', '.join(sorted(FAMILIES))})")
     model = build_model(cfg, None, state.get("quantity", "hamiltonian"))
     model.load_state_dict(state["model_state_dict"])
-    dtype = torch.float64 if cfg["common_options"].get("dtype") == "float64" else torch.float32
+    dtype = torch.float64 if cfg["common_options"]["dtype"] == "float64" else torch.float32
     return model.to(device=device, dtype=dtype).eval()

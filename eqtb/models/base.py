@@ -32,6 +32,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from e3nn import o3
 from torch import nn
 
 from eqtb.basis import Basis
@@ -39,8 +40,8 @@ from eqtb.models.inputs import ModelInputs
 from eqtb.quantities import MAIN_QUANTITIES, OVERLAP
 from eqtb.structure import pair_cutoffs
 
-__all__ = ["FAMILIES", "Features", "Locality", "ModelError", "OperatorModel", "family_class", "family_name",
-           "register"]
+__all__ = ["FAMILIES", "Features", "Locality", "ModelError", "OperatorModel", "bond_chunks", "check_hidden_irreps",
+           "family_class", "family_name", "register"]
 
 
 class ModelError(ValueError):
@@ -85,6 +86,32 @@ class Features:
     offsite: dict[str, torch.Tensor]
     frames: list[torch.Tensor] | None = None
     onsite: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def bond_chunks(n_bonds: int, edge_chunk: int | None) -> list[slice]:
+    """Slices of the canonical bonds holding about ``edge_chunk`` directed edges each (both
+    directions of every bond in one chunk); one slice of all bonds when ``edge_chunk`` is None or
+    covers them."""
+    size = max(1, edge_chunk // 2) if edge_chunk else 0
+    if not size or size >= n_bonds:
+        return [slice(0, n_bonds)]
+    return [slice(a, min(a + size, n_bonds)) for a in range(0, n_bonds, size)]
+
+
+def check_hidden_irreps(hidden: str, basis: Basis) -> o3.Irreps:
+    """``hidden`` as sorted, simplified irreps; :class:`ModelError` unless it holds every irrep the
+    basis needs (:attr:`eqtb.basis.Basis.essential_irreps`)."""
+    try:
+        irreps = o3.Irreps(hidden).sort().irreps.simplify()
+    except (ValueError, AssertionError) as err:
+        raise ModelError(f"irreps_hidden {hidden!r} is not an irreps string: {err}") from None
+    have = {(ir.l, ir.p) for _, ir in irreps}
+    need = o3.Irreps(basis.essential_irreps)
+    missing = [str(ir) for _, ir in need if (ir.l, ir.p) not in have]
+    if missing:
+        raise ModelError(f"irreps_hidden {hidden!r} lacks {', '.join(missing)}, needed by the basis "
+                         f"{basis.spec} (essential irreps {basis.essential_irreps})")
+    return irreps
 
 
 #: registry name -> family class

@@ -33,7 +33,7 @@ from torch import nn
 
 from eqtb.basis import Basis
 from eqtb.models.assembly import IrrepsAssembler, SKAssembler
-from eqtb.models.base import Features, Locality, ModelError, OperatorModel, register
+from eqtb.models.base import Features, Locality, ModelError, OperatorModel, bond_chunks, register
 from eqtb.models.inputs import ModelInputs
 from eqtb.nn.so2 import directed_frames
 from eqtb.quantities import OVERLAP
@@ -211,11 +211,8 @@ class SlaterKoster(OperatorModel):
         """Two-centre integrals of every directed edge, chunk by chunk (any chunking is exact)."""
         T = self.basis.n_types
         types = inputs.types
-        E = inputs.n_edges
-        size = max(1, edge_chunk // 2) if edge_chunk else max(E, 1)
-        starts = range(0, E, size) if E else [0]
-        for n, a in enumerate(starts):
-            sl = slice(a, min(a + size, E))
+        chunks = bond_chunks(inputs.n_edges, edge_chunk)
+        for n, sl in enumerate(chunks):
             vec = inputs.vectors[sl]
             ti = torch.cat([types[inputs.i[sl]], types[inputs.j[sl]]])
             tj = torch.cat([types[inputs.j[sl]], types[inputs.i[sl]]])
@@ -225,7 +222,7 @@ class SlaterKoster(OperatorModel):
                             directed_frames(vec, self.lmax))
             if self.has_overlap:
                 part.offsite[OVERLAP] = self.integrals(self.overlap_hopping, r, pair)
-            if n == len(starts) - 1:
+            if n == len(chunks) - 1:
                 part.onsite[self.quantity] = self.onsite_energies[types] @ self.shell_features.to(vec)
                 if self.has_overlap:
                     part.onsite[OVERLAP] = self.overlap_onsite[types]
@@ -234,6 +231,4 @@ class SlaterKoster(OperatorModel):
             yield part
 
     def chunk_steps(self, inputs: ModelInputs, edge_chunk: int | None) -> int:
-        E = inputs.n_edges
-        size = max(1, edge_chunk // 2) if edge_chunk else max(E, 1)
-        return max(1, -(-E // size))
+        return len(bond_chunks(inputs.n_edges, edge_chunk))

@@ -34,29 +34,21 @@ from torch import nn
 
 from eqtb.basis import Basis
 from eqtb.models.assembly import IrrepsAssembler
-from eqtb.models.base import Features, Locality, ModelError, OperatorModel, register
+from eqtb.models.base import (
+    Features,
+    Locality,
+    ModelError,
+    OperatorModel,
+    bond_chunks,
+    check_hidden_irreps,
+    register,
+)
 from eqtb.models.heads import OverlapHead
 from eqtb.models.inputs import ModelInputs
 from eqtb.nn.irreps import IrrepsLinear, gate_frame, gate_parts, n_gates
 from eqtb.nn.radial import MLP, BesselBasis
 from eqtb.nn.so2 import IrrepsLayout, SO2Linear, directed_frames
 from eqtb.structure import pair_cutoffs
-
-
-def check_hidden_irreps(hidden: str, basis: Basis) -> o3.Irreps:
-    """``hidden`` as sorted, simplified irreps; :class:`ModelError` unless it holds every irrep the
-    basis needs (:attr:`eqtb.basis.Basis.essential_irreps`)."""
-    try:
-        irreps = o3.Irreps(hidden).sort().irreps.simplify()
-    except (ValueError, AssertionError) as err:
-        raise ModelError(f"irreps_hidden {hidden!r} is not an irreps string: {err}") from None
-    have = {(ir.l, ir.p) for _, ir in irreps}
-    need = o3.Irreps(basis.essential_irreps)
-    missing = [str(ir) for _, ir in need if (ir.l, ir.p) not in have]
-    if missing:
-        raise ModelError(f"irreps_hidden {hidden!r} lacks {', '.join(missing)}, needed by the basis "
-                         f"{basis.spec} (essential irreps {basis.essential_irreps})")
-    return irreps
 
 
 class _EdgeModulation(nn.Module):
@@ -84,13 +76,14 @@ class SLEM(OperatorModel):
     ``r_max``: float or per-element / per-bond dict (Angstrom), as DeePTB's embedding r_max.
     ``stats``: dict quantity -> :class:`eqtb.data.stats.OperatorStats` for the output normalisation
     (None: unit scale, zero shift). ``quantity``: the operator predicted by the main head
-    ("hamiltonian" or "density_matrix"); ``overlap`` adds the two-centre overlap head."""
+    ("hamiltonian" or "density_matrix"); ``overlap`` adds the two-centre overlap head (an MLP of
+    hidden widths ``overlap_neurons``). The other arguments are the ``slem`` embedding options of
+    :class:`eqtb.config.SlemEmbedding`, whose defaults are the only ones (build with
+    :meth:`from_options` or :func:`eqtb.models.model_from_options`)."""
 
-    def __init__(self, basis: Basis, r_max, irreps_hidden: str, n_layers: int, avg_num_neighbors: float,
-                 n_radial_basis: int = 10, cutoff_type: str = "polynomial", cutoff_p: float = 6.0,
-                 latent_dim: int = 64, res_update_ratio: float = 0.5, overlap: bool = False,
-                 overlap_neurons: list[int] | tuple[int, ...] = (64, 64), quantity: str = "hamiltonian",
-                 stats: dict | None = None):
+    def __init__(self, basis: Basis, r_max, irreps_hidden: str, n_layers: int, avg_num_neighbors: float, *,
+                 n_radial_basis: int, cutoff_type: str, cutoff_p: float, latent_dim: int, res_update_ratio: float,
+                 overlap: bool, overlap_neurons: list[int] | None, quantity: str, stats: dict | None = None):
         super().__init__()
         self.check_quantity(quantity)
         self.basis = Basis(basis)
@@ -309,7 +302,7 @@ class SLEM(OperatorModel):
         every chunk done, :meth:`chunk_steps` in all."""
         E = inputs.n_edges
         if edge_chunk and edge_chunk < 2 * E:
-            yield from self._features_chunked(inputs, max(1, edge_chunk // 2), progress)
+            yield from self._features_chunked(inputs, edge_chunk, progress)
             return
         geo = self.geometry(inputs)
         types, src, dst = inputs.types, inputs.src, inputs.dst
@@ -347,7 +340,7 @@ class SLEM(OperatorModel):
         E = inputs.n_edges
         if not edge_chunk or edge_chunk >= 2 * E:
             return 1
-        return (self.n_layers + 2) * len(_chunks(E, max(1, edge_chunk // 2)))
+        return (self.n_layers + 2) * len(bond_chunks(E, edge_chunk))
 
     def _bond_frames(self, h, src, D, n_bonds):
         """Node features of both ends of directed edges ``[fwd; rev]`` of ``n_bonds`` bonds, in the
@@ -360,15 +353,15 @@ class SLEM(OperatorModel):
     def _onsite_features_flat(self, h):
         return self.onsite_layout.merge(self._onsite_features(h))
 
-    def _features_chunked(self, inputs, bonds_per_chunk, progress=None):
+    def _features_chunked(self, inputs, edge_chunk, progress=None):
         """The same features in chunks of canonical bonds (each chunk holds both directions of its
         bonds, so its blocks are complete): node passes over the chunks, layer by layer (node
         features never read edge features), then every chunk through all edge stages and the
         heads. Geometry is kept per chunk (~40 floats per directed edge)."""
         types = inputs.types
         N = inputs.n_atoms
-        chunks = _chunks(inputs.n_edges, bonds_per_chunk)
-        key = ("chunk_geometry", bonds_per_chunk)
+        chunks = bond_chunks(inputs.n_edges, edge_chunk)
+        key = ("chunk_geometry", chunks[0].stop)
         if key not in inputs.cache:
             inputs.cache[key] = [self._bond_geometry(inputs, sl) for sl in chunks]
         geos = inputs.cache[key]
@@ -411,9 +404,3 @@ class SLEM(OperatorModel):
             self._add_overlap(part, geo["radial"], types if last else None)
             tick()
             yield part
-
-
-def _chunks(n: int, size: int | None) -> list[slice]:
-    if not size or size >= n:
-        return [slice(0, n)]
-    return [slice(a, min(a + size, n)) for a in range(0, n, size)]

@@ -26,7 +26,7 @@ from eqtb.models.inputs import ModelInputs
 from eqtb.so3 import wigner_D
 from eqtb.structure import Structure, build_graph
 
-__all__ = ["chunk_errors", "equivariance_errors", "full_D", "locality_errors", "predict_blocks", "randomize",
+__all__ = ["chunk_errors", "displaced", "equivariance_errors", "full_D", "locality_errors", "predict_blocks", "randomize",
            "random_orthogonal", "rel", "reversal_errors"]
 
 
@@ -34,6 +34,14 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| relative to max |b|."""
     a, b = torch.as_tensor(a).detach(), torch.as_tensor(b).detach()
     return float((a - b).abs().max() / b.abs().max())
+
+
+def displaced(structure: Structure, seed: int, sigma: float = 0.1) -> Structure:
+    """``structure`` with every atom displaced by N(0, sigma^2) per component (Angstrom), so that no
+    crystal symmetry can hide an error."""
+    rng = np.random.default_rng(seed)
+    return Structure(structure.numbers, structure.positions + rng.normal(scale=sigma, size=structure.positions.shape),
+                     structure.cell, structure.pbc)
 
 
 def full_D(basis: Basis, Q: np.ndarray) -> torch.Tensor:
