@@ -237,6 +237,10 @@ class OperatorModel(nn.Module):
     def calibrate(self, inputs: list[ModelInputs]) -> None:
         """Data-dependent initialisation from training structures (default: nothing)."""
 
+    def after_iteration(self, iteration: int) -> None:
+        """Called by the trainer after optimizer step ``iteration`` (counted from 1), for families
+        whose options change during training (e.g. nnsk ``push``). Default: nothing."""
+
     def forward(self, inputs: ModelInputs, edge_chunk: int | None = None,
                 progress=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Blocks ``{quantity: (onsite (N, F, F), offsite (E, F, F))}`` of the atoms and canonical

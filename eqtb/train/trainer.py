@@ -267,6 +267,7 @@ class Trainer:
                     infos.append(info)
                     self.iteration += 1
                     self.scheduler.after_iteration(loss)
+                    self.model.after_iteration(self.iteration)
                     if self.iteration % o.save_freq == 0:
                         self.epoch = epoch - 1 if b + o.batch_size < len(order) else epoch
                         self.ckpt.save_iter(self.state(), self.iteration)
