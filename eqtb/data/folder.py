@@ -85,9 +85,18 @@ class DatasetWarning(UserWarning):
 
 
 class BandInfo(BaseModel):
-    """``bandinfo`` of info.json: band window ``[band_min, band_max)`` (0-based band indices;
-    ``band_max`` None = all bands the model has) and energy window ``emin``/``emax`` in eV relative to
-    the lowest eigenvalue inside the band window (only used when both are set)."""
+    """``bandinfo`` of info.json: what an eigenvalue loss fits for the frames of one folder.
+
+    DeePTB v2 keys: band window ``[band_min, band_max)`` (0-based indices into the reference bands
+    after ``diff_valence`` has dropped the lowest ones; ``band_max`` None = as many as the model and
+    the data both have) and energy window ``emin``/``emax`` in eV, relative to the lowest reference
+    eigenvalue inside the band window (used only when both are set, as DeePTB v2 does).
+
+    DeePTB v1 keys, read by eqtb's ``eigvals`` loss: ``gap_penalty`` (add ``0.1 * MSE(1/(gap +
+    loss_gap_eta))`` of the gap between bands ``fermi_band`` and ``fermi_band + 1``, indices inside the
+    band window; ``loss_gap_eta`` in eV), ``weight`` (one number, or one non-negative weight per
+    k-point: the weights of the k-points in the band mean-square errors) and ``loss_weight`` (the
+    weight of each frame of this folder among the frames of a batch)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -95,6 +104,11 @@ class BandInfo(BaseModel):
     band_max: StrictInt | None = None
     emin: float | None = None
     emax: float | None = None
+    gap_penalty: StrictBool = False
+    fermi_band: StrictInt = Field(0, ge=0)
+    loss_gap_eta: float = Field(0.01, gt=0)
+    weight: float | list[float] = 1.0
+    loss_weight: float = Field(1.0, ge=0)
 
     @model_validator(mode="after")
     def _window(self):
@@ -102,7 +116,24 @@ class BandInfo(BaseModel):
             raise ValueError(f"band_max ({self.band_max}) must be larger than band_min ({self.band_min})")
         if self.emin is not None and self.emax is not None and self.emax <= self.emin:
             raise ValueError(f"emax ({self.emax}) must be larger than emin ({self.emin})")
+        weights = self.weight if isinstance(self.weight, list) else [self.weight]
+        if not weights or min(weights) < 0 or max(weights) <= 0:
+            raise ValueError(f"weight must be non-negative with at least one positive value, got {self.weight!r}")
+        if self.gap_penalty and self.band_max is not None and self.fermi_band + 1 >= self.band_max - self.band_min:
+            raise ValueError(f"fermi_band ({self.fermi_band}) + 1 must be inside the band window "
+                             f"[{self.band_min}, {self.band_max})")
         return self
+
+    @property
+    def energy_window(self) -> tuple[float, float] | None:
+        """(emin, emax) in eV when both are set, else None."""
+        return None if self.emin is None or self.emax is None else (self.emin, self.emax)
+
+    def to_json_dict(self) -> dict:
+        """DeePTB's four keys always (its reader needs them), the others when not at their default."""
+        out = {k: getattr(self, k) for k in ("band_min", "band_max", "emin", "emax")}
+        out.update(self.model_dump(exclude_defaults=True, exclude=set(out)))
+        return out
 
 
 class Info(BaseModel):
@@ -137,7 +168,7 @@ class Info(BaseModel):
         out = {"nframes": self.nframes, "natoms": self.natoms, "pos_type": self.pos_type,
                "pbc": self.pbc if isinstance(self.pbc, bool) else list(self.pbc)}
         if self.bandinfo is not None:
-            out["bandinfo"] = self.bandinfo.model_dump()
+            out["bandinfo"] = self.bandinfo.to_json_dict()
         return out
 
     @classmethod
@@ -336,7 +367,8 @@ class TrajectoryFolder:
     ``info``: the folder's own ``info.json`` if present, else the ``info`` argument, else
     ``<parent>/info.json``, else DatasetError. ``basis``: the argument, else ``basis.dat``, else
     None (then asking for blocks raises DatasetError). Files are read lazily and cached (structure,
-    k-points, eigenvalues); block files are read per frame."""
+    k-points, eigenvalues); block files are read per frame. ``info_source``: where the info came
+    from (a file path, or "the info argument"), for messages."""
 
     def __init__(self, path: str | Path, basis: Basis | dict | None = None, info: Info | None = None):
         self.path = Path(path)
@@ -344,11 +376,12 @@ class TrajectoryFolder:
             raise DatasetError(f"{self.path}: trajectory folder does not exist")
         own = self.path / "info.json"
         if own.is_file():
-            self.info = read_info(own)
+            self.info, self.info_source = read_info(own), str(own)
         elif info is not None:
-            self.info = info.model_copy(deep=True)
+            self.info, self.info_source = info.model_copy(deep=True), "the info argument"
         elif (self.path.parent / "info.json").is_file():
-            self.info = read_info(self.path.parent / "info.json")
+            self.info_source = str(self.path.parent / "info.json")
+            self.info = read_info(self.info_source)
         else:
             raise DatasetError(f"{own}: missing info.json (and no {self.path.parent / 'info.json'} to fall "
                                f"back on)")

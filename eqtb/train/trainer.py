@@ -2,19 +2,39 @@
 
 Reads a DeePTB-style configuration (:mod:`eqtb.config`), loads the datasets once into aligned
 samples (:mod:`eqtb.train.data`), computes the per-element output normalisation from the training
-targets (:mod:`eqtb.data.stats`), builds the model (:func:`eqtb.models.build_model`) and trains it
-with the configured optimizer, scheduler and loss.
+targets (:mod:`eqtb.data.stats`; none when only eigenvalues are loaded: the model is then built
+without statistics), builds the model (:func:`eqtb.models.build_model`) and trains it with the
+configured optimizer, scheduler and loss (:func:`eqtb.train.loss.build_loss`: block losses on H/S
+targets, ``eigvals`` on reference band energies, ``eig_ham`` on both).
+
+What is loaded follows ``data_options.train``: ``get_Hamiltonian`` / ``get_DM`` (target blocks of
+the main quantity), ``get_overlap`` (overlap targets, with ``common_options.overlap``) and
+``get_eigenvalues`` (``eigenvalues.npy`` + ``kpoints.npy`` with the folder's ``bandinfo``). A
+dataset of structures and eigenvalues alone trains a model of the Hamiltonian (and, with
+``common_options.overlap``, of the overlap that enters ``H c = E S c``) on band energies.
 
 Epochs and iterations are counted from 1, like DeePTB. The order of the training frames in epoch
-``n`` is a permutation drawn from ``seed + n`` alone, so a run restarted from a checkpoint
-(``restart``) continues with exactly the losses the uninterrupted run would have had.
+``n`` is a permutation drawn from ``seed + n`` alone, and a checkpoint written inside an epoch
+records the batches already done, so a run restarted from any checkpoint (``restart``) continues
+with exactly the losses the uninterrupted run would have had. ``init_model`` starts a new run from
+the weights of a checkpoint (DeePTB's ``-i``, e.g. its tutorials' chains input_1 -> input_2 ->
+input_3, whose hopping cutoffs may differ): the configured model is built and the checkpoint's
+weights are loaded when every parameter matches in name and shape, else :class:`TrainError` lists
+what differs.
 
 Outputs in ``out_dir``: ``train_config.json`` (the configuration with defaults filled),
 ``checkpoint/<name>.latest.pth`` (every ``save_freq`` iterations, at the end, on Ctrl-C and on the
 time limit), ``<name>.best.pth`` (lowest validation loss, else training loss, checked every
 ``validation_freq`` epochs), ``<name>.iter<N>.pth`` (every ``save_freq`` iterations, the newest
 ``max_ckpt`` kept), ``log/log.txt`` (one line per display step) and ``log/history.jsonl`` (the same
-figures as JSON lines). All checkpoints are written atomically.
+figures as JSON lines: losses in the loss's unit -- eV for block losses, eV^2 for ``eigvals`` --,
+``*_onsite_mae``/``*_hopping_mae`` in eV, ``*_overlap_mae`` dimensionless, ``*_band_mae_meV`` in
+meV; a restart drops the lines of epochs after its checkpoint). All checkpoints are written
+atomically.
+
+The ``rop`` scheduler (stepped per epoch) steps on the validation loss when there is a validation
+set -- the latest one, computed every ``validation_freq`` epochs and once at the end of the first
+epoch of a run that has none yet -- and on the epoch's training loss otherwise, never on a mix.
 """
 
 from __future__ import annotations
@@ -43,8 +63,8 @@ from eqtb.data.stats import operator_stats
 from eqtb.models import ModelError, build_model
 from eqtb.models.assembly import to_operators
 from eqtb.models.base import family_class, family_name
-from eqtb.models.inputs import ModelInputs, collate
 from eqtb.operator import Operator
+from eqtb.quantities import DATA_FLAGS, DENSITY_MATRIX, HAMILTONIAN, OVERLAP
 from eqtb.train.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -52,9 +72,8 @@ from eqtb.train.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from eqtb.quantities import DATA_FLAGS
-from eqtb.train.data import Sample, load_samples
-from eqtb.train.loss import BlockLoss
+from eqtb.train.data import Batch, Sample, load_samples, make_batch
+from eqtb.train.loss import LossError, build_loss
 from eqtb.train.optim import Scheduler, build_optimizer
 
 log = logging.getLogger("eqtb.train")
@@ -64,22 +83,23 @@ class TrainError(ValueError):
     """A training run that cannot start (inconsistent config, data or checkpoint)."""
 
 
-def quantities_of(cfg: TrainConfig) -> tuple[str, list[str]]:
-    """(main quantity, all quantities to load) from the data flags and ``common_options.overlap``."""
+def quantities_of(cfg: TrainConfig) -> tuple[str, list[str], bool]:
+    """(main quantity the model predicts, quantities whose target blocks are loaded, whether
+    reference band energies are loaded) from ``data_options.train`` and ``common_options.overlap``.
+    Band energies alone make the Hamiltonian the main quantity, with no target blocks."""
     flags = cfg.data_options.train
     wanted = [q for q, f in DATA_FLAGS.items() if getattr(flags, f)]
-    if "hamiltonian" in wanted:
-        main = "hamiltonian"
-    elif "density_matrix" in wanted:
-        main = "density_matrix"
+    bands = bool(flags.get_eigenvalues)
+    if HAMILTONIAN in wanted or (bands and DENSITY_MATRIX not in wanted):
+        main = HAMILTONIAN
+    elif DENSITY_MATRIX in wanted:
+        main = DENSITY_MATRIX
     else:
-        raise TrainError(f"{cfg.source}: data_options.train: set get_Hamiltonian (or get_DM) to true")
-    load = [main]
-    if cfg.common_options.overlap:
-        if not flags.get_overlap:
-            raise TrainError(f"{cfg.source}: common_options.overlap is true but data_options.train.get_overlap is false")
-        load.append("overlap")
-    return main, load
+        raise TrainError(f"{cfg.source}: data_options.train: set get_Hamiltonian, get_DM or get_eigenvalues to true")
+    load = [main] if main in wanted else []
+    if cfg.common_options.overlap and flags.get_overlap:
+        load.append(OVERLAP)
+    return main, load, bands
 
 
 def sample_operator(s: Sample, basis: Basis, quantity: str) -> Operator:
@@ -88,10 +108,27 @@ def sample_operator(s: Sample, basis: Basis, quantity: str) -> Operator:
     return to_operators(s.structure, basis, inp.i, inp.j, inp.R, {quantity: s.targets[quantity]})[quantity]
 
 
-def _batch(samples: list[Sample]):
-    inputs = collate([s.inputs for s in samples])
-    targets = {q: tuple(torch.cat([s.targets[q][k] for s in samples]) for k in range(2)) for q in samples[0].targets}
-    return inputs, targets
+def _state_mismatch(model: torch.nn.Module, saved: dict) -> list[str]:
+    """What keeps ``saved`` (a state dict) from loading into ``model``: missing, unexpected and
+    differently shaped entries."""
+    own = model.state_dict()
+    out = [f"{k} is missing" for k in own if k not in saved]
+    out += [f"{k} is not in the configured model" for k in saved if k not in own]
+    out += [f"{k} has shape {tuple(saved[k].shape)}, the configured model {tuple(v.shape)}"
+            for k, v in own.items() if k in saved and tuple(saved[k].shape) != tuple(v.shape)]
+    return out
+
+
+def _trim_history(path: Path, epoch: int) -> None:
+    """Keep the lines of ``path`` (history.jsonl) of epochs up to ``epoch`` (atomic rewrite)."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("epoch", 0) <= epoch]
+    if len(kept) != len(lines):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
 
 
 class Trainer:
@@ -132,12 +169,18 @@ class Trainer:
             self.r_max = family_class(plain["model_options"]).cutoff_of(plain["model_options"])
         except ModelError as exc:
             raise ConfigError(cfg.source, "model_options", str(exc)) from None
-        self.quantity, self.quantities = quantities_of(cfg)
+        self.quantity, self.quantities, self.bands = quantities_of(cfg)
+        loss_options = plain["train_options"]["loss_options"]["train"]
+        try:
+            self.loss_fn = build_loss(self.basis, loss_options, self.quantity, common.overlap).to(self.device)
+        except LossError as exc:
+            raise ConfigError(cfg.source, "train_options.loss_options.train", str(exc)) from None
+        self._check_data_for_loss(loss_options["method"])
 
         self.train_set = self._load("train")
         self.val_set = self._load("validation") if cfg.data_options.validation is not None else []
         stats = None
-        if self.restart_state is None and init_state is None:
+        if self.restart_state is None and init_state is None and self.quantities:
             stats = {q: operator_stats((sample_operator(s, self.basis, q) for s in self.train_set), self.basis)
                      for q in self.quantities}
         try:
@@ -148,8 +191,6 @@ class Trainer:
             self.model.calibrate([s.inputs for s in self.train_set])
         if init_state is not None:
             self._load_weights(init_state, init_model)
-        self.loss_fn = BlockLoss(self.basis, plain["train_options"]["loss_options"]["train"],
-                                 self.quantity, common.overlap).to(self.device)
         opts = plain["train_options"]
         self.optimizer = build_optimizer(self.model.parameters(), opts["optimizer"])
         self.scheduler = Scheduler(self.optimizer, opts["lr_scheduler"], update_lr_per_iter=opts["update_lr_per_iter"],
@@ -157,31 +198,54 @@ class Trainer:
         self.ckpt = CheckpointManager(self.out / "checkpoint", self.family, self.opts.max_ckpt)
         self.epoch = 0
         self.iteration = 0
+        self.last_val_loss: float | None = None  # the latest validation loss (the rop metric)
+        self._progress: dict | None = None  # the current epoch's batches so far: {"losses", "infos"}
         if self.restart_state is not None:
             self._restore(self.restart_state, restart)
 
     # ------------------------------------------------------------------ setup
+    def _check_data_for_loss(self, method: str) -> None:
+        """The training data provide what the loss compares."""
+        key = f"{self.cfg.source}: train_options.loss_options.train.method {method!r}"
+        if self.loss_fn.needs_blocks and self.quantity not in self.quantities:
+            raise TrainError(f"{key} compares {self.quantity} blocks: set data_options.train."
+                             f"{DATA_FLAGS[self.quantity]} to true")
+        if self.loss_fn.needs_blocks and self.cfg.common_options.overlap and OVERLAP not in self.quantities:
+            raise TrainError(f"{self.cfg.source}: common_options.overlap is true but data_options.train.get_overlap "
+                             f"is false (the {method!r} loss compares overlap blocks)")
+        if self.loss_fn.needs_bands and not self.bands:
+            raise TrainError(f"{key} fits band energies: set data_options.train.get_eigenvalues to true")
+
     def _load(self, which: str) -> list[Sample]:
         ds = getattr(self.cfg.data_options, which)
         root = resolve_root(ds.root, self.cfg.path, f"data_options.{which}.root")
         samples = load_samples(root, ds.prefix, self.basis, self.r_max, self.quantities, ds.separator, ds.type,
-                               dtype=self.dtype, progress=self.progress)
+                               eigenvalues=self.bands and self.loss_fn.needs_bands, dtype=self.dtype,
+                               progress=self.progress)
         if not samples:
             raise TrainError(f"{self.cfg.source}: data_options.{which}: no frames found under {root} "
                              f"with prefix {ds.prefix!r}")
         for s in samples:
             s.inputs = s.inputs.to(self.device, self.dtype)
             s.targets = {q: (a.to(self.device), b.to(self.device)) for q, (a, b) in s.targets.items()}
+            if s.bands is not None:
+                s.bands = s.bands.to(self.device, self.dtype)
         return samples
 
     def _load_weights(self, state: dict, path) -> None:
         saved = Basis(state["config"]["common_options"]["basis"])
         if saved != self.basis:
             raise TrainError(f"{path}: the model's basis {saved.spec} differs from the config's {self.basis.spec}")
-        try:
-            self.model.load_state_dict(state["model_state_dict"])
-        except RuntimeError as err:
-            raise TrainError(f"{path}: weights do not fit the configured model ({str(err).splitlines()[0]})") from None
+        family = state.get("model_family") or family_name(state["config"]["model_options"])
+        if family != self.family:
+            raise TrainError(f"{path}: the checkpoint holds a {family!r} model but the config builds a "
+                             f"{self.family!r} model; eqtb initialises a model only from one of its own family")
+        problems = _state_mismatch(self.model, state["model_state_dict"])
+        if problems:
+            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+            raise TrainError(f"{path}: the checkpoint's weights do not fit the configured {self.family} model: "
+                             f"{'; '.join(problems[:5])}{more}")
+        self.model.load_state_dict(state["model_state_dict"])
 
     def _restore(self, state: dict, path) -> None:
         self._load_weights(state, path)
@@ -192,32 +256,44 @@ class Trainer:
             raise CheckpointError(f"{path}: cannot restore the optimizer/scheduler ({err})") from None
         self.epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
         self.ckpt.load_state_dict(state.get("checkpoints", {}))
+        self.last_val_loss = state.get("last_val_loss")
+        self._progress = state.get("epoch_progress")
         set_rng_state(state["rng"])
 
     def state(self) -> dict:
+        """The checkpoint dict: weights, optimizer and scheduler states, counters (``epoch``: epochs
+        completed; ``epoch_progress``: the losses of the batches done in the next epoch, None at an
+        epoch's end), random state, and what the model is."""
         return {"config": config_to_dict(self.cfg), "model_state_dict": self.model.state_dict(),
                 "optimizer_state_dict": self.optimizer.state_dict(),
                 "lr_scheduler_state_dict": self.scheduler.state_dict(), "epoch": self.epoch,
                 "iteration": self.iteration, "rng": rng_state(), "checkpoints": self.ckpt.state_dict(),
+                "last_val_loss": self.last_val_loss, "epoch_progress": self._progress,
                 "eqtb_version": __version__, "quantity": self.quantity, "model_family": self.family,
-                "task": "hamiltonians"}
+                "task": "hamiltonians" if self.quantities else "eigenvalues"}
+
+    def _save_iter(self) -> None:
+        """``<name>.iter<N>.pth`` and ``<name>.latest.pth`` of the current state."""
+        state = self.state()
+        self.ckpt.save_iter(state, self.iteration)
+        self.ckpt.save_latest(state)
 
     # ------------------------------------------------------------------ steps
-    def _step(self, batch: list[Sample]) -> tuple[float, dict]:
-        inputs, targets = _batch(batch)
+    def _step(self, samples: list[Sample]) -> tuple[float, dict]:
+        batch = make_batch(samples)
         self.model.train()
-        pred = self.model(inputs)
-        loss, info = self._loss(pred, targets, inputs)
+        pred = self.model(batch.inputs)
+        loss, info = self._loss(pred, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         return float(loss.detach()), info
 
-    def _loss(self, pred, targets, inputs: ModelInputs):
-        loss = self.loss_fn(pred, targets, inputs.types, inputs.i, inputs.j)
-        with torch.no_grad():
-            info = self.loss_fn.mae(pred, targets, inputs.types, inputs.i, inputs.j)
-        return loss, info
+    def _loss(self, pred, batch: Batch):
+        try:
+            return self.loss_fn.evaluate(pred, batch)
+        except LossError as exc:
+            raise TrainError(str(exc)) from None
 
     @torch.no_grad()
     def validate(self) -> tuple[float, dict]:
@@ -225,11 +301,16 @@ class Trainer:
         sets = self.val_set[:self.opts.val_batch_size] if self.opts.valid_fast else self.val_set
         losses, infos = [], []
         for k in range(0, len(sets), self.opts.val_batch_size):
-            inputs, targets = _batch(sets[k:k + self.opts.val_batch_size])
-            loss, info = self._loss(self.model(inputs), targets, inputs)
+            batch = make_batch(sets[k:k + self.opts.val_batch_size])
+            loss, info = self._loss(self.model(batch.inputs), batch)
             losses.append(float(loss))
             infos.append(info)
         return float(np.mean(losses)), {k: float(np.mean([i[k] for i in infos])) for k in infos[0]}
+
+    def _rop_needs_validation(self) -> bool:
+        """A validation set, a per-epoch ``rop`` scheduler and no validation loss yet."""
+        return bool(self.val_set) and self.scheduler.type == "rop" and not self.scheduler.update_lr_per_iter \
+            and self.last_val_loss is None
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict:
@@ -242,6 +323,7 @@ class Trainer:
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
+        _trim_history(self.out / "log" / "history.jsonl", self.epoch)
         history = open(self.out / "log" / "history.jsonl", "a")
         writer = self._tensorboard()
         o = self.opts
@@ -251,40 +333,52 @@ class Trainer:
         start, t0 = self.epoch, time.perf_counter()
         stop_reason = "done"
         best = None
+        diverged = False
         bar = tqdm(total=o.num_epoch, initial=start, desc="training", unit="epoch", disable=not self.progress,
                    dynamic_ncols=True)
         try:
             for epoch in range(start + 1, o.num_epoch + 1):
                 te = time.perf_counter()
                 order = np.random.default_rng(self.seed + epoch).permutation(len(self.train_set))
-                losses, infos = [], []
-                for b in range(0, len(order), o.batch_size):
-                    loss, info = self._step([self.train_set[k] for k in order[b:b + o.batch_size]])
+                batches = [order[b:b + o.batch_size] for b in range(0, len(order), o.batch_size)]
+                done = self._progress or {"losses": [], "infos": []}
+                losses, infos = list(done["losses"]), list(done["infos"])
+                save_at_end = False
+                for nb in range(len(losses), len(batches)):
+                    loss, info = self._step([self.train_set[k] for k in batches[nb]])
                     if not math.isfinite(loss):
-                        raise TrainError(f"training diverged at epoch {epoch} (loss {loss}); "
-                                         f"lower the learning rate (checkpoint of the last good state kept)")
+                        diverged = True
+                        raise TrainError(f"training diverged at epoch {epoch} (loss {loss}); lower the learning "
+                                         f"rate (the checkpoints of the last good state are kept)")
                     losses.append(loss)
                     infos.append(info)
                     self.iteration += 1
                     self.scheduler.after_iteration(loss)
                     self.model.after_iteration(self.iteration)
+                    self._progress = {"losses": losses, "infos": infos}
                     if self.iteration % o.save_freq == 0:
-                        self.epoch = epoch - 1 if b + o.batch_size < len(order) else epoch
-                        self.ckpt.save_iter(self.state(), self.iteration)
+                        if nb + 1 < len(batches):
+                            self._save_iter()
+                        else:  # the epoch's end: save once its scheduler step and validation are done
+                            save_at_end = True
                 self.epoch = epoch
+                self._progress = None
                 train_loss = float(np.mean(losses))
                 rec = {"epoch": epoch, "iteration": self.iteration, "lr": self.scheduler.lr, "train_loss": train_loss}
                 rec.update({f"train_{k}": float(np.mean([i[k] for i in infos])) for k in infos[0]})
-                metric = train_loss
-                if epoch % o.validation_freq == 0:
-                    if self.val_set:
-                        val_loss, vinfo = self.validate()
-                        rec["val_loss"] = metric = val_loss
-                        rec.update({f"val_{k}": v for k, v in vinfo.items()})
+                validation_epoch = epoch % o.validation_freq == 0
+                if self.val_set and (validation_epoch or self._rop_needs_validation()):
+                    val_loss, vinfo = self.validate()
+                    rec["val_loss"] = self.last_val_loss = val_loss
+                    rec.update({f"val_{k}": v for k, v in vinfo.items()})
+                if validation_epoch:
+                    metric = self.last_val_loss if self.val_set else train_loss
                     if self.ckpt.is_improvement(metric):
                         self.ckpt.save_best(self.state(), metric)
                         best = metric
-                self.scheduler.after_epoch(rec.get("val_loss", train_loss))
+                self.scheduler.after_epoch(self.last_val_loss if self.val_set else train_loss)
+                if save_at_end:
+                    self._save_iter()
                 rec["seconds"] = time.perf_counter() - te
                 if epoch % o.display_freq == 0 or epoch == o.num_epoch:
                     self._display(rec, bar, history, writer)
@@ -296,7 +390,8 @@ class Trainer:
             stop_reason = "interrupted"
         finally:
             bar.close()
-            self.ckpt.save_latest(self.state())
+            if not diverged:
+                self.ckpt.save_latest(self.state())
             history.close()
             if writer is not None:
                 writer.close()
@@ -315,6 +410,10 @@ class Trainer:
         for k, unit in (("onsite", " meV"), ("hopping", " meV"), ("overlap", " (x1e-3)")):
             if f"train_{k}_mae" in rec:
                 parts.append(f"{k} MAE {rec[f'train_{k}_mae'] * 1e3:.3f}{unit}")
+        if "train_band_mae_meV" in rec:
+            parts.append(f"band MAE {rec['train_band_mae_meV']:.2f} meV")
+        if "val_band_mae_meV" in rec:
+            parts.append(f"val band MAE {rec['val_band_mae_meV']:.2f} meV")
         parts.append(f"{rec['seconds']:.2f} s")
         line = "  ".join(parts)
         log.info(line)
