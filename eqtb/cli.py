@@ -17,12 +17,14 @@ unchanged: options under ``"task_options"`` or flat; top-level run keys that do 
 (``structure``, ``device``, ``dtype``, ``pbc``, ``use_gui``, ``AtomicData_options``) are ignored;
 unknown keys are errors with a suggestion.
 
-Fermi level rule (``band`` and ``dos``): an explicit ``--e-fermi`` wins; otherwise, when
+Fermi level (``band``, ``dos`` and the band/dos/pdos/fermi tasks of ``run``): one rule,
+:func:`eqtb.tb.spectrum.resolve_fermi_level`. An explicit ``--e-fermi`` wins; otherwise, when
 ``nel_atom`` is known (task or ``--nel-atom``), the Fermi level is computed from the electron count
-on a time-reversal-reduced Gamma-centred mesh (Fermi-Dirac, kT = 25.852 meV); otherwise the task's
-``E_fermi`` is used if not null; otherwise there is none (absolute energies). This differs from
-DeePTB's plot, where a task ``E_fermi`` wins over ``nel_atom``: DeePTB example tasks carry
-``"E_fermi": 0.0``, which is not the Fermi level of DFT blocks (ABACUS energies are absolute).
+(on the command's time-reversal-reduced k-mesh, Fermi-Dirac, kT = 25.852 meV; from the KPM DOS at
+Gamma on the sparse route of ``run``), with a warning when the task's ``E_fermi`` is thereby
+ignored; otherwise the task's ``E_fermi`` is used if not null; otherwise there is none (absolute
+energies). Unlike DeePTB's plot, a task ``E_fermi`` does not win over ``nel_atom``: DeePTB example
+tasks carry ``"E_fermi": 0.0``, which is not the Fermi level of DFT blocks.
 """
 
 from __future__ import annotations
@@ -122,8 +124,6 @@ TASK_KEYS = {"band": BAND_TASK_KEYS, "dos": DOS_TASK_KEYS, "pdos": DOS_TASK_KEYS
 #: above this many orbitals (per cell) eqtb run uses sparse methods at Gamma: KPM for DOS and Fermi
 #: level, shift-invert Lanczos for the band edges
 DENSE_MAX_NORB = 6000
-#: shift-invert Lanczos factorizes H - sigma S: practical up to about this many orbitals in 3-D
-LANCZOS_MAX_NORB = 30000
 
 
 def _unknown_key_error(key: str, allowed, where: str) -> TaskError:
@@ -298,20 +298,6 @@ def _nel_atom(args, opts: dict) -> dict | None:
     return _json_arg(args.nel_atom, "--nel-atom") if args.nel_atom else opts.get("nel_atom")
 
 
-def _fermi(es, args, opts: dict, nel: dict | None, mesh, warn) -> tuple[object | None, float | None, str | None]:
-    """Apply the Fermi-level rule of the module docstring: (FermiLevel or None, E_F, source)."""
-    if args.e_fermi is not None:
-        return None, float(args.e_fermi), "--e-fermi"
-    if nel:
-        res = es.fermi(nel, mesh, progress=None)
-        if opts.get("E_fermi") is not None:
-            warn(f"task E_fermi = {opts['E_fermi']} ignored: the Fermi level is computed from nel_atom")
-        return res, float(res.mu), f"nel_atom, {mesh[0]}x{mesh[1]}x{mesh[2]} mesh"
-    if opts.get("E_fermi") is not None:
-        return None, float(opts["E_fermi"]), "task E_fermi"
-    return None, None, None
-
-
 def _mesh(args, opts: dict, structure, spacing: float) -> tuple[int, int, int]:
     from eqtb.tb.kpath import mesh_for_spacing
 
@@ -377,10 +363,14 @@ def run_band(args) -> int:
 
     from eqtb.plotting import plot_bands
     from eqtb.tb.kpath import KPath, from_task
-    from eqtb.tb.spectrum import ElectronicStructure, band_gap
+    from eqtb.tb.spectrum import (
+        ElectronicStructure,
+        band_gap,
+        occupied_bands,
+        resolve_fermi_level,
+    )
 
     messages: list[str] = []
-    warn = lambda m: messages.append(m)  # noqa: E731
     opts, task_path = read_task(args.task, ("band",)) if args.task else ({}, None)
     nel = _nel_atom(args, opts)
     _json_arg(args.basis, "--basis")  # fail early on a malformed option
@@ -391,7 +381,7 @@ def run_band(args) -> int:
         p = Path(opts["override_overlap"])
         S = _override_overlap(p if p.is_absolute() else task_path.parent / p, frame)
     if opts.get("ill_threshold") is not None:
-        warn("ill_threshold ignored: eqtb uses a plain Cholesky of S(k) and stops if S(k) is not positive definite")
+        messages.append("ill_threshold ignored: eqtb uses a plain Cholesky of S(k) and stops if S(k) is not positive definite")
     es = ElectronicStructure(frame.hamiltonian, S)
 
     if args.kpoints:
@@ -408,7 +398,9 @@ def run_band(args) -> int:
     eigs = es.bands(kpath, progress=None)
 
     mesh = _mesh(args, opts, structure, spacing=0.15)
-    fermi, e_f, e_f_source = _fermi(es, args, opts, nel, mesh, warn)
+    choice = resolve_fermi_level(structure, es.fermi_solver(mesh, progress=None), args.e_fermi, nel, opts.get("E_fermi"))
+    messages += choice.warnings
+    fermi, e_f, e_f_source, n_el = choice.result, choice.value, choice.source, choice.n_electrons
     emin = args.emin if args.emin is not None else opts.get("emin")
     emax = args.emax if args.emax is not None else opts.get("emax")
 
@@ -426,14 +418,8 @@ def run_band(args) -> int:
                             f"{len(kpath)} k-points of the path")
         reference = reference - reference.min() + eigs.min()  # DeePTB: align the minima
 
-    gap = None
-    n_el = fermi.n_electrons if fermi is not None else None
-    if n_el is None and nel:
-        from eqtb.tb.spectrum import n_electrons
-
-        n_el = n_electrons(structure, nel)
-    if n_el is not None and abs(n_el / 2 - round(n_el / 2)) < 1e-9 and 0 < round(n_el / 2) < eigs.shape[1]:
-        gap = band_gap(eigs, int(round(n_el / 2)))
+    n_occ = occupied_bands(n_el, eigs.shape[1]) if n_el is not None else None
+    gap = band_gap(eigs, n_occ) if n_occ is not None else None
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -463,9 +449,9 @@ def run_band(args) -> int:
         "warnings": messages,
     }
     if gap is not None:
-        metal = gap["gap"] <= 0
+        metal = gap["gap_type"] == "metal"
         summary.update({
-            "gap": _round(max(gap["gap"], 0.0)), "gap_type": "metal" if metal else ("direct" if gap["direct"] else "indirect"),
+            "gap": _round(max(gap["gap"], 0.0)), "gap_type": gap["gap_type"],
             "direct": None if metal else gap["direct"], "vbm": _round(gap["vbm"]), "cbm": _round(gap["cbm"]),
             "direct_gap": _round(gap["direct_gap"]), "k_vbm": kpath.kpts[gap["k_vbm"]].round(6).tolist(),
             "k_cbm": kpath.kpts[gap["k_cbm"]].round(6).tolist(),
@@ -519,13 +505,12 @@ def run_dos(args) -> int:
     import numpy as np
 
     from eqtb.plotting import plot_dos
-    from eqtb.tb.kpath import monkhorst_pack
     from eqtb.tb.spectrum import (
-        band_energies,
+        ElectronicStructure,
         dos,
-        fermi_level,
-        n_electrons,
+        dos_energies,
         projected_dos,
+        resolve_fermi_level,
     )
 
     messages: list[str] = []
@@ -548,25 +533,16 @@ def run_dos(args) -> int:
     if npts < 2:
         raise CLIError(f"--npts must be at least 2, got {npts}")
 
-    kpts, weights = monkhorst_pack(mesh, gamma_centered=gamma, time_reversal=True)
     # eigenvalues first (cheap) to fix the energy grid and the Fermi level
-    eigs = band_energies(H, S, kpts, progress=None)
-    e_f, e_f_source, fermi = None, None, None
-    if args.e_fermi is not None:
-        e_f, e_f_source = float(args.e_fermi), "--e-fermi"
-    elif nel:
-        fermi = fermi_level(eigs, weights, n_electrons(structure, nel))
-        e_f, e_f_source = fermi.mu, f"nel_atom, {mesh[0]}x{mesh[1]}x{mesh[2]} mesh"
-    elif opts.get("E_fermi") is not None:
-        e_f, e_f_source = float(opts["E_fermi"]), "task E_fermi"
-    ref = e_f or 0.0
-    lo = args.emin if args.emin is not None else (opts["width"][0] if opts.get("width") else None)
-    hi = args.emax if args.emax is not None else (opts["width"][1] if opts.get("width") else None)
-    lo = eigs.min() - 5 * sigma - 0.5 if lo is None else ref + lo
-    hi = eigs.max() + 5 * sigma + 0.5 if hi is None else ref + hi
-    if lo >= hi:
-        raise CLIError(f"empty energy window: emin {lo - ref:g} >= emax {hi - ref:g}")
-    energies = np.linspace(lo, hi, int(npts))
+    es = ElectronicStructure(H, S)
+    kpts, weights, eigs = es.mesh_eigenvalues(mesh, gamma, progress=None)
+    choice = resolve_fermi_level(structure, es.fermi_solver(mesh, gamma), args.e_fermi, nel, opts.get("E_fermi"))
+    messages += choice.warnings
+    fermi, e_f, e_f_source = choice.result, choice.value, choice.source
+    emin = args.emin if args.emin is not None else (opts["width"][0] if opts.get("width") else None)
+    emax = args.emax if args.emax is not None else (opts["width"][1] if opts.get("width") else None)
+    energies = dos_energies(eigs, sigma, npts, emin, emax, e_f)
+    lo, hi = energies[0], energies[-1]
 
     labels: list[str] = []
     if args.pdos:
@@ -773,8 +749,8 @@ def _run_sparse(args, opts: dict, task: str) -> int:
 
     from eqtb.plotting import plot_dos
     from eqtb.tb.kpm import kpm_dos
-    from eqtb.tb.lanczos import band_edges
-    from eqtb.tb.spectrum import n_electrons
+    from eqtb.tb.lanczos import MAX_NORB_3D, band_edges
+    from eqtb.tb.spectrum import resolve_fermi_level
 
     ops = load_operators(args)
     structure, H, S = ops.structure, ops.frame.hamiltonian, ops.frame.overlap
@@ -786,40 +762,31 @@ def _run_sparse(args, opts: dict, task: str) -> int:
     Hs, Ss = H.sparse(), (S.sparse() if S is not None else None)
     sigma_opt = args.sigma if args.sigma is not None else opts.get("sigma")
     res = kpm_dos(Hs, Ss, n_moments=args.moments, n_random=args.random_vectors, solve_tol=1e-5,
-                  dtype="float32" if Hs.nnz > 2e7 else None, progress=None)
+                  dtype="auto", progress=None)
     t_kpm = time.perf_counter() - t0
-    e_f, e_f_source, n_el, gap = None, None, None, None
-    if args.e_fermi is not None:
-        e_f, e_f_source = float(args.e_fermi), "--e-fermi"
-    elif nel:
-        n_el = n_electrons(structure, nel)
-        e_f, e_f_source = float(res.fermi_level(n_el)), "nel_atom, KPM at Gamma"
-        gap = res.gap_around(e_f)
-        if gap is not None:
-            e_f, e_f_source = 0.5 * (gap[0] + gap[1]), "nel_atom, middle of the KPM gap at Gamma"
-    elif opts.get("E_fermi") is not None:
-        e_f, e_f_source = float(opts["E_fermi"]), "task E_fermi"
+    choice = resolve_fermi_level(structure, res.fermi_solver("at Gamma"), args.e_fermi, nel, opts.get("E_fermi"))
+    messages += choice.warnings
+    e_f, e_f_source, n_el = choice.value, choice.source, choice.n_electrons
+    gap = choice.result.gap if choice.result is not None else None
     edges = None
     if e_f is not None and task in ("band", "fermi"):
-        if H.norb <= LANCZOS_MAX_NORB:
+        if H.norb <= MAX_NORB_3D:
             edges = band_edges(Hs, Ss, e_f, k=args.nbands, strict=False)
             edges = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in edges.items()}
         else:
-            messages.append(f"band edges by shift-invert Lanczos skipped: {H.norb} orbitals > {LANCZOS_MAX_NORB} "
-                            "(the sparse LU of a 3-D structure grows as n^1.65 in memory, n^2.9 in time); "
-                            "the KPM gap estimate is reported instead")
+            messages.append(f"band edges by shift-invert Lanczos skipped: {H.norb} orbitals > {MAX_NORB_3D}, its "
+                            "practical limit for 3-D structures (eqtb.tb.lanczos.MAX_NORB_3D); the KPM gap "
+                            "estimate is reported instead")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     energies, dos_values = res.energies, res.dos
     if sigma_opt:
         messages.append(f"sigma {sigma_opt} ignored: the KPM resolution is {res.resolution:.3f} eV")
+    kpm = {k: v for k, v in res.as_dict().items() if k not in ("energies", "dos", "moments")}
     summary = {**ops.origin, "formula": structure.formula, "natoms": structure.natoms, "norb": int(H.norb),
-               "method": "sparse (Gamma point)", "kpm": res.as_dict() if hasattr(res, "as_dict") else None,
-               "kpm_seconds": round(t_kpm, 2), "fermi_level": _round(e_f), "fermi_level_source": e_f_source,
-               "n_electrons": n_el, "kpm_gap_interval": gap, "band_edges": edges, "energy_unit": "eV",
-               "warnings": messages}
-    if isinstance(summary["kpm"], dict):
-        summary["kpm"] = {k: v for k, v in summary["kpm"].items() if k not in ("energies", "dos", "moments")}
+               "method": "sparse (Gamma point)", "kpm": kpm, "kpm_seconds": round(t_kpm, 2),
+               "fermi_level": _round(e_f), "fermi_level_source": e_f_source, "n_electrons": n_el,
+               "kpm_gap_interval": gap, "band_edges": edges, "energy_unit": "eV", "warnings": messages}
     np.save(out / "dos.npy", np.column_stack([energies, dos_values]))
     plot_dos(energies, dos_values, None, e_f, out / "dos.png",
              args.title or f"{structure.formula} ({ops.label}), KPM at Gamma")

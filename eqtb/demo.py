@@ -22,7 +22,8 @@ each announced on stdout:
    errors of H and S -> ``OUT/band_test.png``.
 4. **Scale**: the model predicts a 4x4x4 supercell (512 atoms, 2048 orbitals, random
    displacements of 0.05 Angstrom) in chunks, and its band structure is computed by dense
-   diagonalisation at as many k-points as fit in about 40 s -> ``OUT/band_supercell.png``.
+   diagonalisation (:func:`eqtb.tb.spectrum.band_energies`, ``workers`` processes) at 16
+   k-points of the path, about 40 s with two workers -> ``OUT/band_supercell.png``.
 
 Everything is summarised in ``OUT/demo_summary.json`` (returned as a dict) and a short printout.
 
@@ -82,11 +83,11 @@ MARKER = ".eqtb_demo"
 SETTINGS = {
     "default": {"cell": "cubic", "n_train": 7, "displacement": 0.05, "strain": 0.01, "kmesh": (2, 2, 2),
                 "ke_cutoff": 20.0, "basis": "gth-szv-molopt-sr", "xc": "lda,vwn", "seed": 2024,
-                "supercell": (4, 4, 4), "band_budget_s": 40.0, "max_train_s": None, "test_npoints": 80,
+                "supercell": (4, 4, 4), "band_nk": 16, "max_train_s": None, "test_npoints": 80,
                 "lr_decay": 0.995},
     "quick": {"cell": "primitive", "n_train": 5, "displacement": 0.05, "strain": 0.01, "kmesh": (3, 3, 3),
               "ke_cutoff": 20.0, "basis": "gth-szv-molopt-sr", "xc": "lda,vwn", "seed": 2024,
-              "supercell": (2, 2, 2), "band_budget_s": 8.0, "max_train_s": 20.0, "test_npoints": 60,
+              "supercell": (2, 2, 2), "band_nk": 40, "max_train_s": 20.0, "test_npoints": 60,
               "lr_decay": 0.985},
 }
 #: valence electrons of Si with the GTH pseudopotential
@@ -404,8 +405,8 @@ def evaluate_frame(predictor, folder, ideal_cell, npoints: int = 80, n_empty: in
     DFT H and S themselves truncated to those bonds)."""
     from eqtb.data.folder import TrajectoryFolder
     from eqtb.metrics import BlockErrors, band_errors
-    from eqtb.tb.spectrum import band_energies, n_electrons
     from eqtb.bonds import match_bonds
+    from eqtb.tb.spectrum import band_energies, band_gap, n_electrons, occupied_bands
 
     frame = TrajectoryFolder(folder).frame(0, density_matrix=False)
     st = frame.structure
@@ -414,19 +415,17 @@ def evaluate_frame(predictor, folder, ideal_cell, npoints: int = 80, n_empty: in
     H, S = pred.hamiltonian, pred.overlap
     ref = band_energies(frame.hamiltonian, frame.overlap, kpath.kpts)
     eig = band_energies(H, S, kpath.kpts)
-    nocc = round(n_electrons(st, VALENCE)) // 2
+    nocc = occupied_bands(n_electrons(st, VALENCE), ref.shape[1])
     nemp = min(st.natoms if n_empty is None else int(n_empty), ref.shape[1] - nocc)
     # absolute energies against a common zero (the DFT VBM): the model predicts H in the DFT's own
     # potential gauge, so no shift is applied; the VBM-aligned errors are reported as well
-    vbm_ref, vbm_model = float(ref[:, nocc - 1].max()), float(eig[:, nocc - 1].max())
+    edges_ref, edges_model = band_gap(ref, nocc), band_gap(eig, nocc)
+    vbm_ref, vbm_model = edges_ref["vbm"], edges_model["vbm"]
     occ = band_errors(eig[:, :nocc], ref[:, :nocc])
     emp = band_errors(eig[:, nocc:nocc + nemp], ref[:, nocc:nocc + nemp])
     rel_ref, rel_eig = ref - vbm_ref, eig - vbm_model
     occ_rel = band_errors(rel_eig[:, :nocc], rel_ref[:, :nocc])
     emp_rel = band_errors(rel_eig[:, nocc:nocc + nemp], rel_ref[:, nocc:nocc + nemp])
-
-    def gap(e):
-        return float(e[:, nocc].min() - e[:, nocc - 1].max())
 
     # block errors over the predicted bonds (those within the cutoff); DFT blocks absent -> 0
     be = BlockErrors(predictor.basis)
@@ -450,7 +449,7 @@ def evaluate_frame(predictor, folder, ideal_cell, npoints: int = 80, n_empty: in
         "vbm": vbm_ref, "vbm_model": vbm_model, "natoms": st.natoms,
         "errors": {"occupied": {"n_bands": nocc, "mae_meV": occ["mae"], "max_meV": occ["max_abs"]},
                    "empty": {"n_bands": nemp, "mae_meV": emp["mae"], "max_meV": emp["max_abs"]},
-                   "gap_eV": {"reference": gap(ref), "model": gap(eig)},
+                   "gap_eV": {"reference": edges_ref["gap"], "model": edges_model["gap"]},
                    "vbm_offset_meV": 1e3 * (vbm_model - vbm_ref),
                    "vbm_aligned": {"occupied": {"mae_meV": occ_rel["mae"], "max_meV": occ_rel["max_abs"]},
                                    "empty": {"mae_meV": emp_rel["mae"], "max_meV": emp_rel["max_abs"]}}},
@@ -501,103 +500,11 @@ def _stage_test(out: Path, data: dict, train: dict, s: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------ stage 4
-_BANDS: dict = {}
-
-
-def _bands_init(H, S) -> None:
-    """Worker initialiser: the real-space matrices O(R) of H and S (scipy CSR, both triangles)."""
-    _BANDS["H"], _BANDS["S"] = H.real_space_sparse(), S.real_space_sparse()
-
-
-def _bloch(op, k: np.ndarray) -> np.ndarray:
-    Rs, mats = op
-    phase = np.exp(-2j * np.pi * (Rs @ k))
-    acc = mats[0] * phase[0]
-    for p, m in zip(phase[1:], mats[1:]):
-        acc = acc + m * p
-    return acc.toarray()
-
-
-def _bands_at(k) -> tuple[np.ndarray | str, float]:
-    """Worker task: band energies (eV) at one fractional k-point and the seconds it took. At
-    k-points whose coordinates are multiples of 1/2 (here every corner of the path) H(k) and S(k)
-    are real (H(R) is real), and the real solver is about 4x faster."""
-    import scipy.linalg as sla
-
-    t0 = time.perf_counter()
-    k = np.asarray(k, dtype=np.float64)
-    Hk, Sk = _bloch(_BANDS["H"], k), _bloch(_BANDS["S"], k)
-    if np.allclose(2 * k, np.round(2 * k)):
-        Hk, Sk = Hk.real, Sk.real
-    try:
-        w = sla.eigh(Hk, Sk, eigvals_only=True, driver="gvd", check_finite=False)
-    except np.linalg.LinAlgError:
-        return f"the predicted S(k) is not positive definite at k = {k.round(4).tolist()}", 0.0
-    return w, time.perf_counter() - t0
-
-
-def _supercell_bands(H, S, ideal_cell, cell, budget_s: float, workers: int, progress):
-    """Band energies (nk, norb) eV of the predicted supercell along the path of ``ideal_cell``,
-    as many k-points as fit into about ``budget_s`` seconds (at least the 8 corners, at most 40).
-
-    Dense generalized eigenproblems, one k-point per task in ``workers`` spawned processes with
-    one BLAS thread each: on a 2-core machine shared with other work, two OpenBLAS threads made
-    ``eigh`` of a 2048-orbital H(k) 7x slower (35 s against 5.3 s). The Gamma point (real
-    matrices, like every corner of the path) and one interior point (complex) are timed first
-    and set the number of k-points. Returns (KPath, eigenvalues, seconds at Gamma)."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from tqdm import tqdm
-
-    from eqtb.data.generate import thread_env
-
-    with thread_env(1):
-        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_bands_init,
-                                   initargs=(H, S))
-        try:
-            # the first submit launches all workers (spawn context), inside the 1-thread environment;
-            # Gamma (real) and a probe point inside the zone (complex) time the two kinds of solve
-            gamma = pool.submit(_bands_at, np.zeros(3))
-            probe = pool.submit(_bands_at, np.array([0.0, 0.1, 0.0]))
-            e_gamma, t_real = gamma.result()
-            e_probe, t_complex = probe.result()
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-    try:
-        for e in (e_gamma, e_probe):
-            if isinstance(e, str):
-                raise DemoError(e)
-        n_corner = 8
-        spare = budget_s * min(workers, 2) - n_corner * t_real
-        nk = int(np.clip(n_corner + spare // max(t_complex, 1e-3), n_corner, 40))
-        kpath = _path_for(ideal_cell, cell, nk)
-        eigs = np.empty((len(kpath), len(e_gamma)))
-        todo = {}
-        for n, k in enumerate(kpath.kpts):
-            if np.any(k):
-                todo[pool.submit(_bands_at, k)] = n
-            else:
-                eigs[n] = e_gamma
-        with tqdm(total=len(kpath), initial=len(kpath) - len(todo), desc=f"bands of {H.structure.natoms} atoms",
-                  unit="k", disable=not progress, leave=False) as bar:
-            for fut in as_completed(todo):
-                w, _ = fut.result()
-                if isinstance(w, str):
-                    raise DemoError(w)
-                eigs[todo[fut]] = w
-                bar.update(1)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    return kpath, eigs, t_real
-
-
 def _stage_scale(out: Path, data: dict, train: dict, s: dict, workers: int, progress) -> dict:
     import eqtb
-    from eqtb.data.generate import perturbed_structure
+    from eqtb.data.generate import perturbed_structure, thread_env
     from eqtb.plotting import plot_bands
-    from eqtb.tb.spectrum import n_electrons
+    from eqtb.tb.spectrum import band_energies, band_gap, n_electrons, occupied_bands
 
     reps = tuple(int(r) for r in s["supercell"])
     ideal = diamond_silicon(cubic=True).repeat(reps)
@@ -610,27 +517,29 @@ def _stage_scale(out: Path, data: dict, train: dict, s: dict, workers: int, prog
     pred = model.predict(sc, progress=progress)
     t_pred = time.perf_counter() - t0
     H, S = pred.hamiltonian, pred.overlap
-    nocc = round(n_electrons(sc, VALENCE)) // 2
+    nocc = occupied_bands(n_electrons(sc, VALENCE), H.norb)
     print(f"      predicted H and S ({H.norb} orbitals, {pred.timings['n_bonds']} bonds) in {t_pred:.1f} s",
           flush=True)
+    kpath = _path_for(ideal.cell, sc.cell, s["band_nk"])
     t1 = time.perf_counter()
-    kpath, eigs, t_gamma = _supercell_bands(H, S, ideal.cell, sc.cell, s["band_budget_s"], workers, progress)
+    with thread_env(1):  # one BLAS thread per worker process (see band_energies)
+        eigs = band_energies(H, S, kpath.kpts, progress=progress, workers=workers)
     t_bands = time.perf_counter() - t1
-    vbm, cbm = float(eigs[:, nocc - 1].max()), float(eigs[:, nocc].min())
+    edges = band_gap(eigs, nocc)
     shown = min(H.norb, nocc + sc.natoms)
-    fig = plot_bands(kpath, eigs[:, :shown], e_fermi=vbm, emin=-4.0, emax=4.0,
+    fig = plot_bands(kpath, eigs[:, :shown], e_fermi=edges["vbm"], emin=-4.0, emax=4.0,
                      path=out / "band_supercell.png",
                      title=f"Si{sc.natoms} ({'x'.join(map(str, reps))} supercell, displaced atoms): H, S predicted "
-                           f"in {t_pred:.1f} s, gap {cbm - vbm:.2f} eV",
+                           f"in {t_pred:.1f} s, gap {edges['gap']:.2f} eV",
                      label="eqtb (SLEM)")
     print(f"      bands at {len(kpath)} k-points in {t_bands:.1f} s ({H.norb} x {H.norb} generalized eigenproblems, "
-          f"{workers} process{'es' * (workers != 1)}); gap on the path {cbm - vbm:.3f} eV", flush=True)
+          f"{workers} process{'es' * (workers != 1)}); gap on the path {edges['gap']:.3f} eV", flush=True)
     return {"natoms": sc.natoms, "supercell": list(reps), "norb": int(H.norb), "n_bands": int(eigs.shape[1]),
             "n_occupied": nocc, "n_bonds": int(pred.timings["n_bonds"]), "predict_s": round(t_pred, 2),
             "predict_timings_s": {k: round(float(v), 3) for k, v in pred.timings.items()
                                   if k in ("graph", "model", "operators")},
             "nk": len(kpath), "kpath": kpath.description, "bands_s": round(t_bands, 2),
-            "gamma_point_s": round(t_gamma, 3), "vbm_eV": vbm, "cbm_eV": cbm, "gap_eV": cbm - vbm,
+            "vbm_eV": edges["vbm"], "cbm_eV": edges["cbm"], "gap_eV": edges["gap"],
             "energy_zero": "predicted valence-band maximum on the path", "figure": str(fig)}
 
 
@@ -648,7 +557,8 @@ def run_demo(out: str | Path, minutes: float = 4.0, quick: bool = False, workers
     ``out``: output folder (created; it must be new, empty, or an earlier demo's, whose PySCF
     frames are then reused). ``minutes``: training time in minutes (``quick`` caps it at 20 s).
     ``quick``: the reduced version (2-atom cell, 64-atom supercell; about a minute). ``workers``:
-    PySCF frames computed in parallel. ``progress``: tqdm bars (None: only on a terminal).
+    PySCF frames computed in parallel, and processes solving the supercell's k-points.
+    ``progress``: tqdm bars (None: only on a terminal).
 
     The summary (also ``out/demo_summary.json``) holds ``timings_s`` per stage (data, train, test,
     scale, total; seconds), ``data``, ``training``, ``test`` (band errors in meV, block errors: H in

@@ -69,6 +69,31 @@ def test_dos_dataset_root_flat_task(data_dir, tmp_path, capsys):
     assert (out / "dos.png").is_file()
 
 
+def test_fermi_rule_same_in_band_and_dos(data_dir, tmp_path, capsys):
+    """band and dos apply one Fermi-level rule: with DeePTB's band.json (nel_atom and
+    "E_fermi": 0.0) both compute the level from nel_atom on the same mesh, get the same value and
+    warn that the task's E_fermi is ignored; an explicit --e-fermi wins without a warning."""
+    folder, task = str(data_dir / "si64_abacus" / "Si64.0"), str(data_dir / "si64_abacus" / "band.json")
+    common = [folder, task, "--mesh", "2", "2", "2", "-q"]
+    assert main(["band", *common, "--kpath", "GX", "--nkpoints", "5", "-o", str(tmp_path / "b")]) == 0
+    band_err = capsys.readouterr().err
+    assert main(["dos", *common, "-o", str(tmp_path / "d")]) == 0
+    dos_err = capsys.readouterr().err
+    band = json.loads((tmp_path / "b" / "band_summary.json").read_text())
+    dos = json.loads((tmp_path / "d" / "dos.json").read_text())
+    warning = "task E_fermi = 0.0 ignored: the Fermi level is computed from nel_atom"
+    for summary, err, cmd in ((band, band_err, "band"), (dos, dos_err, "dos")):
+        assert summary["fermi_level_source"] == "nel_atom, 2x2x2 mesh"
+        assert warning in summary["warnings"] and f"eqtb {cmd}: warning: {warning}" in err
+    assert band["fermi_level"] == dos["fermi_level"] and band["mesh_gap"] == dos["gap"]
+    assert main(["dos", *common, "--e-fermi", "6.5", "-o", str(tmp_path / "e")]) == 0
+    explicit = json.loads((tmp_path / "e" / "dos.json").read_text())
+    assert explicit["fermi_level"] == 6.5 and explicit["fermi_level_source"] == "--e-fermi"
+    assert explicit["warnings"] == [] and capsys.readouterr().err == ""
+    rc, err = _run_err(["dos", *common, "--emin", "1", "--emax", "-1", "-o", str(tmp_path / "f")], capsys)
+    assert rc == 2 and "empty energy window: emin 1 >= emax -1" in err
+
+
 def _run_err(args, capsys):
     rc = main(args)
     err = capsys.readouterr().err

@@ -11,6 +11,7 @@ import scipy.sparse as sp
 
 from eqtb.data.folder import TrajectoryFolder
 from eqtb.tb.kpm import (
+    KPMFermiLevel,
     KPMResult,
     block_cg,
     chebyshev_moments,
@@ -148,6 +149,28 @@ def test_fermi_level(si64, kpm):
         res.fermi_level(2 * G * si64["norb"])
 
 
+def test_fermi_estimate_and_rule(si64, kpm):
+    """The sparse route's level: the middle of the KPM gap around the N(E) = n crossing when
+    there is one (the noise-free moments resolve the Si64 gap), else the crossing; through
+    resolve_fermi_level with the source texts eqtb run writes."""
+    from eqtb.tb.spectrum import resolve_fermi_level
+
+    res, ref = kpm
+    w = si64["w"]
+    f = ref.fermi_estimate(256)
+    assert isinstance(f, KPMFermiLevel) and f.crossing == pytest.approx(ref.fermi_level(256))
+    assert f.gap is not None and f.gap[0] < f.crossing < f.gap[1]
+    assert f.mu == pytest.approx(0.5 * (f.gap[0] + f.gap[1])) and w[127] < f.mu < w[128]
+    st = si64["frame"].structure
+    c = resolve_fermi_level(st, ref.fermi_solver(), nel_atom={"Si": 4}, task_e_fermi=0.0)
+    assert c.value == f.mu and c.source == "nel_atom, middle of the KPM gap at Gamma" and c.result.gap == f.gap
+    assert c.warnings == ["task E_fermi = 0.0 ignored: the Fermi level is computed from nel_atom"]
+    # a count inside a band: no gap there, the crossing is the level
+    g = res.fermi_estimate(200)
+    assert g.gap is None and g.mu == g.crossing
+    assert resolve_fermi_level(st, res.fermi_solver("at k"), nel_atom={"Si": 3.125}).source == "nel_atom, KPM at k"
+
+
 def test_orthogonal_path(si64):
     H = si64["H"]
     w = np.linalg.eigvalsh(H.toarray())
@@ -208,7 +231,20 @@ def test_precision_backend_and_tolerance_options(si64):
     assert base.bounds == (-6.3, 18.6)
     d = json.loads(json.dumps(base.as_dict()))
     assert d["n_moments"] == 64 and d["norb"] == 256 and len(d["dos"]) == 2000
+    assert base.dtype == "float64" and f32.dtype == "float32" and d["dtype"] == "float64"
     assert d["resolution"] == pytest.approx(base.resolution)
+
+
+def test_auto_precision(si64, monkeypatch):
+    """dtype="auto": float64 below FLOAT32_MIN_NNZ stored nonzeros of H, float32 above."""
+    import eqtb.tb.kpm as kpm_mod
+
+    kw = {"n_moments": 16, "n_random": 2, "bounds": (-6.3, 18.6)}
+    assert si64["H"].nnz < kpm_mod.FLOAT32_MIN_NNZ
+    assert kpm_dos(si64["H"], si64["S"], dtype="auto", **kw).dtype == "float64"
+    monkeypatch.setattr(kpm_mod, "FLOAT32_MIN_NNZ", si64["H"].nnz - 1)
+    assert kpm_dos(si64["H"], si64["S"], dtype="auto", **kw).dtype == "float32"
+    assert kpm_dos(si64["H"].toarray(), si64["S"], dtype="auto", **kw).dtype == "float32"
 
 
 def test_block_cg_solves_overlap(si64):

@@ -137,3 +137,9 @@ def test_sparse_method(setup, capsys, tmp_path):
     assert abs(np.trapezoid(cols[:, 1], cols[:, 0]) - 512) < 5  # KPM DOS integrates to 2 x 256 states
     kpm = summary["kpm"]
     assert kpm["n_moments"] == 256 and kpm["resolution"] < 0.5
+    assert kpm["dtype"] == "float64"  # dtype="auto": 256 orbitals are far below the float32 threshold
+    # the Fermi-level rule of the dense routes: band.json's nel_atom wins over its "E_fermi": 0.0,
+    # with the same warning
+    warning = "task E_fermi = 0.0 ignored: the Fermi level is computed from nel_atom"
+    assert f"eqtb run: warning: {warning}" in cap.err and warning in summary["warnings"]
+    assert summary["fermi_level_source"].startswith("nel_atom, ") and summary["n_electrons"] == 256

@@ -9,9 +9,10 @@ from toy_models import silicon_primitive, sp_model
 
 from eqtb.data.folder import TrajectoryFolder
 from eqtb.tb.kpath import from_task, monkhorst_pack
-from eqtb.tb.spectrum import (ElectronicStructure, SpectrumError, band_energies, band_gap, dos, eigh,
-                              electron_count, fermi_level, mulliken_weights, n_electrons, orbital_groups,
-                              pdos, projected_dos)
+from eqtb.tb.spectrum import (ElectronicStructure, FermiLevel, SpectrumError, band_energies, band_gap,
+                              bloch_matrices, dos, dos_energies, eigh, electron_count, fermi_level,
+                              mulliken_weights, n_electrons, occupied_bands, orbital_groups, pdos,
+                              projected_dos, resolve_fermi_level)
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +133,96 @@ def test_band_gap_direct_indirect():
     assert not g["direct"] and g["k_vbm"] == 1 and g["k_cbm"] == 2 and g["direct_gap"] == pytest.approx(1.1)
     g2 = band_gap(e[:2], 1)
     assert g2["direct"] and g2["k_vbm"] == g2["k_cbm"] == 1
+    assert g["gap_type"] == "indirect" and g2["gap_type"] == "direct"
+    assert band_gap(np.array([[-1.0, 0.1], [0.3, 0.9]]), 1)["gap_type"] == "metal"
+
+
+def test_occupied_bands():
+    assert occupied_bands(256) == 128 and occupied_bands(256, 256) == 128
+    assert occupied_bands(255) is None  # a partly filled band
+    assert occupied_bands(256, 128) is None  # all bands filled: no gap to look for above
+    assert occupied_bands(0) is None and occupied_bands(6, spin_degeneracy=1) == 6
+
+
+def test_dos_energies_window():
+    eigs = np.array([[-2.0, 1.0], [-1.5, 3.0]])
+    e = dos_energies(eigs, 0.1, 11)
+    assert e[0] == pytest.approx(-2.0 - 1.0) and e[-1] == pytest.approx(3.0 + 1.0) and len(e) == 11
+    e = dos_energies(eigs, 0.1, 5, emin=-1.0, emax=2.0, e_fermi=0.5)  # relative to E_F
+    np.testing.assert_allclose(e[[0, -1]], [-0.5, 2.5])
+    e = dos_energies(eigs, 0.1, 5, emax=2.0)  # no Fermi level: absolute
+    assert e[-1] == 2.0 and e[0] == pytest.approx(-3.0)
+    with pytest.raises(SpectrumError, match="empty energy window: emin 1 >= emax -1"):
+        dos_energies(eigs, 0.1, 5, emin=1.0, emax=-1.0, e_fermi=4.0)
+
+
+class _Solver:
+    """A FermiSolver that records its calls and returns a fixed level (eV)."""
+
+    def __init__(self, mu=1.25):
+        self.mu, self.calls = mu, []
+
+    def __call__(self, n):
+        self.calls.append(n)
+        return FermiLevel(self.mu, n, n, 2, "fermi-dirac", 0.0258), "2x2x2 mesh"
+
+
+def test_resolve_fermi_level_priorities():
+    """--e-fermi > nel_atom (computed) > task E_fermi > none; the warning whenever nel_atom
+    overrides a task E_fermi; the solver runs only when the level is computed."""
+    st = silicon_primitive()
+    solve = _Solver()
+    c = resolve_fermi_level(st, solve, e_fermi=0.5, nel_atom={"Si": 4}, task_e_fermi=0.0)
+    assert (c.value, c.source, c.n_electrons, c.result, c.warnings) == (0.5, "--e-fermi", 8.0, None, [])
+    assert solve.calls == []
+    c = resolve_fermi_level(st, solve, nel_atom={"Si": 4}, task_e_fermi=0.0)
+    assert c.value == 1.25 and c.source == "nel_atom, 2x2x2 mesh" and c.n_electrons == 8.0
+    assert isinstance(c.result, FermiLevel) and solve.calls == [8.0]
+    assert c.warnings == ["task E_fermi = 0.0 ignored: the Fermi level is computed from nel_atom"]
+    c = resolve_fermi_level(st, solve, nel_atom={"Si": 4})
+    assert c.value == 1.25 and c.warnings == []
+    c = resolve_fermi_level(st, solve, task_e_fermi=-3)
+    assert (c.value, c.source, c.n_electrons, c.result, c.warnings) == (-3.0, "task E_fermi", None, None, [])
+    c = resolve_fermi_level(st, solve)
+    assert c.value is None and c.source is None
+    assert solve.calls == [8.0, 8.0]
+    with pytest.raises(SpectrumError, match="no entry for"):
+        resolve_fermi_level(st, solve, nel_atom={"Ge": 4})
+
+
+def test_mesh_fermi_solver_matches_fermi_level(si64):
+    """The dense route's solver: fermi_level on the (cached) time-reversal-reduced mesh."""
+    H, S = si64
+    es = ElectronicStructure(H, S)
+    for gamma in (True, False):
+        c = resolve_fermi_level(H.structure, es.fermi_solver((2, 2, 2), gamma), nel_atom={"Si": 4})
+        k, w = monkhorst_pack((2, 2, 2), gamma_centered=gamma, time_reversal=True)
+        ref = fermi_level(band_energies(H, S, k), w, 256)
+        assert c.value == pytest.approx(ref.mu, abs=1e-12) and c.result.gap == pytest.approx(ref.gap)
+        assert c.source == "nel_atom, 2x2x2 mesh"
+
+
+def test_real_kpoints_use_the_real_solver_same_eigenvalues(si64):
+    """At Gamma and zone-boundary points H(k), S(k) are real up to rounding and are solved as
+    real matrices; eigenvalues and S-orthonormal vectors as with the complex solver."""
+    H, S = si64
+    k = np.array([[0.0, 0.0, 0.0], [0.5, 0.0, 0.5], [0.1, 0.2, 0.3]])
+    Hk, Sk = bloch_matrices(H, k), bloch_matrices(S, k)
+    np.testing.assert_allclose(Hk, H.dense(k), atol=1e-12)  # the per-k-point assembly = Operator.dense
+    assert 0 < np.abs(Hk[1].imag).max() < 1e-14  # rounding only at the zone boundary
+    w, c = eigh(Hk, Sk, vectors=True)
+    for n in range(len(k)):
+        np.testing.assert_allclose(w[n], sla.eigh(Hk[n], Sk[n], eigvals_only=True), atol=1e-9)
+        np.testing.assert_allclose(Hk[n] @ c[n], (Sk[n] @ c[n]) * w[n], atol=1e-8)
+        np.testing.assert_allclose(np.conj(c[n].T) @ Sk[n] @ c[n], np.eye(256), atol=1e-9)
+    assert np.isrealobj(bloch_matrices(H, k[:1]))
+
+
+def test_band_energies_workers(si64, path_kpts):
+    """Worker processes give the same eigenvalues as the in-process loop."""
+    H, S = si64
+    k = path_kpts[::24]
+    np.testing.assert_array_equal(band_energies(H, S, k, workers=2), band_energies(H, S, k))
 
 
 def test_dos_integral_and_time_reversal(si64, mesh_eigs):

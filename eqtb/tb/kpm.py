@@ -116,9 +116,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from eqtb.tb.spectrum import SpectrumError
+from eqtb.tb.spectrum import FermiSolver, SpectrumError
 
 __all__ = [
+    "FLOAT32_MIN_NNZ",
+    "KPMFermiLevel",
     "KPMResult",
     "block_cg",
     "chebyshev_moments",
@@ -129,6 +131,14 @@ __all__ = [
 
 #: Lorentz kernel parameter lambda (Weisse et al. recommend 3-5)
 LORENTZ_LAMBDA = 4.0
+
+#: ``kpm_dos(dtype="auto")`` stores H and S in float32 when H has more stored nonzeros than this.
+#: float32 storage changes the moments by ~2e-6 and N(E) by ~1e-4 states (Si64, ACCURACY above),
+#: far below the stochastic error, and halves the matrices' memory with ~1.6x faster products.
+#: Below 2e7 nonzeros (about 3.4e4 orbitals of Si 1s1p; the Si64 4x4x4 supercell has 9.7e6) a
+#: float64 run takes at most ~3 minutes and ~0.4 GB of matrices by the cost model of COST AND
+#: PERFORMANCE (256 moments, 8 vectors), so full precision is kept there.
+FLOAT32_MIN_NNZ = 2e7
 
 
 # ------------------------------------------------------------------------------ input checking
@@ -477,7 +487,8 @@ class KPMResult:
     resolution (eV) the kernel's broadening at the band centre (Jackson: standard deviation
     ``a sqrt(M/(2(M+1)) (1 - cos(2 pi/(M+1)))) ~ pi (emax - emin) / (2 M)``; Lorentz: half width
     ``a lambda / M``); stochastic_error the largest standard error of N(E) over ``energies``
-    divided by ``spin_degeneracy * norb``."""
+    divided by ``spin_degeneracy * norb``; dtype the storage precision of H and S in the
+    products (``"float64"``, ``"float32"``, ``"complex128"`` or ``"complex64"``)."""
 
     energies: np.ndarray
     dos: np.ndarray
@@ -492,6 +503,7 @@ class KPMResult:
     dos_error: np.ndarray | None = None
     cg_iterations: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    dtype: str = "float64"
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -643,6 +655,25 @@ class KPMResult:
                 break
         return 0.5 * (lo + hi)
 
+    def fermi_estimate(self, n_electrons: float) -> KPMFermiLevel:
+        """Fermi level (eV) for ``n_electrons`` (all spins): the middle of :meth:`gap_around` the
+        crossing :meth:`fermi_level` when the DOS has a gap there (an insulator: the crossing
+        itself wanders across the gap with the stochastic error), else the crossing."""
+        crossing = self.fermi_level(n_electrons)
+        gap = self.gap_around(crossing)
+        mu = crossing if gap is None else 0.5 * (gap[0] + gap[1])
+        return KPMFermiLevel(float(mu), float(n_electrons), float(crossing), gap)
+
+    def fermi_solver(self, where: str = "at Gamma") -> FermiSolver:
+        """The ``solve`` of :func:`eqtb.tb.spectrum.resolve_fermi_level` from this DOS
+        (:meth:`fermi_estimate`); ``where`` names the k-point in the source text
+        (``"nel_atom, KPM at Gamma"`` or ``"nel_atom, middle of the KPM gap at Gamma"``)."""
+        def solve(n: float) -> tuple[KPMFermiLevel, str]:
+            f = self.fermi_estimate(n)
+            return f, (f"KPM {where}" if f.gap is None else f"middle of the KPM gap {where}")
+
+        return solve
+
     def as_dict(self) -> dict:
         """JSON-serialisable summary (arrays as lists)."""
         return {
@@ -656,9 +687,25 @@ class KPMResult:
             "stochastic_error": self.stochastic_error if self.n_random > 1 else None,
             "cg_iterations": {k: (float(v) if isinstance(v, (float, np.floating)) else v)
                               for k, v in self.cg_iterations.items()},
-            "timings": {k: float(v) for k, v in self.timings.items()},
+            "timings": {k: float(v) for k, v in self.timings.items()}, "dtype": self.dtype,
             "units": {"energies": "eV", "dos": "states/eV (whole matrix, spin included)"},
         }
+
+
+@dataclass
+class KPMFermiLevel:
+    """Fermi level from a KPM DOS (:meth:`KPMResult.fermi_estimate`). ``mu`` (eV): the level
+    (``float(result)``); ``crossing`` (eV): where the integrated DOS equals ``n_electrons``;
+    ``gap``: (low, high) eV of the DOS gap around the crossing (edges blurred by the resolution),
+    None when the DOS there is not small (a metal, or no gap resolved)."""
+
+    mu: float
+    n_electrons: float
+    crossing: float
+    gap: tuple[float, float] | None = None
+
+    def __float__(self) -> float:
+        return float(self.mu)
 
 
 # ---------------------------------------------------------------------------------- main entry
@@ -695,8 +742,9 @@ def kpm_dos(H, S=None, energies=None, n_moments: int = 256, n_random: int = 8,
     solve_tol : relative residual at which the block CG for S^-1 stops (every column).
     spin_degeneracy : g, multiplies the DOS.
     progress : tqdm bar over moments.
-    dtype : None/"float64" or "float32": storage precision of H and S for the products (float32
-        halves memory and is ~1.6x faster; the recursion and CG stay in float64).
+    dtype : None/"float64", "float32" or "auto": storage precision of H and S for the products
+        (float32 halves memory and is ~1.6x faster; the recursion and CG stay in float64). "auto":
+        float32 when H has more than :data:`FLOAT32_MIN_NNZ` stored nonzeros, else float64.
     preconditioner : "auto" (block-Jacobi when ``blocks`` given, else Jacobi), "jacobi",
         "block-jacobi", "ilu" (scipy spilu of S, drop_tol 1e-3: ~7x fewer CG iterations, but a
         factorization growing ~ n^1.9; worth it below ~1e5 orbitals), or "none".
@@ -720,6 +768,9 @@ def kpm_dos(H, S=None, energies=None, n_moments: int = 256, n_random: int = 8,
         raise SpectrumError(f"solve_tol must be > 0, got {solve_tol}")
     M, R = int(n_moments), int(n_random)
     t0 = time.perf_counter()
+    if isinstance(dtype, str) and dtype == "auto":
+        nnz = H.nnz if sp.issparse(H) else np.count_nonzero(H)
+        dtype = "float32" if nnz > FLOAT32_MIN_NNZ else None
     H, S, cplx = as_pencil(H, S, dtype)
     n = H.shape[0]
     pen = _Pencil(H, S, preconditioner, blocks, backend, solve_tol, max_cg_iter)
@@ -777,6 +828,6 @@ def kpm_dos(H, S=None, energies=None, n_moments: int = 256, n_random: int = 8,
           "total": int(sum(its)), "lanczos_total": int(n_lanczos_cg)}
     timings = {"setup": t1 - t0, "bounds": t2 - t1, "moments": t3 - t2}
     res = KPMResult.from_moments(mv, bounds, n, energies, kernel, spin_degeneracy,
-                                 cg_iterations=cg, timings=timings)
+                                 cg_iterations=cg, timings=timings, dtype=str(H.dtype))
     res.timings["total"] = time.perf_counter() - t0
     return res

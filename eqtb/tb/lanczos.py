@@ -45,7 +45,12 @@ import scipy.sparse as sp
 from eqtb.tb.kpm import as_pencil
 from eqtb.tb.spectrum import SpectrumError
 
-__all__ = ["band_edges", "eigenvalues_near"]
+__all__ = ["MAX_NORB_3D", "band_edges", "eigenvalues_near"]
+
+#: the practical size limit of shift-invert Lanczos for 3-D bulk (orbitals): the sparse LU of
+#: H - sigma S fills in as ~n^1.65 in memory and ~n^2.9 in time, ~20 min and ~6 GB of factors at
+#: 3e4 orbitals (COST AND LIMITS above); beyond it use the KPM DOS (eqtb.tb.kpm)
+MAX_NORB_3D = 30000
 
 
 def eigenvalues_near(H, S=None, sigma: float = 0.0, k: int = 8, tol: float = 0,

@@ -10,13 +10,22 @@ Conventions
   include the spin degeneracy ``g`` (2 without spin-orbit coupling): the DOS integrates to
   ``g * nband`` states per cell.
 * Smearing ``kT`` in eV; the default is k_B * 300 K = 0.025852 eV (as DeePTB).
+
+Fermi-level rule (:func:`resolve_fermi_level`, used by every ``eqtb`` command that needs an energy
+reference): an explicit Fermi level wins; otherwise, when ``nel_atom`` is known, the Fermi level is
+computed from the electron count (on a k-mesh: :meth:`ElectronicStructure.fermi_solver`; from a KPM
+DOS at one k-point: :meth:`eqtb.tb.kpm.KPMResult.fermi_solver`), with a warning when a task's
+``E_fermi`` is thereby ignored; otherwise the task's ``E_fermi`` if not None; otherwise there is
+none (absolute energies). DeePTB's plot lets a task ``E_fermi`` win over ``nel_atom``; eqtb does
+not, because DeePTB's example tasks carry ``"E_fermi": 0.0``, which is not the Fermi level of DFT
+blocks (ABACUS energies are absolute).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import scipy.linalg as sla
@@ -25,9 +34,16 @@ from scipy.special import erfc
 #: k_B * 300 K in eV (scipy Boltzmann / eV, 300 K)
 KT_300K = 0.025852
 
-#: matrices at or above this size are solved one k-point at a time with LAPACK's ?hegvd
-#: (faster than numpy's batched route there); smaller ones in one batched numpy call
+#: matrices at or above this size are assembled and solved one k-point at a time (LAPACK's
+#: ?hegvd, faster than numpy's batched route there); smaller ones in one batched numpy call
 _PER_K_MIN_NORB = 48
+
+#: H(k), S(k) whose imaginary parts are at most this times their largest |entry| are solved as real
+#: symmetric matrices: at Gamma, and at k-points with every coordinate a multiple of 1/2 for real
+#: H(R), the phases exp(-i 2 pi k.R) are +-1 up to rounding (imaginary parts ~1e-16). Dropping
+#: them moves no eigenvalue by more than norb * this * max |H| (Weyl); the real solver is 3-5x
+#: faster (2048 orbitals, Si: 2.0 s against 6.4 s on one thread, 0.9 s against 4.1 s on two)
+REAL_TOL = 1e-12
 
 
 class SpectrumError(ValueError):
@@ -36,13 +52,21 @@ class SpectrumError(ValueError):
 
 # ------------------------------------------------------------------------------------ eigensolver
 def _as_batch(a, name):
+    """(nk, n, n) float64 (real input) or complex128 array, and whether the input was one (n, n)."""
     a = np.asarray(a)
     single = a.ndim == 2
     if single:
         a = a[None]
     if a.ndim != 3 or a.shape[1] != a.shape[2]:
         raise SpectrumError(f"{name} must be (nk, n, n) or (n, n), got shape {np.shape(a)}")
-    return a.astype(np.complex128, copy=False), single
+    return a.astype(np.complex128 if np.iscomplexobj(a) else np.float64, copy=False), single
+
+
+def _real_if_rounding(a: np.ndarray) -> np.ndarray:
+    """``a.real`` when the imaginary part of the matrix is rounding only (see :data:`REAL_TOL`)."""
+    if np.iscomplexobj(a) and np.abs(a.imag).max() <= REAL_TOL * np.abs(a).max():
+        return a.real
+    return a
 
 
 def _not_pd_error(S: np.ndarray, k: int, kpts) -> SpectrumError:
@@ -70,7 +94,9 @@ def eigh(Hk, Sk=None, vectors: bool = False, kpts=None):
     along the last axis, S-orthonormal. A single (n, n) input gives unbatched outputs.
 
     Method: Cholesky ``S = L L^dagger``, then the standard problem ``L^-1 H L^-dagger``
-    (LAPACK ?hegvd per k-point for n >= 48, a batched numpy version below). Raises
+    (LAPACK ?hegvd per k-point for n >= 48, a batched numpy version below). From n = 48 a
+    k-point whose H(k) and S(k) are real up to rounding (:data:`REAL_TOL`: Gamma, zone-boundary
+    points of real H(R)) is solved with the real symmetric solver. Raises
     :class:`SpectrumError` naming the k-point when S(k) is not positive definite.
     """
     H, single = _as_batch(Hk, "H(k)")
@@ -86,11 +112,15 @@ def eigh(Hk, Sk=None, vectors: bool = False, kpts=None):
         w = np.empty((nk, n))
         v = np.empty((nk, n, n), dtype=np.complex128) if vectors else None
         for k in range(nk):
+            Hk, Sk = H[k], (None if S is None else S[k])
+            Hr, Sr = _real_if_rounding(Hk), (None if Sk is None else _real_if_rounding(Sk))
+            if np.isrealobj(Hr) and (Sr is None or np.isrealobj(Sr)):
+                Hk, Sk = Hr, Sr
             try:
-                if S is None:
-                    res = sla.eigh(H[k], eigvals_only=not vectors, check_finite=False, driver="evd")
+                if Sk is None:
+                    res = sla.eigh(Hk, eigvals_only=not vectors, check_finite=False, driver="evd")
                 else:
-                    res = sla.eigh(H[k], S[k], eigvals_only=not vectors, check_finite=False, driver="gvd")
+                    res = sla.eigh(Hk, Sk, eigvals_only=not vectors, check_finite=False, driver="gvd")
             except np.linalg.LinAlgError:
                 if S is not None:
                     raise _not_pd_error(S, k, kpts) from None
@@ -100,6 +130,8 @@ def eigh(Hk, Sk=None, vectors: bool = False, kpts=None):
             else:
                 w[k] = res
     else:
+        H = H.astype(np.complex128, copy=False)
+        S = None if S is None else S.astype(np.complex128, copy=False)
         if S is None:
             if vectors:
                 w, v = np.linalg.eigh(H)
@@ -134,36 +166,108 @@ def default_chunk(norb: int, budget_bytes: float = 256e6) -> int:
     return max(1, int(budget_bytes // (6 * 16 * norb * norb)))
 
 
+def bloch_matrices(op, kpts) -> np.ndarray:
+    """The Operator ``op`` at fractional ``kpts`` (nk, 3) as dense (nk, norb, norb) arrays.
+
+    Below :data:`_PER_K_MIN_NORB` orbitals one batched :meth:`eqtb.operator.Operator.dense` call;
+    from there one :meth:`~eqtb.operator.Operator.sparse` Bloch sum per k-point (as the solver
+    goes one k-point at a time there anyway): ``dense`` builds an (nR, norb^2) intermediate on
+    every call. Measured for H and S: one k-point of a 2048-orbital Si supercell (18 lattice
+    vectors) 4.9 s and a 1.6 GB peak with ``dense``, 0.05 s this way; 40 k-points of Si64 (256
+    orbitals) 0.45 s against 0.22 s. The values agree to rounding (1e-16); at Gamma, real blocks
+    give a real array."""
+    kpts = np.atleast_2d(np.asarray(kpts, dtype=np.float64))
+    if op.norb < _PER_K_MIN_NORB:
+        return op.dense(kpts)
+    return np.stack([op.sparse(k).toarray() for k in kpts])
+
+
+def _progress_bar(total: int, desc: str, progress: bool | None):
+    """A tqdm bar over ``total`` chunks (None: only on a terminal), or None when ``progress`` is False."""
+    if progress is False:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="chunk", disable=None if progress is None else False, leave=False)
+
+
+def _solve_chunk(H, S, kpts, vectors: bool):
+    """``(eigh result, S(k))`` of the Operators H, S (or None) at the fractional ``kpts``."""
+    Sk = bloch_matrices(S, kpts) if S is not None else None
+    return eigh(bloch_matrices(H, kpts), Sk, vectors=vectors, kpts=kpts), Sk
+
+
 def iter_eigh(H, S, kpts, chunk: int | None = None, vectors: bool = False,
               progress: bool | None = False, desc: str = "k-points") -> Iterator:
     """Yield ``(slice, eigs[, vecs], Sk)`` chunk by chunk over ``kpts`` (fractional), assembling
-    H(k) (and S(k) when S is an Operator) for one chunk at a time to bound memory. ``Sk`` is None
-    for an orthogonal basis. ``progress``: show a tqdm bar (None: only on a terminal)."""
+    H(k) (and S(k) when S is an Operator, :func:`bloch_matrices`) for one chunk at a time to bound
+    memory. ``Sk`` is None for an orthogonal basis. ``progress``: show a tqdm bar (None: only on
+    a terminal)."""
     kpts = np.atleast_2d(np.asarray(kpts, dtype=np.float64))
     chunk = chunk or default_chunk(H.norb)
-    starts = range(0, len(kpts), chunk)
-    if progress is not False:
-        from tqdm import tqdm
-
-        starts = tqdm(starts, desc=desc, unit="chunk", disable=None if progress is None else False,
-                      total=math.ceil(len(kpts) / chunk), leave=False)
-    for a in starts:
-        sl = slice(a, min(a + chunk, len(kpts)))
-        Hk = H.dense(kpts[sl])
-        Sk = S.dense(kpts[sl]) if S is not None else None
-        res = eigh(Hk, Sk, vectors=vectors, kpts=kpts[sl])
-        if vectors:
-            yield sl, res[0], res[1], Sk
-        else:
-            yield sl, res, Sk
+    bar = _progress_bar(math.ceil(len(kpts) / chunk), desc, progress)
+    try:
+        for a in range(0, len(kpts), chunk):
+            sl = slice(a, min(a + chunk, len(kpts)))
+            res, Sk = _solve_chunk(H, S, kpts[sl], vectors)
+            yield (sl, res[0], res[1], Sk) if vectors else (sl, res, Sk)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
-def band_energies(H, S, kpts, chunk: int | None = None, progress: bool | None = False) -> np.ndarray:
-    """Eigenvalues (nk, norb) in eV of the Operators H (and S, or None) at fractional ``kpts``."""
+#: the operators of a worker process of :func:`band_energies` (set by :func:`_worker_init`)
+_WORKER: dict = {}
+
+
+def _worker_init(H, S) -> None:
+    _WORKER["H"], _WORKER["S"] = H, S
+
+
+def _worker_energies(kpts: np.ndarray) -> np.ndarray:
+    return _solve_chunk(_WORKER["H"], _WORKER["S"], kpts, vectors=False)[0]
+
+
+def band_energies(H, S, kpts, chunk: int | None = None, progress: bool | None = False,
+                  workers: int = 1) -> np.ndarray:
+    """Eigenvalues (nk, norb) in eV of the Operators H (and S, or None) at fractional ``kpts``.
+
+    ``workers`` > 1: the k-points are solved in chunks by that many spawned processes, each with
+    its own copy of H and S. They inherit the environment, so set one BLAS thread per process
+    around the call (``OMP_NUM_THREADS=1``, ``OPENBLAS_NUM_THREADS=1``, ``MKL_NUM_THREADS=1``,
+    e.g. with :func:`eqtb.data.generate.thread_env`). Worth it from about a second per k-point
+    (thousands of orbitals): the processes take a few seconds to start. Measured on a 2-core
+    machine shared with other jobs (load 1-3.5), 15 k-points of a 512-atom Si supercell (2048
+    orbitals), several runs: two single-threaded workers 40-72 s; this process with one BLAS
+    thread 68-87 s, with two BLAS threads 92-157 s (OpenBLAS threads wait for each other when
+    another job holds a core). Spawned processes import the caller's main module: a script
+    needs the ``if __name__ == "__main__":`` guard."""
     kpts = np.atleast_2d(np.asarray(kpts, dtype=np.float64))
     out = np.empty((len(kpts), H.norb))
-    for sl, w, _ in iter_eigh(H, S, kpts, chunk, vectors=False, progress=progress):
-        out[sl] = w
+    if int(workers) < 2 or len(kpts) < 2:
+        for sl, w, _ in iter_eigh(H, S, kpts, chunk, vectors=False, progress=progress):
+            out[sl] = w
+        return out
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    chunk = chunk or min(default_chunk(H.norb), math.ceil(len(kpts) / (4 * int(workers))))
+    slices = [slice(a, min(a + chunk, len(kpts))) for a in range(0, len(kpts), chunk)]
+    pool = ProcessPoolExecutor(int(workers), mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                               initargs=(H, S))
+    bar = _progress_bar(len(slices), "k-points", progress)
+    try:
+        todo = {pool.submit(_worker_energies, kpts[sl]): sl for sl in slices}
+        for fut in as_completed(todo):
+            out[todo[fut]] = fut.result()
+            if bar is not None:
+                bar.update(1)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if bar is not None:
+            bar.close()
     return out
 
 
@@ -184,6 +288,18 @@ def n_electrons(structure, nel_atom: Mapping[str, float]) -> float:
             raise SpectrumError(f"nel_atom[{el!r}] must be a non-negative number, got {v!r}")
         total += float(v) * symbols.count(el)
     return total
+
+
+def occupied_bands(n_electrons: float, n_bands: int | None = None, spin_degeneracy: int = 2) -> int | None:
+    """Number of filled bands when ``n_electrons`` (per cell, all spins) fill a whole number of
+    bands, ``n_electrons / spin_degeneracy`` (to 1e-9); None otherwise (a partly filled band,
+    e.g. an odd count with spin degeneracy 2). With ``n_bands`` it must also leave a band above
+    (0 < result < n_bands), so that a band gap can be looked for; None when not."""
+    nocc = n_electrons / spin_degeneracy
+    n = int(round(nocc))
+    if abs(nocc - n) >= 1e-9 or n <= 0 or (n_bands is not None and n >= n_bands):
+        return None
+    return n
 
 
 def occupation(x: np.ndarray, smearing: str = "fermi-dirac") -> np.ndarray:
@@ -284,9 +400,9 @@ def fermi_level(eigs, weights, n_electrons: float, spin_degeneracy: int = 2,
     if kT == 0:
         converged = abs(c - n_electrons) < max(tol, 1e-9)
     res = FermiLevel(mu, float(n_electrons), float(c), g, smearing, float(kT), converged=converged)
-    nocc = n_electrons / g
-    if abs(nocc - round(nocc)) < 1e-9 and 0 < round(nocc) < eigs.shape[1]:
-        gap = band_gap(eigs, int(round(nocc)))
+    nocc = occupied_bands(n_electrons, eigs.shape[1], g)
+    if nocc is not None:
+        gap = band_gap(eigs, nocc)
         if gap["gap"] > 0:
             res.insulating = True
             res.vbm, res.cbm, res.gap = gap["vbm"], gap["cbm"], gap["gap"]
@@ -300,8 +416,9 @@ def band_gap(eigs, n_occupied_bands: int, direct_tol: float = 1e-5) -> dict:
     Returns a dict: ``vbm`` (max of band n_occ-1), ``cbm`` (min of band n_occ), ``gap`` = cbm - vbm
     (negative when the bands overlap: a metal), ``direct_gap`` = min_k (E_c(k) - E_v(k)),
     ``direct`` (True when the smallest direct gap equals the gap within ``direct_tol``),
-    ``k_vbm``, ``k_cbm``, ``k_direct`` (indices into the k-set), ``valence_bandwidth`` =
-    vbm - min(E of band 0)."""
+    ``gap_type`` (``"metal"`` when gap <= 0, else ``"direct"`` or ``"indirect"``), ``k_vbm``,
+    ``k_cbm``, ``k_direct`` (indices into the k-set), ``valence_bandwidth`` =
+    vbm - min(E of band 0), ``n_occupied_bands``."""
     eigs = np.asarray(eigs, dtype=np.float64)
     if eigs.ndim == 1:
         eigs = eigs[None]
@@ -314,16 +431,87 @@ def band_gap(eigs, n_occupied_bands: int, direct_tol: float = 1e-5) -> dict:
     d = c - v
     kd = int(np.argmin(d))
     gap = float(c[kc] - v[kv])
+    direct = bool(d[kd] - gap <= direct_tol)
     return {
         "vbm": float(v[kv]), "cbm": float(c[kc]), "gap": gap,
-        "direct_gap": float(d[kd]), "direct": bool(d[kd] - gap <= direct_tol),
+        "direct_gap": float(d[kd]), "direct": direct,
+        "gap_type": "metal" if gap <= 0 else ("direct" if direct else "indirect"),
         "k_vbm": kv, "k_cbm": kc, "k_direct": kd,
         "valence_bandwidth": float(v[kv] - eigs[:, 0].min()),
         "n_occupied_bands": n,
     }
 
 
+# ------------------------------------------------------------------------------ Fermi-level rule
+#: ``solve(n_electrons) -> (result, method)``: the Fermi level for ``n_electrons`` per cell (all
+#: spins); ``float(result)`` is it in eV and ``method`` (e.g. ``"4x4x4 mesh"``) completes the
+#: source text ``"nel_atom, <method>"``. See :meth:`ElectronicStructure.fermi_solver` and
+#: :meth:`eqtb.tb.kpm.KPMResult.fermi_solver`.
+FermiSolver = Callable[[float], tuple[object, str]]
+
+
+@dataclass
+class FermiChoice:
+    """The energy reference chosen by :func:`resolve_fermi_level`.
+
+    ``value``: the Fermi level in eV (absolute), None when there is none (energies stay absolute).
+    ``source``: how it was chosen, the text eqtb's outputs record: ``"--e-fermi"`` (given),
+    ``"nel_atom, <method>"`` (computed), ``"task E_fermi"``, or None. ``n_electrons``: valence
+    electrons per cell (all spins) whenever ``nel_atom`` is known, else None. ``result``: what the
+    solver returned when the level was computed (:class:`FermiLevel` on a k-mesh,
+    :class:`eqtb.tb.kpm.KPMFermiLevel` from a KPM DOS), else None. ``warnings``: messages for
+    the user (a task ``E_fermi`` ignored)."""
+
+    value: float | None
+    source: str | None
+    n_electrons: float | None = None
+    result: object | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def resolve_fermi_level(structure, solve: FermiSolver, e_fermi: float | None = None,
+                        nel_atom: Mapping[str, float] | None = None,
+                        task_e_fermi: float | None = None) -> FermiChoice:
+    """Apply the Fermi-level rule (module docstring) and return a :class:`FermiChoice`.
+
+    ``e_fermi``: an explicit Fermi level in eV (wins); ``nel_atom``: valence electrons per element
+    (e.g. ``{"Si": 4}``), from which ``solve`` (:data:`FermiSolver`; called only when needed)
+    computes the level; ``task_e_fermi``: a task file's ``E_fermi`` in eV, used when there is no
+    ``nel_atom`` and ignored, with a warning, when there is."""
+    n = n_electrons(structure, nel_atom) if nel_atom else None
+    if e_fermi is not None:
+        return FermiChoice(float(e_fermi), "--e-fermi", n)
+    if n is not None:
+        result, method = solve(n)
+        warnings = [] if task_e_fermi is None else [
+            f"task E_fermi = {task_e_fermi} ignored: the Fermi level is computed from nel_atom"]
+        return FermiChoice(float(result), f"nel_atom, {method}", n, result, warnings)
+    if task_e_fermi is not None:
+        return FermiChoice(float(task_e_fermi), "task E_fermi")
+    return FermiChoice(None, None)
+
+
 # ---------------------------------------------------------------------------------- DOS and PDOS
+def dos_energies(eigs, sigma: float, npts: int, emin: float | None = None, emax: float | None = None,
+                 e_fermi: float | None = None) -> np.ndarray:
+    """Energy grid (eV, absolute) of ``npts`` points for a Gaussian-broadened DOS of ``eigs`` (eV).
+
+    ``emin``/``emax`` are relative to ``e_fermi`` (eV; 0 when None, i.e. absolute); each one not
+    given defaults to the lowest/highest eigenvalue minus/plus ``5 sigma + 0.5`` eV, so that the
+    whole DOS fits (its integral is then all the states). Raises SpectrumError for an empty
+    window or fewer than 2 points."""
+    if int(npts) < 2:
+        raise SpectrumError(f"a DOS energy grid needs at least 2 points, got {npts}")
+    eigs = np.asarray(eigs, dtype=np.float64)
+    ref = 0.0 if e_fermi is None else float(e_fermi)
+    pad = 5 * sigma + 0.5
+    lo = float(eigs.min()) - pad if emin is None else ref + emin
+    hi = float(eigs.max()) + pad if emax is None else ref + emax
+    if lo >= hi:
+        raise SpectrumError(f"empty energy window: emin {lo - ref:g} >= emax {hi - ref:g}")
+    return np.linspace(lo, hi, int(npts))
+
+
 def _gaussian_sum(states: np.ndarray, weights: np.ndarray, energies: np.ndarray, sigma: float,
                   out: np.ndarray, block: int = 4096) -> None:
     """out[:, g] += sum_s weights[s, g] * G(energies - states[s]; sigma), in blocks of states."""
@@ -444,11 +632,18 @@ class ElectronicStructure:
         return n_electrons(self.structure, nel_atom)
 
     def fermi(self, nel_atom: Mapping[str, float] | float, mesh, smearing: str = "fermi-dirac",
-              kT: float = KT_300K, progress: bool | None = False) -> FermiLevel:
-        """Fermi level from valence electrons (``nel_atom`` dict, or a number per cell) on a mesh."""
+              kT: float = KT_300K, progress: bool | None = False, gamma_centered: bool = True) -> FermiLevel:
+        """Fermi level (eV) from valence electrons (``nel_atom`` dict, or a number per cell) on a
+        time-reversal-reduced mesh (Gamma-centred, or Monkhorst-Pack); ``kT`` in eV."""
         n = nel_atom if isinstance(nel_atom, (int, float)) else self.n_electrons(nel_atom)
-        _, w, e = self.mesh_eigenvalues(mesh, progress=progress)
+        _, w, e = self.mesh_eigenvalues(mesh, gamma_centered, progress=progress)
         return fermi_level(e, w, n, self.spin_degeneracy, smearing, kT)
+
+    def fermi_solver(self, mesh, gamma_centered: bool = True, progress: bool | None = False) -> FermiSolver:
+        """The ``solve`` of :func:`resolve_fermi_level` on a mesh: :meth:`fermi` (Fermi-Dirac,
+        kT = :data:`KT_300K`), source text ``"nel_atom, <n1>x<n2>x<n3> mesh"``."""
+        method = f"{mesh[0]}x{mesh[1]}x{mesh[2]} mesh"
+        return lambda n: (self.fermi(n, mesh, progress=progress, gamma_centered=gamma_centered), method)
 
     def dos(self, mesh, energies, sigma: float = 0.05, progress: bool | None = False) -> np.ndarray:
         """Total DOS (states/eV/cell, spin included) on ``energies`` from a uniform mesh."""
