@@ -28,6 +28,10 @@ from eqtb.bonds import BlockError, block_key, canonicalize, parse_block_keys, so
 from eqtb.structure import Structure
 
 
+#: above this many orbitals :meth:`Operator.dense` assembles one k-point at a time (see there)
+DENSE_BATCH_MAX_NORB = 47
+
+
 @dataclass
 class Operator:
     structure: Structure
@@ -220,10 +224,16 @@ class Operator:
 
     def dense(self, kpts) -> np.ndarray:
         """The operator at k-points ``kpts`` (nk, 3) as dense complex128 arrays (nk, norb, norb).
-        Bonds are grouped by lattice vector R so the Bloch sum is one matrix product."""
+
+        Below :data:`DENSE_BATCH_MAX_NORB` orbitals bonds are grouped by lattice vector R so the
+        Bloch sum of all k-points is one matrix product (an (nR, norb^2) intermediate); from there
+        one sparse Bloch sum per k-point (:meth:`sparse`), densified: measured for a 2048-orbital Si
+        supercell (18 lattice vectors), one k-point 0.05 s instead of 4.9 s and 1.6 GB."""
         kpts = np.atleast_2d(np.asarray(kpts, dtype=np.float64))
-        (ro, co, vo), (rh, ch, vh, e) = self._coo
         n = self.norb
+        if n > DENSE_BATCH_MAX_NORB:
+            return np.stack([self.sparse(k).toarray().astype(np.complex128, copy=False) for k in kpts])
+        (ro, co, vo), (rh, ch, vh, e) = self._coo
         Rs, r_of_edge = np.unique(self.R, axis=0, return_inverse=True) if len(self.R) else (np.zeros((0, 3)), np.zeros(0, int))
         r_of_edge = np.asarray(r_of_edge).reshape(-1)
         M = np.zeros((len(Rs), n * n), dtype=np.result_type(vh.dtype, np.float64))

@@ -83,3 +83,23 @@ def test_bad_blocks(si64):
         Operator.from_blocks(s, basis, {"0_0_0_0": np.eye(4)})
     with pytest.raises(BasisError, match="have no basis"):
         Operator.from_blocks(s, Basis({"C": "1s1p"}), blocks["hamiltonians"])
+
+
+def test_dense_per_kpoint_route_equals_batched(data_dir):
+    """Above DENSE_BATCH_MAX_NORB orbitals Operator.dense assembles per k-point from the sparse
+    Bloch sum: the same matrices as the batched route."""
+    import eqtb.operator as operator
+    from eqtb.data.folder import TrajectoryFolder
+
+    H = TrajectoryFolder(data_dir / "si64_abacus" / "Si64.0").frame(0).hamiltonian
+    k = np.array([[0.0, 0.0, 0.0], [0.1, -0.2, 0.3]])
+    assert H.norb > operator.DENSE_BATCH_MAX_NORB
+    per_k = H.dense(k)
+    old = operator.DENSE_BATCH_MAX_NORB
+    operator.DENSE_BATCH_MAX_NORB = 10**9
+    try:
+        batched = H.dense(k)
+    finally:
+        operator.DENSE_BATCH_MAX_NORB = old
+    assert per_k.dtype == np.complex128 and np.abs(per_k[1].imag).max() > 1e-3
+    np.testing.assert_allclose(per_k, batched, atol=1e-12)

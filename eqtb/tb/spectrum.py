@@ -166,22 +166,6 @@ def default_chunk(norb: int, budget_bytes: float = 256e6) -> int:
     return max(1, int(budget_bytes // (6 * 16 * norb * norb)))
 
 
-def bloch_matrices(op, kpts) -> np.ndarray:
-    """The Operator ``op`` at fractional ``kpts`` (nk, 3) as dense (nk, norb, norb) arrays.
-
-    Below :data:`_PER_K_MIN_NORB` orbitals one batched :meth:`eqtb.operator.Operator.dense` call;
-    from there one :meth:`~eqtb.operator.Operator.sparse` Bloch sum per k-point (as the solver
-    goes one k-point at a time there anyway): ``dense`` builds an (nR, norb^2) intermediate on
-    every call. Measured for H and S: one k-point of a 2048-orbital Si supercell (18 lattice
-    vectors) 4.9 s and a 1.6 GB peak with ``dense``, 0.05 s this way; 40 k-points of Si64 (256
-    orbitals) 0.45 s against 0.22 s. The values agree to rounding (1e-16); at Gamma, real blocks
-    give a real array."""
-    kpts = np.atleast_2d(np.asarray(kpts, dtype=np.float64))
-    if op.norb < _PER_K_MIN_NORB:
-        return op.dense(kpts)
-    return np.stack([op.sparse(k).toarray() for k in kpts])
-
-
 def _progress_bar(total: int, desc: str, progress: bool | None):
     """A tqdm bar over ``total`` chunks (None: only on a terminal), or None when ``progress`` is False."""
     if progress is False:
@@ -193,14 +177,14 @@ def _progress_bar(total: int, desc: str, progress: bool | None):
 
 def _solve_chunk(H, S, kpts, vectors: bool):
     """``(eigh result, S(k))`` of the Operators H, S (or None) at the fractional ``kpts``."""
-    Sk = bloch_matrices(S, kpts) if S is not None else None
-    return eigh(bloch_matrices(H, kpts), Sk, vectors=vectors, kpts=kpts), Sk
+    Sk = S.dense(kpts) if S is not None else None
+    return eigh(H.dense(kpts), Sk, vectors=vectors, kpts=kpts), Sk
 
 
 def iter_eigh(H, S, kpts, chunk: int | None = None, vectors: bool = False,
               progress: bool | None = False, desc: str = "k-points") -> Iterator:
     """Yield ``(slice, eigs[, vecs], Sk)`` chunk by chunk over ``kpts`` (fractional), assembling
-    H(k) (and S(k) when S is an Operator, :func:`bloch_matrices`) for one chunk at a time to bound
+    H(k) (and S(k) when S is an Operator, :meth:`eqtb.operator.Operator.dense`) for one chunk at a time to bound
     memory. ``Sk`` is None for an orthogonal basis. ``progress``: show a tqdm bar (None: only on
     a terminal)."""
     kpts = np.atleast_2d(np.asarray(kpts, dtype=np.float64))
