@@ -30,8 +30,10 @@ tasks carry ``"E_fermi": 0.0``, which is not the Fermi level of DFT blocks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -89,6 +91,19 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(msg.split())
 
 
+@contextlib.contextmanager
+def _one_line_warnings(command: str):
+    """Warnings raised while a command runs print as ``eqtb <command>: warning: <message>``, one
+    line each (Python's default shows the source line too), each message once."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"eqtb {command}: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``eqtb`` command; returns the exit code."""
     parser = build_parser()
@@ -97,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return int(args.run(args) or 0)
+        with _one_line_warnings(args.command):
+            return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print(f"eqtb {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -274,8 +274,7 @@ def demo_config(formula: str, seconds: float, r_max: float = R_MAX, avg_num_neig
                            "seed": int(seed)},
         "model_options": {
             "embedding": {"method": "slem", "r_max": {"Si": float(r_max)}, "irreps_hidden": "16x0e+16x1o+8x2e",
-                          "n_layers": 1, "avg_num_neighbors": float(round(avg_num_neighbors, 1)),
-                          "tp_radial_emb": True},
+                          "n_layers": 1, "avg_num_neighbors": float(round(avg_num_neighbors, 1))},
             "prediction": {"method": "e3tb", "neurons": [32, 32]}},
         "train_options": {
             "num_epoch": 5000, "batch_size": 1, "optimizer": {"type": "Adam", "lr": 0.005},
