@@ -110,21 +110,25 @@ def parse_basis_string(spec: str, element: str = "?") -> tuple[int, ...]:
     return tuple(l for l in sorted(counts) for _ in range(counts[l]))
 
 
+def shell_label_key(label: str) -> tuple[int, str]:
+    """DeePTB's sort key of a shell label such as ``"3p"`` or ``"d*"``: the angular momentum, then the
+    first character among 1-9 and '*' (``"0"`` when there is none)."""
+    tag = re.search(r"[1-9*]", label)
+    return ANGULAR_LETTERS.index(re.search(r"[spdfgh]", label).group(0)), tag.group(0) if tag else "0"
+
+
 def parse_basis_list(spec: list[str], element: str = "?") -> tuple[int, ...]:
     """Parse a Slater-Koster shell list such as ``["3s", "3p", "d*"]`` into angular momenta,
-    sorted as DeePTB sorts them (by l, then by the first character among 1-9 and '*')."""
-    shells = []
+    sorted as DeePTB sorts them (:func:`shell_label_key`)."""
     for label in spec:
         if not isinstance(label, str):
             raise BasisError(f"basis of {element}: shell label {label!r} is not a string")
         letters = [c for c in label if c in ANGULAR_LETTERS]
         if len(letters) != 1 or not re.fullmatch(r"[0-9*]*[spdfgh][0-9*]*", label):
             raise BasisError(f"basis of {element}: malformed shell label {label!r} (e.g. '3s', 'd*')")
-        tag = re.search(r"[1-9*]", label)
-        shells.append((ANGULAR_LETTERS.index(letters[0]), tag.group(0) if tag else "0"))
     if len(set(spec)) != len(spec):
         raise BasisError(f"basis of {element}: repeated shell label in {spec!r}")
-    return tuple(l for l, _ in sorted(shells))
+    return tuple(shell_label_key(label)[0] for label in sorted(spec, key=shell_label_key))
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,14 @@ class ElementBasis:
             seen[l] = seen.get(l, 0) + 1
             out.append(Shell(l, seen[l]))
         return tuple(out)
+
+    @property
+    def labels(self) -> tuple[str, ...] | None:
+        """The shell labels of a list basis in shell order (``("3s", "3p", "d*")``, sorted by
+        :func:`shell_label_key`, as :attr:`shells`); None for a basis string, whose shells have none."""
+        if isinstance(self.spec, str):
+            return None
+        return tuple(sorted(self.spec, key=shell_label_key))
 
     @property
     def string(self) -> str:

@@ -20,22 +20,22 @@ from toy_models import silicon_primitive
 
 
 def _sk_model(vss, vsp, vpps, vppp, es, ep) -> SlaterKoster:
+    """Si s/p, powerlaw (alpha = 0), uniform onsite energies (no reference: a basis string has no
+    shell labels), integrals set through DeePTB's parameter rows: its s-p parameter is minus the
+    textbook V_sp sigma (DeePTB's sign (-1)^(l_a + l_b) on the pair s-p)."""
     torch.set_default_dtype(torch.float64)
     try:
-        model = SlaterKoster(Basis({"Si": "1s1p"}), rs=4.0, w=0.2)
+        model = SlaterKoster(Basis({"Si": "1s1p"}), {"method": "powerlaw", "rs": 4.0, "w": 0.2},
+                             {"method": "uniform"}, atomic_radius="cov")
     finally:
         torch.set_default_dtype(torch.float32)
-    names = ["1s-1s:sigma", "1s-1p:sigma", "1p-1s:sigma", "1p-1p:sigma", "1p-1p:pi"]
-    table = model.hopping
+    s, p = model.basis.full_shells
+    rows = {(s, s, 0): vss, (s, p, 0): -vsp, (p, p, 0): vpps, (p, p, 1): vppp}
     with torch.no_grad():
-        # the canonical rows of the Si-Si entries, in the order of the sk-convention integrals
-        idx = table.index[0].tolist()
-        values = dict(zip(names, [vss, vsp, -vsp, vpps, vppp]))
-        for n, name in enumerate(names):
-            if table.sign[0, n] > 0:
-                table.params[idx[n], 0] = values[name]
-        model.onsite_energies.copy_(torch.tensor([[es, ep]]))
-    return model.double().eval()
+        for n, (_, _, a, b, m) in enumerate(model.hopping.keys):
+            model.hopping.params[n] = torch.tensor([rows[a, b, m], 0.0])
+        model.onsite_params[0, :, 0] = torch.tensor([es, ep])
+    return model.eval()
 
 
 def test_blocks_are_the_two_centre_formulas():
@@ -50,9 +50,9 @@ def test_blocks_are_the_two_centre_formulas():
     with torch.no_grad():
         on, off = model(ModelInputs.from_graph(g, model.basis, torch.float64))["hamiltonian"]
     np.testing.assert_allclose(on.numpy(), np.array([np.diag([es, ep, ep, ep])] * 2), atol=1e-12)
-    r0 = 2 * 1.11  # covalent radius of Si, ASE
+    r0 = 2 * 1.11  # covalent radius of Si, DeePTB's "cov" table
     perm = [1, 2, 0]  # (x, y, z) -> eqtb's p order (y, z, x)
-    assert g.n_edges > 8
+    assert g.n_edges > 8 and model.r_max == pytest.approx(4.0 + 8 * 0.2)
     for e, d in enumerate(g.vectors):
         r = np.linalg.norm(d)
         u = (d / r)[perm]
@@ -67,7 +67,8 @@ def test_blocks_are_the_two_centre_formulas():
 def test_reverse_integrals_follow_from_the_forward_ones():
     """V^{ba} = (-1)^(la + lb) V^{ab}: the block built from the forward edge alone equals the
     Hermitian average the assembler returns (so no parameter is spent on a redundant direction)."""
-    model = SlaterKoster(Basis({"Ga": "2s2p2d", "As": "2s2p1d"}), rs={"Ga": 3.0, "As": 2.8}, w=0.1, std=1.0).double()
+    model = SlaterKoster(Basis({"Ga": "2s2p2d", "As": "2s2p1d"}), {"method": "powerlaw", "rs": {"Ga": 3.0, "As": 2.8},
+                                                                   "w": 0.1}, {"method": "uniform"}, std=1.0).double()
     from ase.build import bulk
 
     from eqtb.structure import Structure

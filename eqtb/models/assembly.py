@@ -165,10 +165,10 @@ class SKAssembler(IrrepsAssembler):
         assert M.shape == (len(comp), len(comp)), "as many SK integrals as even-L components"
         return M
 
-    def offsite(self, integrals: torch.Tensor, ti: torch.Tensor, tj: torch.Tensor, frames=None) -> torch.Tensor:
-        """integrals: (2E, n_integrals) of the directed edges [fwd; rev]; ``frames``: their Wigner-D
-        up to :attr:`lmax` (:func:`eqtb.nn.so2.directed_frames`). Returns the (E, F, F) blocks of
-        the canonical bonds."""
+    def lab_features(self, integrals: torch.Tensor, frames) -> torch.Tensor:
+        """(n, n_integrals) integrals of directed edges -> (n, offsite_dim) features ('all' layout,
+        lab frame, not normalised) of their blocks; ``frames``: the edges' Wigner-D up to
+        :attr:`lmax`, whose m = 0 axis is the bond direction (:func:`eqtb.nn.so2.directed_frames`)."""
         if self.convention == "sk":
             integrals = integrals @ self.sk_to_L.to(integrals)
         feats = integrals.new_zeros((integrals.shape[0], self.offsite_dim))
@@ -176,10 +176,16 @@ class SKAssembler(IrrepsAssembler):
             sel = torch.nonzero(self.L == ell).flatten()
             if len(sel) == 0:
                 continue
-            axis = frames[ell][:, :, ell]  # (2E, 2L+1): Y_L(r)/sqrt(2L+1), unit norm
+            axis = frames[ell][:, :, ell]  # (n, 2L+1): Y_L(r)/sqrt(2L+1), unit norm
             idx = self.start[sel][:, None] + torch.arange(2 * ell + 1, device=integrals.device)[None, :]
             feats[:, idx.flatten()] = (integrals[:, sel, None] * axis[:, None, :]).reshape(len(feats), -1)
-        return super().offsite(feats, ti, tj)
+        return feats
+
+    def offsite(self, integrals: torch.Tensor, ti: torch.Tensor, tj: torch.Tensor, frames=None) -> torch.Tensor:
+        """integrals: (2E, n_integrals) of the directed edges [fwd; rev]; ``frames``: their Wigner-D
+        up to :attr:`lmax` (:func:`eqtb.nn.so2.directed_frames`). Returns the (E, F, F) blocks of
+        the canonical bonds."""
+        return super().offsite(self.lab_features(integrals, frames), ti, tj)
 
 
 def to_operators(structure, basis: Basis, i, j, R, blocks: dict) -> dict[str, Operator]:
