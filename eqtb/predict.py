@@ -145,7 +145,8 @@ class Prediction:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """The trained model of an eqtb checkpoint file (``eqtb train`` output), any registered family,
-    in eval mode (:func:`eqtb.models.from_checkpoint`)."""
+    or of a DeePTB nnsk model (checkpoint ``.pth`` or JSON model, converted by
+    :func:`eqtb.train.checkpoint.load_checkpoint`), in eval mode (:func:`eqtb.models.from_checkpoint`)."""
     from eqtb.models import from_checkpoint
     from eqtb.train.checkpoint import load_checkpoint
 
@@ -162,7 +163,8 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Predictor:
-        """From an eqtb checkpoint (``eqtb train`` output: ``run/checkpoint/slem.best.pth``)."""
+        """From an eqtb checkpoint (``eqtb train`` output: ``run/checkpoint/slem.best.pth``) or a
+        DeePTB nnsk model (:func:`load_model`)."""
         return cls(load_model(path, device), source=str(path))
 
     def __repr__(self) -> str:

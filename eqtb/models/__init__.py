@@ -43,13 +43,19 @@ def model_from_options(model_options: dict, basis, stats: dict | None = None, qu
 
 def from_checkpoint(state: dict, device: str | torch.device = "cpu") -> OperatorModel:
     """The trained model held by a checkpoint dict (``config``, ``model_state_dict``, and the
-    ``model_family`` and ``quantity`` it was trained for), in eval mode, in the config's dtype."""
+    ``model_family`` and ``quantity`` it was trained for), in eval mode, in the config's dtype (built
+    in that dtype, so that its constant tables are not rounded through float32)."""
     cfg = state["config"]
     name = state.get("model_family") or family_name(cfg["model_options"])
     if name not in FAMILIES:
         raise ModelError(f"the checkpoint holds a {name!r} model, which this eqtb does not have "
                          f"(it has {', '.join(sorted(FAMILIES))})")
-    model = build_model(cfg, None, state.get("quantity", "hamiltonian"))
-    model.load_state_dict(state["model_state_dict"])
     dtype = torch.float64 if cfg["common_options"]["dtype"] == "float64" else torch.float32
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        model = build_model(cfg, None, state.get("quantity", "hamiltonian"))
+    finally:
+        torch.set_default_dtype(default)
+    model.load_state_dict(state["model_state_dict"])
     return model.to(device=device, dtype=dtype).eval()

@@ -12,10 +12,13 @@ An eqtb checkpoint is a dict with at least :data:`REQUIRED_KEYS` (``config``, ``
 ``eqtb_version``); :func:`load_checkpoint` checks them. The trainer also stores DeePTB's
 ``task``, ``optimizer_state_dict``, ``lr_scheduler_state_dict``, ``epoch``, ``iteration`` and
 ``stats``, plus :func:`rng_state` and :meth:`CheckpointManager.state_dict` for exact restarts.
+:func:`load_checkpoint` also reads DeePTB's nnsk models (checkpoints and JSON models) as eqtb
+checkpoint dicts (:mod:`eqtb.models.deeptb`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -27,6 +30,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from eqtb.models.base import ModelError
+from eqtb.models.deeptb import from_deeptb, is_deeptb_json
 
 
 class CheckpointError(ValueError):
@@ -206,35 +212,71 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load an eqtb checkpoint dict with ``torch.load(path, map_location, weights_only=False)``.
+    """Load an eqtb checkpoint dict with ``torch.load(path, map_location, weights_only=False)``, or
+    convert a DeePTB nnsk model into one.
 
     Only load files you trust: unpickling can run arbitrary code.
 
+    DeePTB's nnsk checkpoints (``.pth`` with ``config`` and ``model_state_dict``) and JSON models
+    (version 2) are converted by :func:`eqtb.models.deeptb.from_deeptb` into ``config`` (eqtb
+    ``common_options`` and ``model_options``), ``model_state_dict`` of the equivalent
+    :class:`eqtb.models.sk.SlaterKoster`, ``model_family`` ``"nnsk"`` and ``converted_from``
+    ``"deeptb"``; such a dict has no optimizer state, so it initialises or predicts but does not
+    resume a run.
+
     Raises :class:`CheckpointError` naming ``path`` when the file does not exist (or is a
     directory), cannot be read (truncated or corrupt: whatever ``torch.load`` raised is chained),
-    is not a dict, or lacks any of :data:`REQUIRED_KEYS` (with a hint for DeePTB v1/v2
-    checkpoints). Guarantees the returned dict has all :data:`REQUIRED_KEYS`.
+    is not a dict, lacks any of :data:`REQUIRED_KEYS` (with a hint for DeePTB v1 checkpoints), or
+    is a DeePTB model eqtb cannot convert (mix, dftbsk, E3 models; the reason is given).
+    Guarantees the returned dict has all :data:`REQUIRED_KEYS`.
     """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint file not found")
     if not path.is_file():
         raise CheckpointError(f"{path}: not a checkpoint file (is it a directory?)")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... here
-        raise CheckpointError(f"{path}: cannot read the checkpoint, the file is truncated or "
-                              f"corrupt ({type(exc).__name__}: {exc})") from exc
+    obj = _read_json(path)
+    if obj is None:
+        try:
+            obj = torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... here
+            raise CheckpointError(f"{path}: cannot read the checkpoint, the file is truncated or "
+                                  f"corrupt ({type(exc).__name__}: {exc})") from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: not an eqtb checkpoint (it holds a {type(obj).__name__}, "
                               "expected a dict)")
     missing = [k for k in REQUIRED_KEYS if k not in obj]
-    if missing:
-        hint = ""
-        if "model_config" in obj:
-            hint = " (this looks like a DeePTB v1 checkpoint, which eqtb cannot load)"
-        elif "config" in obj and "model_state_dict" in obj:
-            hint = " (this looks like a DeePTB checkpoint, not one written by eqtb)"
-        raise CheckpointError(f"{path}: not an eqtb checkpoint, missing key(s) "
-                              f"{', '.join(repr(k) for k in missing)}{hint}")
-    return obj
+    if not missing:
+        return obj
+    hint = ""
+    if "model_config" in obj:
+        hint = " (this looks like a DeePTB v1 checkpoint, which eqtb cannot load)"
+    elif ("config" in obj and "model_state_dict" in obj) or is_deeptb_json(obj):
+        try:
+            return _from_deeptb(obj)
+        except ModelError as err:
+            hint = f" (this looks like a DeePTB model that eqtb cannot convert: {err})"
+        except (KeyError, TypeError, ValueError) as err:
+            hint = f" (this looks like a DeePTB model that eqtb cannot read: {type(err).__name__}: {err})"
+    raise CheckpointError(f"{path}: not an eqtb checkpoint, missing key(s) "
+                          f"{', '.join(repr(k) for k in missing)}{hint}")
+
+
+def _read_json(path: Path) -> Any:
+    """The content of a JSON file (a DeePTB JSON model), or None for any other file."""
+    with open(path, "rb") as fh:
+        if fh.read(1).strip() not in (b"{", b""):
+            return None
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def _from_deeptb(obj: dict) -> dict[str, Any]:
+    """An eqtb checkpoint dict of the DeePTB model ``obj`` (:func:`eqtb.models.deeptb.from_deeptb`)."""
+    from eqtb import __version__
+
+    config, state = from_deeptb(obj)
+    return {"config": config, "model_state_dict": state, "eqtb_version": __version__, "model_family": "nnsk",
+            "quantity": "hamiltonian", "converted_from": "deeptb"}

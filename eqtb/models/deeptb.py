@@ -1,0 +1,259 @@
+"""DeePTB's trained Slater-Koster models in eqtb: an nnsk checkpoint (``.pth``) or JSON model
+becomes a :class:`eqtb.models.sk.SlaterKoster` with the same parameters, so it gives DeePTB's
+Hamiltonian and overlap (and bands) for any structure.
+
+Formats (DeePTB 2.2):
+
+* checkpoint: a torch pickle ``{"config": {"common_options", "model_options", ...},
+  "model_state_dict": {...}, ...}``; an nnsk model's state holds ``hopping_param`` (T*T, R, P),
+  ``overlap_param`` (same), ``onsite_param`` (T, K, 1 or 4), ``strain_param`` (T*T, R, P),
+  ``overlaponsite_param`` (T, K, 1) and ``ovp_factor``, with T element types sorted by atomic number,
+  ordered pairs of them at ``x * T + y``, R the Slater-Koster integrals of the full-basis shell pairs
+  a <= b (:class:`DeePTBLayout`) and K the same-l shell pairs of the onsite energies;
+* JSON model (``to_json``, version 2, eV): ``{"version": 2, "unit": "eV", "common_options",
+  "model_options", "model_params": {"hopping", "onsite", "overlap", "overlaponsite"}}`` with keys
+  ``"A-B-3s-3p-0"`` (elements, shells by their basis labels, index of the integral), ``"A-3s-0"`` /
+  ``"A-3s-4s-0"`` (onsite energies) and ``"A-B-3s-3p-0"`` for strain parameters.
+
+:func:`from_deeptb` reads either into ``(options, state_dict)`` of eqtb -- validated
+``common_options`` and ``model_options`` and the state of the eqtb model --, which is what an eqtb
+checkpoint holds (:func:`eqtb.train.checkpoint.load_checkpoint` calls it). DeePTB's mix models (nnsk
+with an se2 environment correction), dftbsk and E3 models are refused with a :class:`ModelError`
+saying so.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from eqtb.basis import Basis, Shell
+from eqtb.models.base import ModelError
+from eqtb.models.sk import HOPPING_FORMS, SlaterKoster, onsite_pairs
+
+__all__ = ["DeePTBLayout", "deeptb_kind", "from_deeptb", "is_deeptb_json", "nnsk_from_deeptb"]
+
+
+class DeePTBLayout:
+    """Where DeePTB's sktb parameter tensors keep the integral of a full-basis shell pair.
+
+    DeePTB orders the shell-pair *types* (s-s, s-p, s-d, p-p, p-d, d-d, ...; l_a <= l_b, only l
+    present) and inside a type the pairs of shells (zeta_a, zeta_b) row-major -- over the upper
+    triangle for the same l --, each with min(l_a, l_b) + 1 integrals."""
+
+    def __init__(self, basis: Basis):
+        self.basis = basis
+        count = basis.max_count
+        ls = sorted(count)
+        self.start: dict[tuple[Shell, Shell], int] = {}
+        offset = 0
+        for i, la in enumerate(ls):
+            for lb in ls[i:]:
+                n = min(la, lb) + 1
+                for za in range(1, count[la] + 1):
+                    for zb in range(za if la == lb else 1, count[lb] + 1):
+                        self.start[Shell(la, za), Shell(lb, zb)] = offset
+                        offset += n
+        self.n_integrals = offset
+        self.onsite = {pair: k for k, pair in enumerate(onsite_pairs(basis))}
+
+    def integral(self, a: Shell, b: Shell, m: int) -> int:
+        """Column of integral |m| of the shell pair (a, b), a at or before b."""
+        return self.start[a, b] + m
+
+
+def deeptb_kind(config: dict) -> str:
+    """The model family a DeePTB config describes: ``"nnsk"``, ``"mix"``, ``"dftbsk"`` or the
+    embedding method (``"slem"``, ``"lem"``, ...)."""
+    options = config.get("model_options") or {}
+    sk = "nnsk" if options.get("nnsk") else "dftbsk" if options.get("dftbsk") else None
+    embedding = options.get("embedding") or {}
+    if sk:
+        return "mix" if embedding else sk
+    return embedding.get("method", "unknown")
+
+
+def _refuse(kind: str) -> None:
+    if kind == "unknown":
+        raise ModelError("its model_options name no model")
+    if kind == "mix":
+        raise ModelError("this is a DeePTB mix model (nnsk with an environment correction): mix models are "
+                         "not supported yet")
+    if kind != "nnsk":
+        raise ModelError(f"this is a DeePTB {kind} model: eqtb reads DeePTB's nnsk models only "
+                         "(its own families have other networks)")
+
+
+def _dtype_name(dtype) -> str:
+    name = str(dtype).split(".")[-1]
+    if name not in ("float32", "float64"):
+        raise ModelError(f"DeePTB model dtype {dtype!r} is not float32 or float64")
+    return name
+
+
+def _options(config: dict) -> dict:
+    """eqtb ``{"common_options", "model_options"}`` (validated, defaults filled) of a DeePTB config."""
+    from eqtb.config import CommonOptions, ModelOptions
+
+    common, nnsk = config["common_options"], dict(config["model_options"]["nnsk"])
+    if nnsk.get("soc"):
+        raise ModelError("the DeePTB model has spin-orbit coupling (soc), which eqtb does not support yet")
+    nnsk["push"] = nnsk.get("push") or False  # DeePTB writes null when loading for prediction
+    nnsk.setdefault("atomic_radius", "v1")  # DeePTB's default, absent from older checkpoints
+    nnsk = {k: v for k, v in nnsk.items() if k in ("onsite", "hopping", "soc", "freeze", "std", "atomic_radius",
+                                                  "push")}
+    try:
+        out = {"common_options": CommonOptions.model_validate({
+                   "basis": common["basis"], "overlap": bool(common.get("overlap", False)),
+                   "dtype": _dtype_name(common.get("dtype", "float32"))}).model_dump(),
+               "model_options": ModelOptions.model_validate({"nnsk": nnsk}).model_dump()}
+    except ValueError as err:
+        raise ModelError(f"the DeePTB model's options do not validate: {err}") from None
+    return out
+
+
+def nnsk_from_deeptb(config: dict, state: dict) -> SlaterKoster:
+    """The eqtb model (float64, eval mode) of a DeePTB nnsk ``config`` (``common_options``,
+    ``model_options``) and its ``model_state_dict``."""
+    _refuse(deeptb_kind(config))
+    options = _options(config)
+    basis = Basis(options["common_options"]["basis"])
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = SlaterKoster.from_options(options["model_options"], basis,
+                                          overlap=options["common_options"]["overlap"])
+    finally:
+        torch.set_default_dtype(torch.float32)
+    layout = DeePTBLayout(basis)
+    T = basis.n_types
+
+    def tensor(key, shape):
+        value = torch.as_tensor(state[key], dtype=torch.float64).detach().cpu()
+        if tuple(value.shape) != shape:
+            raise ModelError(f"DeePTB state {key!r} has shape {tuple(value.shape)}, expected {shape} for the basis "
+                             f"{basis.spec} and {model.form.name}")
+        return value
+
+    def fill(table, key, tie: bool):
+        src = tensor(key, (T * T, layout.n_integrals, table.params.shape[1]))
+        rows = []
+        for x, y, a, b, m in table.keys:
+            col = layout.integral(a, b, m)
+            if tie and a == b and x != y:  # DeePTB averages the two directions before every use
+                rows.append(0.5 * (src[x * T + y, col] + src[y * T + x, col]))
+            else:
+                rows.append(src[x * T + y, col])
+        with torch.no_grad():
+            table.params.copy_(torch.stack(rows))
+
+    fill(model.hopping, "hopping_param", tie=True)
+    if model.onsite_mode == "strain":
+        fill(model.strain, "strain_param", tie=False)
+    if model.onsite_params is not None:
+        with torch.no_grad():
+            model.onsite_params.copy_(tensor("onsite_param", tuple(model.onsite_params.shape)))
+    if model.has_overlap:
+        fill(model.overlap_hopping, "overlap_param", tie=True)
+        with torch.no_grad():
+            if "overlaponsite_param" in state:  # absent when every shell is alone of its l
+                model.overlap_onsite.copy_(tensor("overlaponsite_param", (T, len(layout.onsite), 1))[..., 0])
+            if "ovp_factor" in state:
+                model.ovp_factor.fill_(float(state["ovp_factor"]))
+    return model.eval()
+
+
+def _json_state(model_json: dict, basis: Basis, n_params: int, n_onsite: int | None) -> dict:
+    """A DeePTB-layout state dict from the ``model_params`` of a JSON model (version 2, eV)."""
+    layout = DeePTBLayout(basis)
+    T = basis.n_types
+    types = {e.symbol: t for t, e in enumerate(basis.elements)}
+    pos = {s: k for k, s in enumerate(basis.full_shells)}
+    shell_of = {e.symbol: dict(zip(e.labels or (), e.shells)) for e in basis.elements}
+    params = model_json["model_params"]
+
+    def shell(element: str, label: str) -> Shell:
+        if element not in shell_of or label not in shell_of[element]:
+            raise ModelError(f"JSON model key names shell {label!r} of {element}, not in the basis {basis.spec}")
+        return shell_of[element][label]
+
+    def bond_table(entries: dict, strain: bool) -> torch.Tensor:
+        out = torch.zeros(T * T, layout.n_integrals, n_params, dtype=torch.float64)
+        for key, value in entries.items():
+            parts = key.split("-")
+            if len(parts) != 5:
+                continue  # onsite energies written next to strain parameters
+            x, y, la, lb, m = parts
+            a, b = shell(x, la), shell(x if strain else y, lb)
+            if pos[a] > pos[b]:  # stored with the reverse bond (strain: the transposed pair)
+                a, b = b, a
+                if not strain:
+                    x, y = y, x
+            row = types[x] * T + types[y]
+            out[row, layout.integral(a, b, int(m))] = torch.as_tensor(value, dtype=torch.float64)
+            if not strain and a == b and x != y:
+                out[types[y] * T + types[x], layout.integral(a, b, int(m))] = out[row, layout.integral(a, b, int(m))]
+        return out
+
+    def onsite_table(entries: dict, width: int) -> torch.Tensor:
+        out = torch.zeros(T, len(layout.onsite), width, dtype=torch.float64)
+        for key, value in entries.items():
+            parts = key.split("-")
+            if len(parts) == 3:
+                element, la, n = parts
+                lb = la
+            elif len(parts) == 4:
+                element, la, lb, n = parts
+            else:
+                continue
+            a, b = sorted((shell(element, la), shell(element, lb)), key=pos.get)
+            out[types[element], layout.onsite[a, b] + int(n)] = torch.as_tensor(value, dtype=torch.float64)
+        return out
+
+    state = {"hopping_param": bond_table(params["hopping"], strain=False)}
+    if n_onsite is None:  # strain
+        state["strain_param"] = bond_table(params.get("onsite", {}), strain=True)
+    elif n_onsite:
+        state["onsite_param"] = onsite_table(params.get("onsite", {}), n_onsite)
+    if params.get("overlap") is not None:
+        state["overlap_param"] = bond_table(params["overlap"], strain=False)
+        state["overlaponsite_param"] = onsite_table(params.get("overlaponsite") or {}, 1)
+        diagonal = [k for (a, b), k in layout.onsite.items() if a == b]
+        state["overlaponsite_param"][:, diagonal] = 1.0
+    return state
+
+
+def is_deeptb_json(obj) -> bool:
+    """True for the dict of a DeePTB JSON model (``version`` and ``model_params`` or v1 ``hopping``)."""
+    return isinstance(obj, dict) and "version" in obj and ("model_params" in obj or "hopping" in obj)
+
+
+def _from_json(model_json: dict) -> SlaterKoster:
+    version = model_json.get("version")
+    if version != 2:
+        raise ModelError(f"DeePTB JSON model version {version!r}: eqtb reads version 2 (version 1 files carry no "
+                         "basis or model options)")
+    if model_json.get("unit") != "eV":
+        raise ModelError(f"DeePTB JSON model unit {model_json.get('unit')!r}: DeePTB 2.2 writes and reads eV only")
+    config = {"common_options": model_json["common_options"], "model_options": model_json["model_options"]}
+    _refuse(deeptb_kind(config))
+    nnsk = config["model_options"]["nnsk"]
+    basis = Basis(config["common_options"]["basis"])
+    if any(e.labels is None for e in basis.elements):
+        raise ModelError("a DeePTB JSON model needs a basis of shell lists such as [\"3s\", \"3p\"]")
+    if nnsk["hopping"].get("method") not in HOPPING_FORMS:
+        raise ModelError(f"DeePTB hopping method {nnsk['hopping'].get('method')!r} is not supported")
+    mode = nnsk["onsite"].get("method")
+    n_onsite = {"strain": None, "none": 0, "NRL": 4}.get(mode, 1)
+    state = _json_state(model_json, basis, HOPPING_FORMS[nnsk["hopping"]["method"]].n_params, n_onsite)
+    return nnsk_from_deeptb(config, state)
+
+
+def from_deeptb(obj: dict) -> tuple[dict, dict]:
+    """``(config, state_dict)`` of the eqtb model of a DeePTB checkpoint dict or JSON model dict:
+    ``config`` holds validated eqtb ``common_options`` and ``model_options``; ``state_dict`` is the
+    eqtb model's (float64). :class:`ModelError` saying why for models eqtb cannot convert."""
+    if is_deeptb_json(obj):
+        model, config = _from_json(obj), obj
+    else:
+        config = obj["config"]
+        model = nnsk_from_deeptb(config, obj["model_state_dict"])
+    return _options(config), model.state_dict()
