@@ -13,6 +13,7 @@ import torch
 import eqtb
 from eqtb.basis import Basis
 from eqtb.cli import main
+from eqtb.models.base import ModelError
 from eqtb.models.inputs import ModelInputs
 from eqtb.models.sk import SlaterKoster
 from eqtb.structure import build_graph
@@ -127,3 +128,148 @@ def test_nnsk_trains_saves_loads_and_gives_bands(nnsk_run):
     assert np.ptp(bands) > 1.0  # trained hoppings give dispersive bands
     # the same command line serves the family: eqtb test on the training frame
     assert main(["test", "data/Si64.0", "-i", str(ckpt), "-o", "test_out"]) == 0
+
+
+# ----------------------------------------------------------------------------- options
+GAAS = Basis({"Ga": "2s2p2d", "As": "2s2p1d"})
+
+
+def _model(onsite=None, hopping=None, **kw) -> SlaterKoster:
+    return SlaterKoster(Basis({"Si": ["3s", "3p", "d*"]}), hopping or {"method": "poly3pow", "rs": 3.0, "w": 0.1},
+                        onsite or {"method": "uniform"}, **kw)
+
+
+@pytest.mark.parametrize("options", [
+    {"onsite": {"method": "NRL", "rs": 3.0, "w": 0.1, "lda": 1.2}, "hopping": {"method": "NRL1", "rs": 3.0, "w": 0.1}},
+    {"onsite": {"method": "uniform"}, "hopping": {"method": "varTang96", "rs": {"Ga": 3.0, "As": 2.8}, "w": 0.1}},
+], ids=["NRL", "two-centre"])
+def test_physics_of_other_modes(options, gaas_displaced, si64_displaced, one_thread):
+    """The inherited physics checks (tests/test_families.py runs the strain example) on the NRL
+    onsite with NRL1 overlap (strictly local) and a two-centre model."""
+    from eqtb.models import model_from_options
+    from eqtb.models.testing import chunk_errors, equivariance_errors, locality_errors, randomize, reversal_errors
+
+    torch.manual_seed(0)
+    model = randomize(model_from_options({"nnsk": {**options, "std": 0.5}}, GAAS, overlap=True)).double().eval()
+    assert model.locality.hops == (1 if options["onsite"]["method"] == "NRL" else 0)
+    assert max(equivariance_errors(model, gaas_displaced, -1, seed=3).values()) < 1e-9
+    assert chunk_errors(model, gaas_displaced, chunk=7) < 1e-10
+    errors = reversal_errors(model, gaas_displaced)
+    assert errors["onsite"] < 1e-12 and errors["reversed"] < 1e-10
+    si = randomize(model_from_options({"nnsk": {**options, "std": 0.5, "hopping": {**options["hopping"], "rs": 3.0}}},
+                                      Basis({"Si": "1s1p"}))).double().eval()
+    errors = locality_errors(si, si64_displaced, seed=5)
+    assert errors["outside"] < 1e-12 and errors["inside"] > 1e-4
+
+
+def test_cutoffs_and_locality():
+    """DeePTB's graph cutoffs: rs + 8 w (powerlaw, varTang96), rs + 3 w (the others); with strain
+    the larger of the hopping and onsite cutoffs (onsite: + 8 w with powerlaw, + 3 w otherwise)."""
+    assert _model(hopping={"method": "powerlaw", "rs": 2.6, "w": 0.3}).r_max == pytest.approx(5.0)
+    assert _model().r_max == pytest.approx(3.3) and _model().locality.hops == 0
+    strain = {"method": "strain", "rs": 3.5, "w": 0.3}
+    assert _model(strain).r_max == pytest.approx(3.5 + 0.9) and _model(strain).locality.hops == 1
+    assert _model(strain, {"method": "powerlaw", "rs": 2.6, "w": 0.1}).r_max == pytest.approx(3.5 + 2.4)
+    nnsk = {"onsite": strain, "hopping": {"method": "poly2exp", "rs": {"Ga": 3.0, "As": 5.0}, "w": 0.2}}
+    assert SlaterKoster.cutoff_of({"nnsk": nnsk}) == pytest.approx({"Ga": 4.4, "As": 5.6})
+
+
+def test_onsite_reference_energies():
+    """none / uniform / strain start from DeePTB's atomic energies of the labelled shells (Si 3s,
+    3p, d*); uniform_noref does not; an unknown label is an error naming it."""
+    ref = {"none": [-10.877726996967032, -4.161972093023409, 0.0]}
+    for mode in ("none", "strain"):
+        model = _model({"method": mode, **({"rs": 2.0, "w": 0.1} if mode == "strain" else {})}).double()
+        np.testing.assert_allclose(model.onsite_ref.numpy()[0], ref["none"])
+    assert _model({"method": "uniform_noref"}).onsite_ref.abs().max() == 0
+    with pytest.raises(ModelError, match="no shell '4p' for Si"):
+        SlaterKoster(Basis({"Si": ["3s", "4p"]}), {"method": "powerlaw", "rs": 3.0, "w": 0.1}, {"method": "none"})
+
+
+def test_freeze_groups_and_adam():
+    """freeze names parameter groups whose requires_grad becomes False; the trainer's Adam (built
+    over all parameters) leaves them untouched."""
+    from eqtb.train.optim import build_optimizer
+
+    model = _model({"method": "strain", "rs": 2.5, "w": 0.1}, overlap=True, freeze=["overlap", "onsite"])
+    groups = model.parameter_groups()
+    assert all(not p.requires_grad for g in ("overlap", "onsite") for p in groups[g])
+    assert all(p.requires_grad for p in groups["hopping"])
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    hopping = model.hopping.params.detach().clone()
+    opt = build_optimizer(model.parameters(), {"type": "Adam", "lr": 0.1})
+    from eqtb.structure import build_graph
+
+    x = ModelInputs.from_graph(build_graph(silicon_primitive(), model.r_max), model.basis)
+    for _ in range(3):
+        out = model(x)
+        loss = sum(b.square().sum() for q in out.values() for b in q)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    assert not torch.equal(model.hopping.params, hopping)
+    assert all(not p.requires_grad for p in _model(freeze=True).parameters())
+    for freeze, message in ((["soc"], "spin-orbit"), (["hoping"], "unknown group 'hoping'"),
+                            ("onsite", "no 'onsite' parameters")):
+        with pytest.raises(ModelError, match=message):
+            _model({"method": "none"}, freeze=freeze)
+
+
+def test_push_shifts_rs_w_and_overlap_factor():
+    """Every `period` iterations rs += rs_thr, w += w_thr, ovp_factor += ovp_thr; the number of pushes
+    and the factor travel in the state dict."""
+    push = {"rs_thr": 0.1, "w_thr": -0.01, "ovp_thr": -0.25, "period": 2}
+    model = _model(hopping={"method": "powerlaw", "rs": 3.0, "w": 0.2}, overlap=True, push=push)
+    assert model.r_max == pytest.approx(3.0 + 8 * 0.2)
+    model.after_iteration(1)
+    assert model.r_max == pytest.approx(4.6) and float(model.ovp_factor) == 1.0
+    for it in range(2, 9):
+        model.after_iteration(it)
+    assert int(model.pushes) == 4 and model.w == pytest.approx(0.16)
+    assert model.r_max == pytest.approx(3.4 + 8 * 0.16) and float(model.ovp_factor) == 0.0
+    model.after_iteration(10)
+    assert float(model.ovp_factor) == 0.0  # no lower than zero
+    fresh = _model(hopping={"method": "powerlaw", "rs": 3.0, "w": 0.2}, overlap=True, push=push)
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.r_max == pytest.approx(model.r_max) and float(fresh.ovp_factor) == 0.0
+    for bad, message in (({**push, "rc_thr": 0.1}, "rc_thr"), ({**push, "ovp_thr": 0.1}, "ovp_thr"),
+                         (True, "push must be false or an object")):
+        with pytest.raises(ModelError, match=message):
+            _model(push=bad)
+    with pytest.raises(ModelError, match="rs_thr needs one number"):
+        _model(hopping={"method": "powerlaw", "rs": {"Si": 3.0}, "w": 0.1}, push=push)
+
+
+@pytest.mark.parametrize("hopping, onsite, message", [
+    ({"method": "custom", "rs": 3.0, "w": 0.1}, {"method": "none"}, "hopping.method 'custom' is not supported"),
+    ({"method": "powerlaw", "w": 0.1}, {"method": "none"}, r"hopping.rs is required \(Angstrom\)"),
+    ({"method": "powerlaw", "rs": 3.0, "w": 0.1, "rc": 4.0}, {"method": "none"}, "unknown key"),
+    ({"method": "powerlaw", "rs": 3.0, "w": 0.1}, {"method": "strain", "rs": 3.0}, "onsite.w is required"),
+    ({"method": "powerlaw", "rs": 3.0, "w": 0.1}, {"method": "uniform", "rs": 3.0}, "not used by onsite method"),
+    ({"method": "powerlaw", "rs": 3.0, "w": 0.1}, {"method": "strain", "rs": {"Si": 3.0}, "w": 0.1}, "must be a number"),
+])
+def test_option_errors_name_the_key(hopping, onsite, message):
+    with pytest.raises(ModelError, match=message):
+        _model(onsite, hopping)
+    with pytest.raises(ModelError, match="soc: spin-orbit coupling is not supported yet"):
+        SlaterKoster.from_options({"nnsk": {"onsite": {"method": "none"}, "hopping": {"method": "powerlaw"},
+                                            "soc": {"method": "uniform"}}}, Basis({"Si": "1s1p"}))
+
+
+def test_strain_push_and_freeze_through_eqtb_train(nnsk_run):
+    """The trainer needs nothing of its own for them: strain onsite (strictly local) trains, a
+    frozen group stays put, push advances once per `period` optimizer steps and is saved."""
+    cfg = json.loads((nnsk_run / "nnsk.json").read_text())
+    cfg["model_options"]["nnsk"].update(onsite={"method": "strain", "rs": 2.5, "w": 0.1}, freeze="hopping",
+                                        push={"w_thr": -0.001, "period": 2})
+    cfg["train_options"].update(num_epoch=6, save_freq=3)
+    (nnsk_run / "strain.json").write_text(json.dumps(cfg))
+    assert main(["train", "strain.json", "-o", "run", "-q"]) == 0
+    early, late = (torch.load(nnsk_run / "run" / "checkpoint" / f"nnsk.iter{n}.pth", weights_only=False)["model_state_dict"]
+                   for n in (3, 6))
+    assert torch.equal(early["hopping.params"], late["hopping.params"])
+    assert not torch.equal(early["strain.params"], late["strain.params"])
+    assert (int(early["pushes"]), int(late["pushes"])) == (1, 3)
+    model = eqtb.load(nnsk_run / "run" / "checkpoint" / "nnsk.latest.pth").model
+    assert model.locality.hops == 1 and model.w == pytest.approx(0.1 - 3 * 0.001)
