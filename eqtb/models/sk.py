@@ -31,7 +31,7 @@ with ``P_N(x) = sum_k c_k p_{k+1} x^k`` and DeePTB's coefficients :data:`POLY_CO
 radii from DeePTB's table ``atomic_radius`` (``"v1"`` or ``"cov"``, :mod:`eqtb.data.sk_tables`);
 ``rs`` one radius, per element (a bond takes ``(rs_x + rs_y) / 2``) or per bond type ``"A-B"``.
 The graph cutoff is DeePTB's: ``rs + 8 w`` for powerlaw and varTang96, ``rs + 3 w`` for the others
-(:data:`CUTOFF_WIDTHS`); longer bonds have no integrals.
+(:attr:`BondForm.widths`); longer bonds have no integrals.
 
 **Onsite blocks** (``onsite.method``): one energy E per element and pair of shells (a, b) of the same
 l with a at or before b, placed as ``E 1`` on (a, b) and (b, a) (a = b: the shell's level; a != b: a
@@ -90,7 +90,7 @@ from eqtb.nn.so2 import directed_frames
 from eqtb.quantities import OVERLAP
 from eqtb.structure import pair_cutoffs
 
-__all__ = ["CUTOFF_WIDTHS", "HOPPING_FORMS", "ONSITE_MODES", "POLY_COEFFS", "BondForm", "IntegralTable",
+__all__ = ["HOPPING_FORMS", "ONSITE_MODES", "POLY_COEFFS", "BondForm", "IntegralTable",
            "SlaterKoster", "onsite_pairs"]
 
 
@@ -153,12 +153,9 @@ HOPPING_FORMS: dict[str, BondForm] = {
     "NRL0": BondForm("NRL0", 4, 3, _nrl),
     "NRL1": BondForm("NRL1", 4, 3, _nrl),
 }
-#: DeePTB's graph cutoff of each form: rs + this many w
-CUTOFF_WIDTHS = {name: form.widths for name, form in HOPPING_FORMS.items()}
 ONSITE_MODES = ("none", "uniform", "uniform_noref", "strain", "NRL")
 #: onsite modes whose blocks depend on the neighbours, with their option keys
 ENV_ONSITE_KEYS = {"strain": ("rs", "w"), "NRL": ("rs", "w", "lda")}
-FREEZE_GROUPS = ("hopping", "onsite", "overlap")
 
 
 # ===================================================================== parameter tables
@@ -221,10 +218,9 @@ def onsite_pairs(basis: Basis) -> list[tuple]:
 
 
 # ===================================================================== options
-def _number(value, key: str) -> float:
+def _check_number(value, key: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ModelError(f"model_options.nnsk.{key} must be a number (Angstrom), got {value!r}")
-    return float(value)
+        raise ModelError(f"model_options.nnsk.{key} must be a number, got {value!r}")
 
 
 def _check_options(hopping: dict, onsite: dict) -> None:
@@ -239,8 +235,8 @@ def _check_options(hopping: dict, onsite: dict) -> None:
         if key not in hopping:
             raise ModelError(f"model_options.nnsk.hopping.{key} is required (Angstrom)")
     if not isinstance(hopping["rs"], dict):
-        _number(hopping["rs"], "hopping.rs")
-    _number(hopping["w"], "hopping.w")
+        _check_number(hopping["rs"], "hopping.rs")
+    _check_number(hopping["w"], "hopping.w")
     mode = onsite.get("method")
     if mode not in ONSITE_MODES:
         raise ModelError(f"model_options.nnsk.onsite.method {mode!r} is not supported (supported: "
@@ -253,7 +249,7 @@ def _check_options(hopping: dict, onsite: dict) -> None:
     for key in allowed:
         if key not in onsite:
             raise ModelError(f"model_options.nnsk.onsite.{key} is required with onsite method {mode!r}")
-        _number(onsite[key], f"onsite.{key}")
+        _check_number(onsite[key], f"onsite.{key}")
 
 
 def _shift(rs, extra: float):
@@ -293,7 +289,7 @@ class SlaterKoster(OperatorModel):
         _check_options(hopping, onsite)
         self.basis = Basis(basis)
         self.quantity, self.has_overlap = quantity, overlap
-        self.hopping_options, self.onsite_options = dict(hopping), dict(onsite)
+        self.onsite_options = dict(onsite)
         self.form = HOPPING_FORMS[hopping["method"]]
         self.onsite_mode = onsite["method"]
         self.push = self._check_push(push, hopping)
@@ -344,9 +340,8 @@ class SlaterKoster(OperatorModel):
         tr = self.assembler.onsite_transform
         self.register_buffer("pair_features", tr.to_features(torch.as_tensor(place)).to(f32), persistent=False)
         ref = np.zeros((T, K))
-        for t, element in enumerate(self.basis.elements):
-            if element.labels is None or self.onsite_mode not in ("none", "uniform", "strain"):
-                continue
+        labelled = [(t, e) for t, e in enumerate(self.basis.elements) if e.labels is not None]
+        for t, element in labelled if self.onsite_mode in ("none", "uniform", "strain") else ():
             for shell, label in zip(element.shells, element.labels):
                 try:
                     ref[t, pairs.index((shell, shell))] = onsite_reference(element.symbol, label)
