@@ -102,8 +102,9 @@ def test_pushed_checkpoint_keeps_its_cutoff(examples):
 @pytest.mark.parametrize("name, message", [
     ("silicon/tutorial_v2.2/ref_ckpt/mix.md100.pth", "mix models are not supported yet"),
     ("silicon/tutorial_v2.1/ref_ckpts/mix/checkpoint/mix.iter200.pth", "mix models are not supported yet"),
+    ("skf2nnsk/HBCNOSi.nnsk.model/best_df2sk.pth", "fit of Slater-Koster tables.*nnsk_from_skf.pth"),
 ])
-def test_mix_checkpoints_are_refused(examples, name, message):
+def test_other_deeptb_models_are_refused(examples, name, message):
     with pytest.raises(CheckpointError, match=message):
         load_model(examples / name)
 

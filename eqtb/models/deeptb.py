@@ -28,7 +28,7 @@ import torch
 
 from eqtb.basis import Basis, Shell
 from eqtb.models.base import ModelError
-from eqtb.models.sk import HOPPING_FORMS, SlaterKoster, onsite_pairs
+from eqtb.models.sk import SlaterKoster, onsite_pairs
 
 __all__ = ["DeePTBLayout", "deeptb_kind", "from_deeptb", "is_deeptb_json", "nnsk_from_deeptb"]
 
@@ -61,10 +61,13 @@ class DeePTBLayout:
         return self.start[a, b] + m
 
 
-def deeptb_kind(config: dict) -> str:
-    """The model family a DeePTB config describes: ``"nnsk"``, ``"mix"``, ``"dftbsk"`` or the
-    embedding method (``"slem"``, ``"lem"``, ...)."""
-    options = config.get("model_options") or {}
+def deeptb_kind(obj: dict) -> str:
+    """The model family of a DeePTB checkpoint dict: ``"nnsk"``, ``"mix"``, ``"dftbsk"``,
+    ``"dftb2nnsk"`` (a fit of Slater-Koster tables, ``dptb skf2nnsk``), the embedding method
+    (``"slem"``, ``"lem"``, ...) or ``"unknown"``."""
+    if "hopping_params" in (obj.get("model_state_dict") or {}):
+        return "dftb2nnsk"
+    options = (obj.get("config") or obj).get("model_options") or {}
     sk = "nnsk" if options.get("nnsk") else "dftbsk" if options.get("dftbsk") else None
     embedding = options.get("embedding") or {}
     if sk:
@@ -73,14 +76,19 @@ def deeptb_kind(config: dict) -> str:
 
 
 def _refuse(kind: str) -> None:
+    """ModelError saying why a DeePTB model of this kind is not converted (nothing for nnsk)."""
+    if kind == "nnsk":
+        return
     if kind == "unknown":
         raise ModelError("its model_options name no model")
     if kind == "mix":
         raise ModelError("this is a DeePTB mix model (nnsk with an environment correction): mix models are "
                          "not supported yet")
-    if kind != "nnsk":
-        raise ModelError(f"this is a DeePTB {kind} model: eqtb reads DeePTB's nnsk models only "
-                         "(its own families have other networks)")
+    if kind == "dftb2nnsk":
+        raise ModelError("this is DeePTB's fit of Slater-Koster tables (skf2nnsk), not an nnsk model: load the "
+                         "nnsk model it writes (nnsk_from_skf.pth, its to_pth)")
+    raise ModelError(f"this is a DeePTB {kind} model: eqtb reads DeePTB's nnsk models only "
+                     "(its own families have other networks)")
 
 
 def _dtype_name(dtype) -> str:
@@ -99,34 +107,35 @@ def _options(config: dict) -> dict:
         raise ModelError("the DeePTB model has spin-orbit coupling (soc), which eqtb does not support yet")
     nnsk["push"] = nnsk.get("push") or False  # DeePTB writes null when loading for prediction
     nnsk.setdefault("atomic_radius", "v1")  # DeePTB's default, absent from older checkpoints
-    nnsk = {k: v for k, v in nnsk.items() if k in ("onsite", "hopping", "soc", "freeze", "std", "atomic_radius",
-                                                  "push")}
     try:
-        out = {"common_options": CommonOptions.model_validate({
-                   "basis": common["basis"], "overlap": bool(common.get("overlap", False)),
-                   "dtype": _dtype_name(common.get("dtype", "float32"))}).model_dump(),
-               "model_options": ModelOptions.model_validate({"nnsk": nnsk}).model_dump()}
+        return {"common_options": CommonOptions.model_validate({
+                    "basis": common["basis"], "overlap": bool(common.get("overlap", False)),
+                    "dtype": _dtype_name(common.get("dtype", "float32"))}).model_dump(),
+                "model_options": ModelOptions.model_validate({"nnsk": nnsk}).model_dump()}
     except ValueError as err:
         raise ModelError(f"the DeePTB model's options do not validate: {err}") from None
-    return out
 
 
-def nnsk_from_deeptb(config: dict, state: dict) -> SlaterKoster:
-    """The eqtb model (float64, eval mode) of a DeePTB nnsk ``config`` (``common_options``,
-    ``model_options``) and its ``model_state_dict``."""
-    _refuse(deeptb_kind(config))
-    options = _options(config)
-    basis = Basis(options["common_options"]["basis"])
+def _empty_model(options: dict) -> SlaterKoster:
+    """The float64 eqtb model of validated options (:func:`_options`), parameters to be filled."""
+    default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        model = SlaterKoster.from_options(options["model_options"], basis,
-                                          overlap=options["common_options"]["overlap"])
+        return SlaterKoster.from_options(options["model_options"], Basis(options["common_options"]["basis"]),
+                                         overlap=options["common_options"]["overlap"])
     finally:
-        torch.set_default_dtype(torch.float32)
+        torch.set_default_dtype(default)
+
+
+def _load_state(model: SlaterKoster, state: dict) -> SlaterKoster:
+    """Fill ``model`` from a DeePTB nnsk ``model_state_dict`` (module docstring); eval mode."""
+    basis = model.basis
     layout = DeePTBLayout(basis)
     T = basis.n_types
 
     def tensor(key, shape):
+        if key not in state:
+            raise ModelError(f"the DeePTB state has no {key!r}")
         value = torch.as_tensor(state[key], dtype=torch.float64).detach().cpu()
         if tuple(value.shape) != shape:
             raise ModelError(f"DeePTB state {key!r} has shape {tuple(value.shape)}, expected {shape} for the basis "
@@ -156,15 +165,18 @@ def nnsk_from_deeptb(config: dict, state: dict) -> SlaterKoster:
         with torch.no_grad():
             if "overlaponsite_param" in state:  # absent when every shell is alone of its l
                 model.overlap_onsite.copy_(tensor("overlaponsite_param", (T, len(layout.onsite), 1))[..., 0])
-            if "ovp_factor" in state:
+            if "ovp_factor" in state:  # absent from checkpoints older than the overlap factor: 1
                 model.ovp_factor.fill_(float(state["ovp_factor"]))
     return model.eval()
 
 
-def _json_state(model_json: dict, basis: Basis, n_params: int, n_onsite: int | None) -> dict:
-    """A DeePTB-layout state dict from the ``model_params`` of a JSON model (version 2, eV)."""
+def _json_state(model_json: dict, model: SlaterKoster) -> dict:
+    """A DeePTB-layout state dict for ``model`` from the ``model_params`` of a JSON model (version 2,
+    eV); entries the file does not hold are zero."""
+    basis = model.basis
     layout = DeePTBLayout(basis)
     T = basis.n_types
+    n_params = model.form.n_params
     types = {e.symbol: t for t, e in enumerate(basis.elements)}
     pos = {s: k for k, s in enumerate(basis.full_shells)}
     shell_of = {e.symbol: dict(zip(e.labels or (), e.shells)) for e in basis.elements}
@@ -187,37 +199,33 @@ def _json_state(model_json: dict, basis: Basis, n_params: int, n_onsite: int | N
                 a, b = b, a
                 if not strain:
                     x, y = y, x
-            row = types[x] * T + types[y]
-            out[row, layout.integral(a, b, int(m))] = torch.as_tensor(value, dtype=torch.float64)
-            if not strain and a == b and x != y:
-                out[types[y] * T + types[x], layout.integral(a, b, int(m))] = out[row, layout.integral(a, b, int(m))]
+            col = layout.integral(a, b, int(m))
+            out[types[x] * T + types[y], col] = torch.as_tensor(value, dtype=torch.float64)
+            if not strain and a == b:  # one entry for both directions
+                out[types[y] * T + types[x], col] = out[types[x] * T + types[y], col]
         return out
 
     def onsite_table(entries: dict, width: int) -> torch.Tensor:
         out = torch.zeros(T, len(layout.onsite), width, dtype=torch.float64)
         for key, value in entries.items():
             parts = key.split("-")
-            if len(parts) == 3:
-                element, la, n = parts
-                lb = la
-            elif len(parts) == 4:
-                element, la, lb, n = parts
-            else:
+            if len(parts) not in (3, 4):
                 continue
+            element, la, lb, n = parts if len(parts) == 4 else (parts[0], parts[1], parts[1], parts[2])
             a, b = sorted((shell(element, la), shell(element, lb)), key=pos.get)
             out[types[element], layout.onsite[a, b] + int(n)] = torch.as_tensor(value, dtype=torch.float64)
         return out
 
     state = {"hopping_param": bond_table(params["hopping"], strain=False)}
-    if n_onsite is None:  # strain
+    if model.onsite_mode == "strain":
         state["strain_param"] = bond_table(params.get("onsite", {}), strain=True)
-    elif n_onsite:
-        state["onsite_param"] = onsite_table(params.get("onsite", {}), n_onsite)
-    if params.get("overlap") is not None:
+    elif model.onsite_params is not None:
+        state["onsite_param"] = onsite_table(params.get("onsite", {}), model.onsite_params.shape[-1])
+    if model.has_overlap:
+        if params.get("overlap") is None:
+            raise ModelError("the JSON model has common_options.overlap but no overlap parameters")
         state["overlap_param"] = bond_table(params["overlap"], strain=False)
         state["overlaponsite_param"] = onsite_table(params.get("overlaponsite") or {}, 1)
-        diagonal = [k for (a, b), k in layout.onsite.items() if a == b]
-        state["overlaponsite_param"][:, diagonal] = 1.0
     return state
 
 
@@ -226,25 +234,20 @@ def is_deeptb_json(obj) -> bool:
     return isinstance(obj, dict) and "version" in obj and ("model_params" in obj or "hopping" in obj)
 
 
-def _from_json(model_json: dict) -> SlaterKoster:
+def _from_json(model_json: dict) -> tuple[dict, SlaterKoster]:
+    """(eqtb options, model) of a DeePTB JSON model."""
     version = model_json.get("version")
     if version != 2:
         raise ModelError(f"DeePTB JSON model version {version!r}: eqtb reads version 2 (version 1 files carry no "
                          "basis or model options)")
     if model_json.get("unit") != "eV":
         raise ModelError(f"DeePTB JSON model unit {model_json.get('unit')!r}: DeePTB 2.2 writes and reads eV only")
-    config = {"common_options": model_json["common_options"], "model_options": model_json["model_options"]}
-    _refuse(deeptb_kind(config))
-    nnsk = config["model_options"]["nnsk"]
-    basis = Basis(config["common_options"]["basis"])
-    if any(e.labels is None for e in basis.elements):
+    _refuse(deeptb_kind(model_json))
+    options = _options(model_json)
+    if any(e.labels is None for e in Basis(options["common_options"]["basis"]).elements):
         raise ModelError("a DeePTB JSON model needs a basis of shell lists such as [\"3s\", \"3p\"]")
-    if nnsk["hopping"].get("method") not in HOPPING_FORMS:
-        raise ModelError(f"DeePTB hopping method {nnsk['hopping'].get('method')!r} is not supported")
-    mode = nnsk["onsite"].get("method")
-    n_onsite = {"strain": None, "none": 0, "NRL": 4}.get(mode, 1)
-    state = _json_state(model_json, basis, HOPPING_FORMS[nnsk["hopping"]["method"]].n_params, n_onsite)
-    return nnsk_from_deeptb(config, state)
+    model = _empty_model(options)
+    return options, _load_state(model, _json_state(model_json, model))
 
 
 def from_deeptb(obj: dict) -> tuple[dict, dict]:
@@ -252,8 +255,15 @@ def from_deeptb(obj: dict) -> tuple[dict, dict]:
     ``config`` holds validated eqtb ``common_options`` and ``model_options``; ``state_dict`` is the
     eqtb model's (float64). :class:`ModelError` saying why for models eqtb cannot convert."""
     if is_deeptb_json(obj):
-        model, config = _from_json(obj), obj
+        options, model = _from_json(obj)
     else:
-        config = obj["config"]
-        model = nnsk_from_deeptb(config, obj["model_state_dict"])
-    return _options(config), model.state_dict()
+        options, model = nnsk_from_deeptb(obj)
+    return options, model.state_dict()
+
+
+def nnsk_from_deeptb(checkpoint: dict) -> tuple[dict, SlaterKoster]:
+    """(eqtb options, model in float64 and eval mode) of a DeePTB nnsk checkpoint dict
+    (``config`` with ``common_options`` and ``model_options``, ``model_state_dict``)."""
+    _refuse(deeptb_kind(checkpoint))
+    options = _options(checkpoint["config"])
+    return options, _load_state(_empty_model(options), checkpoint["model_state_dict"])
