@@ -826,7 +826,7 @@ def _ignored_train(to: TrainOptions, validation: bool) -> list[tuple[str, str]]:
     return out
 
 
-def _ignored_data(do: DataOptions, overlap: bool) -> list[tuple[str, str]]:
+def _ignored_data(do: DataOptions, overlap: bool, loss: str | None) -> list[tuple[str, str]]:
     out = [(f"data_options.{key}", "eqtb takes the cutoff from model_options")
            for key in ("r_max", "er_max", "oer_max") if getattr(do, key) is not None]
     if _given(do, "reference"):
@@ -838,8 +838,9 @@ def _ignored_data(do: DataOptions, overlap: bool) -> list[tuple[str, str]]:
     if train.get_DM and train.get_Hamiltonian and _given(train, "get_DM"):
         out.append(("data_options.train.get_DM",
                     "eqtb trains one operator: the Hamiltonian, as get_Hamiltonian is true"))
-    if train.get_eigenvalues and _given(train, "get_eigenvalues"):
-        out.append(("data_options.train.get_eigenvalues", "eqtb does not train on eigenvalues"))
+    if train.get_eigenvalues and _given(train, "get_eigenvalues") and loss not in (None, "eigvals", "eig_ham"):
+        out.append(("data_options.train.get_eigenvalues",
+                    f"band energies are fitted only by the eigvals and eig_ham losses, not by {loss}"))
     if do.validation is not None:
         out += [(f"data_options.validation.{key}",
                  "the training set's get_* flags decide what is loaded for validation")
@@ -880,7 +881,7 @@ def ignored_keys(cfg: TrainConfig | TestConfig) -> list[tuple[str, str]]:
     ``trinity``, ``se2``, ``dftbsk``, nnsk/dftbsk + ``se2``, ...) lists nothing: eqtb refuses it
     when training starts ("not supported yet"). A test config lists the options ``eqtb test``
     takes from the model or its command line instead. Keys that eqtb refuses when they would
-    act (e.g. ``onsite_shift`` true, eigenvalue losses) are not listed here."""
+    act (e.g. ``onsite_shift`` true) are not listed here."""
     if isinstance(cfg, TestConfig):
         return _ignored_test(cfg)
     mo, overlap = cfg.model_options, cfg.common_options.overlap
@@ -892,7 +893,8 @@ def ignored_keys(cfg: TrainConfig | TestConfig) -> list[tuple[str, str]]:
         out = _MODEL_CHECKS[family](mo, overlap)
     if cfg.train_options is not None:
         out += _ignored_train(cfg.train_options, cfg.data_options.validation is not None)
-    return out + _ignored_data(cfg.data_options, overlap)
+    loss = cfg.train_options.loss_options.train.method if cfg.train_options is not None else None
+    return out + _ignored_data(cfg.data_options, overlap, loss)
 
 
 # ============================================================================ error translation

@@ -187,7 +187,8 @@ def test_basis_mismatch_config(setup, tmp_path, capsys):
     path.write_text(json.dumps(cfg))
     rc, cap = _run([path, "-i", setup["ckpt"], "-o", tmp_path / "out"], capsys)
     assert rc == 2
-    assert str(path) in cap.err and "common_options.basis" in cap.err and cap.err.count("\n") == 1
+    errors = [line for line in cap.err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and str(path) in errors[0] and "common_options.basis" in errors[0], cap.err
 
 
 def test_input_errors(setup, tmp_path, capsys):

@@ -118,6 +118,7 @@ CYCLIC = {"type": "cyclic", "base_lr": 1e-4, "max_lr": 1e-2}
     ({"data_options.reference": {"root": "./data", "prefix": "Si64"}}, ["data_options.reference"]),
     ({"data_options.train.get_eigenvalues": True, "data_options.train.get_DM": True},
      ["data_options.train.get_DM", "data_options.train.get_eigenvalues"]),
+    ({"data_options.train.get_eigenvalues": True, T + "loss_options.train": {"method": "eig_ham"}}, []),
     ({**VALIDATION, "data_options.validation.get_overlap": False, "data_options.validation.get_DM": False},
      ["data_options.validation.get_overlap"]),
 ])
