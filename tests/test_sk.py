@@ -114,7 +114,7 @@ def nnsk_run(tmp_path, data_dir, monkeypatch):
     return tmp_path
 
 
-def test_nnsk_trains_saves_loads_and_gives_bands(nnsk_run):
+def test_nnsk_trains_saves_loads_and_gives_bands(nnsk_run, data_dir):
     assert main(["train", "nnsk.json", "-o", "run", "-q"]) == 0
     losses = [json.loads(line)["train_loss"] for line in open(nnsk_run / "run" / "log" / "history.jsonl")]
     assert len(losses) == 30 and losses[-1] < 0.85 * losses[0], losses
@@ -126,8 +126,13 @@ def test_nnsk_trains_saves_loads_and_gives_bands(nnsk_run):
     kpath, bands = pred.bands("GXL", npoints=12)
     assert bands.shape == (12, 8) and np.isfinite(bands).all()
     assert np.ptp(bands) > 1.0  # trained hoppings give dispersive bands
-    # the same command line serves the family: eqtb test on the training frame
+    # the same command line serves the family: eqtb test on the training frame, and on the band
+    # energies of a band-only dataset (no blocks: band errors only)
     assert main(["test", "data/Si64.0", "-i", str(ckpt), "-o", "test_out"]) == 0
+    kpath = data_dir / "silicon_bands" / "kpath.0"
+    assert main(["test", str(kpath), "-i", str(ckpt), "--bands", "-o", "band_test"]) == 0
+    res = json.loads((nnsk_run / "band_test" / "test_results.json").read_text())
+    assert res["bands"]["frames"] == 1 and res["bands"]["align"]["mean"]["mae"] > 0
 
 
 # ----------------------------------------------------------------------------- options

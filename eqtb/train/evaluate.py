@@ -88,7 +88,8 @@ def load_test_samples(folders: Sequence[str | Path], basis: Basis, r_max, quanti
     """Every frame of the trajectory ``folders`` as samples on the graph at ``r_max`` in ``basis``
     (the model's), plus the Fermi level of each sample (``fermi_level.json`` of its folder, else None).
 
-    ``quantities`` must have a block file in every folder; ``optional`` ones are loaded where present.
+    ``quantities`` must have a block file in every folder, except band-energy folders (no blocks,
+    ``eigenvalues.npy``) when ``eigenvalues`` is set; ``optional`` ones are loaded where present.
     ``eigenvalues``: also load ``kpoints.npy`` / ``eigenvalues.npy`` (required then). ``progress``:
     a tqdm bar (None: only on a terminal). Raises
     :class:`EvaluationError` naming ``basis.dat`` when a folder's basis differs from ``basis``."""
@@ -106,10 +107,13 @@ def load_test_samples(folders: Sequence[str | Path], basis: Basis, r_max, quanti
             if why:
                 raise EvaluationError(f"{path / 'basis.dat'}: the dataset's basis does not fit {model_source}: {why}")
         tf.basis = basis
-        for q in quantities:
-            if tf.block_file(q) is None:
-                raise DatasetError(f"{path}: no {q} file to test the model against")
-        wanted = list(quantities) + [q for q in optional if q not in quantities and tf.block_file(q) is not None]
+        missing = [q for q in quantities if tf.block_file(q) is None]
+        if missing and not (eigenvalues and (path / "eigenvalues.npy").is_file()):
+            raise DatasetError(f"{path}: no {missing[0]} file to test the model against"
+                               + (" (a band-energy folder: test its bands with --bands)"
+                                  if (path / "eigenvalues.npy").is_file() else ""))
+        wanted = [q for q in list(quantities) + [q for q in optional if q not in quantities]
+                  if tf.block_file(q) is not None]
         kpts = eigs = None
         if eigenvalues:
             eigs = tf.eigenvalues()
