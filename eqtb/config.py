@@ -338,9 +338,16 @@ class PushOptions(_Options):
     period: PosInt = 100
 
 
+#: DeePTB's defaults of the nnsk hopping and environment-dependent onsite keys (Angstrom; ``lda`` 1/A)
+_NNSK_HOPPING_DEFAULTS = {"rs": 6.0, "w": 0.1}
+_NNSK_ONSITE_DEFAULTS = {"strain": {"rs": 6.0, "w": 0.1}, "NRL": {"rs": 6.0, "w": 0.1, "lda": 1.0}}
+
+
 class NnskOptions(_Options):
-    """Slater-Koster model with analytic bond-length dependence. ``onsite`` and ``hopping`` are
-    checked for a known ``method`` only; their other keys are passed on unchecked."""
+    """Slater-Koster model with analytic bond-length dependence (:mod:`eqtb.models.sk`). ``onsite``
+    and ``hopping`` are checked for a known ``method`` here, completed with DeePTB's defaults
+    (hopping ``rs`` 6.0, ``w`` 0.1; strain/NRL onsite ``rs`` 6.0, ``w`` 0.1, NRL ``lda`` 1.0) and
+    checked further by the model."""
 
     onsite: _method_dict(_ONSITE_METHODS)
     hopping: _method_dict(_HOPPING_METHODS)
@@ -350,13 +357,22 @@ class NnskOptions(_Options):
     atomic_radius: Literal["v1", "cov"] = "v1"
     push: bool | PushOptions = False
 
+    @model_validator(mode="after")
+    def _defaults(self) -> "NnskOptions":
+        self.hopping = {**_NNSK_HOPPING_DEFAULTS, **self.hopping}
+        self.onsite = {**_NNSK_ONSITE_DEFAULTS.get(self.onsite["method"], {}), **self.onsite}
+        return self
+
 
 class DftbskOptions(_Options):
-    """Slater-Koster tables from DFTB ``.skf`` files (``skdata``: folder or ``.pth``), used out
-    to ``r_max`` (Angstrom)."""
+    """Slater-Koster tables from DFTB ``.skf`` files (``skdata``: a folder of ``A-B.skf`` files or
+    DeePTB's ``.pth``), used out to ``r_max`` (Angstrom). DeePTB 2.2.1 requires ``r_max``, yet its
+    own example (``hBN_dftb/input_dftb_env.json``) gives only ``skdata``: here it is optional, and
+    without it the tables' range is the cutoff (:mod:`eqtb.models.dftbsk`)."""
 
+    _absent_if_none = ("r_max",)
     skdata: str
-    r_max: Cutoff
+    r_max: Cutoff | None = None
 
 
 class ModelOptions(_Options):
@@ -747,14 +763,6 @@ def _given(obj: BaseModel | None, key: str) -> bool:
     return obj is not None and key in obj.model_fields_set
 
 
-def _ignored_nnsk(mo: ModelOptions, overlap: bool) -> list[tuple[str, str]]:
-    nnsk = mo.nnsk
-    if _given(nnsk, "atomic_radius") and nnsk.atomic_radius != "cov":
-        return [("model_options.nnsk.atomic_radius", "eqtb's bond-length reference r_0 is the sum of "
-                                                     "covalent radii (\"cov\")")]
-    return []
-
-
 def _ignored_slem(mo: ModelOptions, overlap: bool) -> list[tuple[str, str]]:
     emb, pred = mo.embedding, mo.prediction
     checks = [  # (key, ignored when given with this value?, reason)
@@ -863,7 +871,7 @@ def _ignored_test(cfg: TestConfig) -> list[tuple[str, str]]:
 
 
 #: model family -> the ignored keys of its model_options (families eqtb can build)
-_MODEL_CHECKS = {"slem": _ignored_slem, "nnsk": _ignored_nnsk}
+_MODEL_CHECKS = {"slem": _ignored_slem, "nnsk": lambda mo, overlap: []}  # every nnsk key acts
 
 
 def ignored_keys(cfg: TrainConfig | TestConfig) -> list[tuple[str, str]]:

@@ -178,6 +178,9 @@ def test_sk_models_and_their_cutoff(si64_dict):
     cfg = config_from_dict(apply_overrides(si64_dict, {"model_options": {"nnsk": nnsk}}))
     assert cfg.model_options.family == "nnsk" and cfg.model_options.nnsk.std == 0.01
     assert cfg.model_options.nnsk.push is False and cfg.model_options.nnsk.atomic_radius == "v1"
+    # DeePTB's defaults of the hopping and strain-onsite keys are filled in
+    assert cfg.model_options.nnsk.hopping == {"method": "powerlaw", "rs": 6.0, "w": 0.1}
+    assert cfg.model_options.nnsk.onsite == {"method": "strain", "rs": 5.0, "w": 0.1}
     msg = problem(si64_dict, {"model_options": {"nnsk": {**nnsk, "hopping": {"method": "powrlaw"}}}})
     assert "model_options.nnsk.hopping.method: unknown method \"powrlaw\"" in msg and "did you mean 'powerlaw'?" in msg
 

@@ -132,7 +132,7 @@ NNSK = {"onsite": {"method": "uniform"}, "hopping": {"method": "powerlaw", "rs":
 @pytest.mark.parametrize("nnsk, expected", [
     ({}, ["data_options.r_max"]),
     ({"atomic_radius": "cov", "std": 0.1, "freeze": False, "soc": {}}, ["data_options.r_max"]),
-    ({"atomic_radius": "v1"}, ["model_options.nnsk.atomic_radius", "data_options.r_max"]),
+    ({"atomic_radius": "v1"}, ["data_options.r_max"]),  # DeePTB's v1 radii table is eqtb's too
 ])
 def test_ignored_keys_of_an_nnsk_config(base, nnsk, expected):
     assert keys(base, {"model_options": {"nnsk": {**NNSK, **nnsk}}, "data_options.r_max": 5.0}) == expected

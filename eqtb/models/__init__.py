@@ -5,7 +5,8 @@ rebuilds a trained model from a checkpoint's contents (reading the file is
 :func:`eqtb.predict.load_model`'s job). Importing this package registers every family:
 
 * ``slem`` -- :mod:`eqtb.models.slem`, strictly local E(3)-equivariant message passing;
-* ``nnsk`` -- :mod:`eqtb.models.sk`, Slater-Koster two-centre integrals.
+* ``nnsk`` -- :mod:`eqtb.models.sk`, Slater-Koster two-centre integrals;
+* ``dftbsk`` -- :mod:`eqtb.models.dftbsk`, the Slater-Koster tables of DFTB ``.skf`` files.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from eqtb.basis import Basis
-from eqtb.models import sk, slem  # noqa: F401  (registers the families)
+from eqtb.models import dftbsk, sk, slem  # noqa: F401  (registers the families)
 from eqtb.models.base import FAMILIES, ModelError, OperatorModel, family_class, family_name
 
 __all__ = ["FAMILIES", "ModelError", "OperatorModel", "build_model", "family_name", "from_checkpoint",
@@ -22,13 +23,18 @@ __all__ = ["FAMILIES", "ModelError", "OperatorModel", "build_model", "family_nam
 
 def build_model(config: dict, stats: dict | None = None, quantity: str = "hamiltonian") -> OperatorModel:
     """The model of a validated, default-filled configuration dict (:func:`eqtb.config.config_to_dict`:
-    ``common_options`` give the basis and the overlap switch, ``model_options`` the family and its
-    options); ``stats``: quantity -> OperatorStats for the output normalisation; ``quantity``: the
-    main target."""
+    ``common_options`` give the basis, the overlap switch and the dtype the model is built in,
+    ``model_options`` the family and its options); ``stats``: quantity -> OperatorStats for the
+    output normalisation; ``quantity``: the main target."""
     common, options = config["common_options"], config["model_options"]
     cls = family_class(options)
-    return cls.from_options(options, Basis(common["basis"]), stats, quantity=quantity,
-                            overlap=bool(common["overlap"]))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64 if common["dtype"] == "float64" else torch.float32)
+    try:  # in the config's dtype, so that constant tables are not rounded through float32
+        return cls.from_options(options, Basis(common["basis"]), stats, quantity=quantity,
+                                overlap=bool(common["overlap"]))
+    finally:
+        torch.set_default_dtype(default)
 
 
 def model_from_options(model_options: dict, basis, stats: dict | None = None, quantity: str = "hamiltonian",
@@ -51,11 +57,6 @@ def from_checkpoint(state: dict, device: str | torch.device = "cpu") -> Operator
         raise ModelError(f"the checkpoint holds a {name!r} model, which this eqtb does not have "
                          f"(it has {', '.join(sorted(FAMILIES))})")
     dtype = torch.float64 if cfg["common_options"]["dtype"] == "float64" else torch.float32
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        model = build_model(cfg, None, state.get("quantity", "hamiltonian"))
-    finally:
-        torch.set_default_dtype(default)
+    model = build_model(cfg, None, state.get("quantity", "hamiltonian"))
     model.load_state_dict(state["model_state_dict"])
     return model.to(device=device, dtype=dtype).eval()
