@@ -14,7 +14,8 @@ subclass of :class:`OperatorModel` decorated with :func:`register`. It declares
 * :meth:`OperatorModel.heads` -- one assembler per quantity, whose ``kind`` says whether the
   family emits irreps features or two-centre integrals (:mod:`eqtb.models.assembly`);
 * :meth:`OperatorModel.example_options` -- a small configuration, on which ``tests/test_families.py``
-  runs the physics every family must have (:mod:`eqtb.models.testing`).
+  runs the physics every family must have (:mod:`eqtb.models.testing`), on the bases
+  :meth:`OperatorModel.example_basis` allows.
 
 It is built by one :meth:`OperatorModel.from_options` from the validated, default-filled
 ``model_options`` (defaults live in the schema, :mod:`eqtb.config`, and nowhere else), and it
@@ -180,6 +181,13 @@ class OperatorModel(nn.Module):
         """Small ``model_options`` (DeePTB JSON form, before validation) of this family for
         ``basis``: what the inherited physics tests (:mod:`eqtb.models.testing`) build."""
         raise NotImplementedError
+
+    @classmethod
+    def example_basis(cls, basis: Basis) -> Basis:
+        """The basis the inherited physics tests use where they would use ``basis``: ``basis``
+        itself, or the nearest basis a family restricted to some bases can take (``dftbsk``: one
+        shell per angular momentum)."""
+        return basis
 
     @staticmethod
     def check_quantity(quantity: str) -> None:

@@ -1,5 +1,6 @@
-"""``dftbsk``: the Slater-Koster tables of a DFTB parameter set as a tight-binding model, with DeePTB
-2.2.1's ``dftbsk`` numbers (its ``dptb/nn/dftbsk.py`` and ``dptb/nn/dftb/``).
+"""``dftbsk``: the Slater-Koster tables of a DFTB parameter set as a tight-binding model, as DFTB+
+reads them, with DeePTB 2.2.1's ``dftbsk`` interpolation and cutoffs (its ``dptb/nn/dftbsk.py`` and
+``dptb/nn/dftb/``).
 
 Units: Angstrom and eV (the tables are converted when read, :mod:`eqtb.data.skf`).
 
@@ -16,6 +17,13 @@ files (:mod:`eqtb.data.skf`): ``Hsp0`` of ``B-N.skf`` is ``<s_B|H|p_z,N>`` with 
 element may carry one shell per angular momentum (the tables have one s, one p, one d, one f);
 a basis list such as ``["2s", "2p", "d*"]`` takes the d columns even when the file leaves them
 zero, as DeePTB does.
+
+*DeePTB's sign.* DeePTB 2.2.1 passes the table column to the Slater-Koster rotation of its ``nnsk``
+models, whose parameters carry the sign ``(-1)^(l_a + l_b)`` (:mod:`eqtb.models.sk`): its blocks
+are ``P B P`` with ``P = (-1)^l`` on every orbital -- the same spectrum (the bands agree to
+1e-9 eV, ``tests/test_dftbsk.py``), but p (and f) orbitals of the opposite sign. eqtb keeps DFTB+'s
+reading, the one whose orbitals have the phases of eqtb's (and DFT codes') real harmonics: the
+overlap blocks of silicon from ``Si-Si.skf`` have the signs of ABACUS's overlaps of the same bonds.
 
 **Interpolation**, DeePTB's: linear between the rows of the table (row k at ``k * gridDist``,
 k = 1 .. nGridPoints - 1), zero below the first row and beyond the last. (DFTB+ interpolates with
@@ -213,6 +221,12 @@ class DftbSlaterKoster(OperatorModel):
         except SKFError as err:
             raise ModelError(f"model_options.dftbsk.skdata: {err}") from None
         return {bond: max(r, ranges.get("-".join(bond.split("-")[::-1]), r)) for bond, r in ranges.items()}
+
+    @classmethod
+    def example_basis(cls, basis: Basis) -> Basis:
+        """One shell per angular momentum of each element of ``basis`` (``"2s2p1d"`` -> ``"1s1p1d"``)."""
+        return Basis({e.symbol: "".join(f"1{SHELL_LETTERS[ell]}" for ell in sorted(e.count))
+                      for e in Basis(basis).elements})
 
     @classmethod
     def example_options(cls, basis: Basis) -> dict:
