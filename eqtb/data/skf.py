@@ -193,7 +193,6 @@ def write_skf(path: str | Path, table: SKTable) -> Path:
     polynomial repulsive, no spline."""
     path = Path(path)
     extended = table.max_l == 3
-    n_shells = table.max_l + 1
     columns = slice(None) if extended else _SIMPLE_COLUMNS
     lines = ["@ written by eqtb"] if extended else []
     lines.append(f"{table.spacing / BOHR_ANGSTROM:.12g} {table.n_points}")
