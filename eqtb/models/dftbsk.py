@@ -120,7 +120,7 @@ class DftbSlaterKoster(OperatorModel):
         sym = self.basis.symbols
         T = len(sym)
         tables = _load_tables(skdata, sym)
-        for t, element in enumerate(self.basis.elements):
+        for element in self.basis.elements:
             table = tables[element.symbol, element.symbol]
             too_high = [s.name for s in element.shells if s.l > table.max_l]
             if too_high:
@@ -298,28 +298,39 @@ class DftbSlaterKoster(OperatorModel):
 
 
 # ===================================================================== example tables
+#: version of :func:`_example_table`, part of the name of the folders :func:`example_tables` reuses
+_EXAMPLE_VERSION = 2
+
+
+def _rng(key: str) -> np.random.Generator:
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little"))
+
+
 def _example_table(a: str, b: str, spacing: float, n_points: int) -> SKTable:
     """Made-up but smooth tables for the ordered pair a-b: every integral ``c exp(-r / 1.2)``
-    times a switch to zero at the last row, with amplitudes c drawn from a generator seeded by the
-    pair (so that a-b and b-a differ), and onsite energies for a homonuclear pair."""
-    seed = int.from_bytes(hashlib.sha256(f"{a}-{b}".encode()).digest()[:4], "little")
-    rng = np.random.default_rng(seed)
+    times a switch to zero at the last row, with amplitudes c drawn from generators seeded by the
+    pair -- the same for a-b and b-a where the two shells have the same l (as in real tables),
+    different otherwise -- and onsite energies for a homonuclear pair."""
+    same_l = np.array([name[0] == name[1] for name in INTEGRALS])
     r = spacing * np.arange(1, n_points)
     envelope = np.exp(-r / 1.2) * np.clip(1.0 - (r / r[-1]) ** 4, 0.0, None)
-    h = rng.uniform(-8.0, 8.0, size=(1, 20)) * envelope[:, None]
-    s = rng.uniform(-0.8, 0.8, size=(1, 20)) * envelope[:, None]
+    tables = []
+    for scale, kind in ((8.0, "H"), (0.8, "S")):
+        both = _rng(f"{min(a, b)}-{max(a, b)}:{kind}").uniform(-scale, scale, size=20)
+        ordered = _rng(f"{a}-{b}:{kind}").uniform(-scale, scale, size=20)
+        tables.append(np.where(same_l, both, ordered)[None, :] * envelope[:, None])
     atom = {}
     if a == b:
-        atom = {"onsite": np.sort(rng.uniform(-15.0, 0.0, size=4)), "hubbard_u": np.full(4, 10.0),
+        atom = {"onsite": np.sort(_rng(f"{a}:onsite").uniform(-15.0, 0.0, size=4)), "hubbard_u": np.full(4, 10.0),
                 "occupations": np.array([2.0, 2.0, 0.0, 0.0]), "mass": 10.0}
-    return SKTable(f"{a}-{b}.skf", spacing, n_points, h, s, 3, **atom)
+    return SKTable(f"{a}-{b}.skf", spacing, n_points, *tables, 3, **atom)
 
 
 def example_tables(symbols: list[str], spacing: float = 0.05, n_points: int = 90) -> Path:
     """A folder of made-up ``A-B.skf`` files (extended format, s to f) for every ordered pair of
     ``symbols``, for tests: integrals out to ``spacing x (n_points - 1)`` Angstrom (4.45 by
     default). Written once per set of symbols into the temporary directory and reused."""
-    key = hashlib.sha256(f"{sorted(symbols)}|{spacing}|{n_points}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{sorted(symbols)}|{spacing}|{n_points}|{_EXAMPLE_VERSION}".encode()).hexdigest()[:12]
     folder = Path(tempfile.gettempdir()) / f"eqtb-dftbsk-example-{key}"
     if not all((folder / f"{a}-{b}.skf").is_file() for a in symbols for b in symbols):
         folder.mkdir(parents=True, exist_ok=True)
