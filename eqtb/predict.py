@@ -134,13 +134,15 @@ class Prediction:
 
         return self.electronic_structure.dos(mesh or mesh_for_spacing(self.structure, 0.1), energies, sigma)
 
-    def export(self, out, fmt: str = "dataset", fermi_level: float | None = None, overwrite: bool = False) -> Path:
-        """Write the predicted operators as a dataset frame, a DeepH folder or scipy ``.npz``
-        (:func:`eqtb.data.export.export_operators`)."""
+    def export(self, out, fmt: str = "dataset", fermi_level: float | None = None, overwrite: bool = False,
+               **options) -> Path:
+        """Write the predicted operators as a dataset frame, a DeepH folder, scipy ``.npz``, a sisl /
+        TBtrans folder or a Wannier90 ``_hr.dat`` folder (:func:`eqtb.data.export.export_operators`;
+        ``options``: ``orthogonalize=True`` and ``mesh`` for ``"wannier90"`` with an overlap)."""
         from eqtb.data.export import export_operators
 
         return export_operators(self.structure, self.operators, out, fmt, fermi_level=fermi_level,
-                                overwrite=overwrite)
+                                overwrite=overwrite, **options)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):

@@ -142,14 +142,16 @@ def test_bad_format(si64, ops, tmp_path):
     with pytest.raises(ExportError, match=r"unknown export format 'npx'; did you mean 'npz'\?.*dataset, deeph, npz"):
         export_operators(si64.structure, ops, tmp_path / "x", "npx")
     with pytest.raises(ValueError, match="allowed formats"):
-        export_operators(si64.structure, ops, tmp_path / "x", "wannier90")
-    assert FORMATS == ("dataset", "deeph", "npz")
+        export_operators(si64.structure, ops, tmp_path / "x", "wannier")
+    assert FORMATS == ("dataset", "deeph", "npz", "sisl", "wannier90")
+    with pytest.raises(ExportError, match="orthogonalize / mesh apply to the wannier90 format only"):
+        export_operators(si64.structure, ops, tmp_path / "x", "npz", orthogonalize=True)
     with pytest.raises(ExportError, match="unknown quantity 'hamiltonians'; did you mean 'hamiltonian'"):
         export_operators(si64.structure, {"hamiltonians": ops["hamiltonian"]}, tmp_path / "x", "npz")
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", ["dataset", "deeph", "npz"])  # sisl, wannier90: tests/test_export_tools.py
 def test_existing_folder(si64, ops, tmp_path, fmt):
     out = tmp_path / "out"
     out.mkdir()

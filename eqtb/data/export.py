@@ -18,13 +18,28 @@ of :data:`FORMATS`:
     A folder of plain arrays for any code, described by ``export.json`` (see :func:`_write_npz`):
     ``<quantity>.npz``, ``lattice_vectors.npy``, ``structure.extxyz``. Reads back with
     :func:`load_npz_export`.
+``"sisl"``
+    For sisl / TBtrans (:mod:`eqtb.data.export_sisl`): ``hamiltonian.TSHS`` (H and S, SIESTA's
+    binary format written by sisl; TBtrans's ``TBT.HS``), ``geometry.fdf``, ``export.json``; reads
+    back with :func:`eqtb.data.export_sisl.read_sisl_export`. SIESTA's orbital signs (odd m negated).
+    :func:`eqtb.data.export_sisl.to_sisl` gives the ``sisl.Hamiltonian`` object directly. Needs
+    ``pip install eqtb[export]``.
+``"wannier90"``
+    A Wannier90-style tight-binding model (:mod:`eqtb.data.export_tb`): ``wannier90_hr.dat``,
+    ``wannier90_centres.xyz``, ``wannier90.win`` (cell and atoms), ``export.json``; reads back with
+    :func:`eqtb.data.export_tb.read_hr_dat` and with PythTB's ``pythtb.w90``. An orthogonal basis
+    only: with an overlap S pass ``orthogonalize=True`` (Loewdin orthogonalisation on a k-mesh,
+    ``mesh``; the error this makes between mesh points is measured and written to ``export.json``).
+    :func:`eqtb.data.export_tb.to_pythtb` builds a ``pythtb.tb_model`` directly.
 
 Conventions (all formats): lengths in Angstrom, H in eV (absolute: the Fermi level is *not*
 subtracted), S and the density matrix dimensionless; ``O(R)[(i, mu), (j, nu)] =
 <phi_{i,mu}(r - r_i)| O |phi_{j,nu}(r - r_j - R.A)>``; Bloch sum ``O(k) = sum_R O(R) exp(-i 2 pi k.R)``
 with k in fractional reciprocal coordinates (DeePTB's sign; atomic positions not in the phase);
 real spherical harmonics m = -l..l without Condon-Shortley phase, p = (y, z, x), d = (xy, yz, z2, xz,
-x2-y2) except in ``"deeph"`` (OpenMX order, converted by the writer).
+x2-y2) except in ``"deeph"`` (OpenMX order, converted by the writer) and ``"sisl"`` (SIESTA's
+signs). Tools whose Bloch sum has the other sign (sisl, Wannier90, PythTB: ``exp(+i 2 pi k.R)``) see
+eqtb's H(k) at -k; for real H(R) (no spin-orbit coupling) the bands at k and -k are the same.
 
 Scaling. ``"npz"`` is vectorised over bonds (:meth:`~eqtb.operator.Operator.real_space_sparse`,
 one Python loop over the nR lattice vectors only) and is the format for big structures. ``"dataset"``
@@ -63,10 +78,11 @@ from eqtb.structure import Structure
 from eqtb.operator import Operator
 from eqtb.quantities import UNITS
 
-__all__ = ["FORMATS", "QUANTITIES", "ExportError", "export_operators", "load_npz_export"]
+__all__ = ["FORMATS", "QUANTITIES", "ExportError", "export_operators", "load_npz_export",
+           "check_operators", "is_complex", "padded_cell"]
 
 #: the export formats :func:`export_operators` writes
-FORMATS = ("dataset", "deeph", "npz")
+FORMATS = ("dataset", "deeph", "npz", "sisl", "wannier90")
 #: the quantities that can be exported (the operator fields of :class:`~eqtb.data.folder.Frame`)
 QUANTITIES = tuple(BLOCK_FILES)
 #: name and version of the npz layout, written to and checked in export.json
@@ -83,7 +99,8 @@ class ExportError(ValueError):
 
 
 def export_operators(structure: Structure, operators: dict[str, Operator], out: str | Path, fmt: str,
-                     fermi_level: float | None = None, overwrite: bool = False) -> Path:
+                     fermi_level: float | None = None, overwrite: bool = False, *,
+                     orthogonalize: bool = False, mesh=None) -> Path:
     """Write ``operators`` of ``structure`` to the folder ``out`` in format ``fmt`` (one of
     :data:`FORMATS`, see the module docstring for layouts, conventions and which formats scale).
 
@@ -94,12 +111,19 @@ def export_operators(structure: Structure, operators: dict[str, Operator], out: 
     ``out`` is the folder itself (for ``"dataset"`` the trajectory folder, e.g. ``.../Si64.0``). It is
     written into a temporary sibling folder renamed into place at the end, so a crash never leaves
     a half-written folder; an existing non-empty ``out`` is an :class:`ExportError` unless
-    ``overwrite``. Returns ``out`` as a Path."""
+    ``overwrite``. Returns ``out`` as a Path.
+
+    ``"wannier90"`` only: ``orthogonalize`` (required when an overlap is given: Loewdin
+    orthogonalisation on the k-mesh ``mesh``, default :func:`eqtb.data.export_tb.default_mesh`),
+    see :func:`eqtb.data.export_tb.write_wannier90`. ``"sisl"`` and ``"wannier90"`` need a
+    ``"hamiltonian"``, take its ``"overlap"`` and ignore a density matrix (warned)."""
     out = Path(out)
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}{did_you_mean(fmt, FORMATS)}; allowed formats: "
                           f"{', '.join(FORMATS)}")
-    ops = _check_operators(structure, operators, out)
+    if fmt != "wannier90" and (orthogonalize or mesh is not None):
+        raise ExportError(f"{out}: orthogonalize / mesh apply to the wannier90 format only, not {fmt!r}")
+    ops = check_operators(structure, operators, out)
     if out.exists() and not overwrite and not (out.is_dir() and not any(out.iterdir())):
         what = "folder" if out.is_dir() else "file"
         raise ExportError(f"{out}: output {what} already exists and is not empty (pass overwrite=True to "
@@ -115,6 +139,15 @@ def export_operators(structure: Structure, operators: dict[str, Operator], out: 
 
             return write_deeph_folder(Frame(structure=structure, **ops), out, fermi_level=fermi_level,
                                       overwrite=overwrite)
+        if fmt == "sisl":
+            from eqtb.data.export_sisl import write_sisl
+
+            return write_sisl(structure, ops, out, fermi_level, overwrite)
+        if fmt == "wannier90":
+            from eqtb.data.export_tb import write_wannier90
+
+            return write_wannier90(structure, ops, out, fermi_level, overwrite, orthogonalize=orthogonalize,
+                                   mesh=mesh)
         return _write_npz(structure, ops, out, fermi_level, overwrite)
     except ExportError:
         raise
@@ -122,7 +155,9 @@ def export_operators(structure: Structure, operators: dict[str, Operator], out: 
         raise ExportError(str(exc)) from exc
 
 
-def _check_operators(structure: Structure, operators, out: Path) -> dict[str, Operator]:
+def check_operators(structure: Structure, operators, out: Path) -> dict[str, Operator]:
+    """``operators`` as a dict after checking quantity names, types, structure (numbers, positions
+    and cell to 1e-6 Angstrom) and one shared basis; :class:`ExportError` naming ``out`` otherwise."""
     if not isinstance(operators, dict) or not operators:
         raise ExportError(f"{out}: nothing to export; give {{quantity: Operator}} with quantities among "
                           f"{', '.join(QUANTITIES)}")
@@ -146,6 +181,23 @@ def _check_operators(structure: Structure, operators, out: Path) -> dict[str, Op
         elif op.basis != basis:
             raise ExportError(f"{out}: the {q} operator has basis {op.basis!r}, another operator {basis!r}")
     return dict(operators)
+
+
+def is_complex(op: Operator) -> bool:
+    """Whether any block of ``op`` has a nonzero imaginary part (a complex dtype alone is not enough)."""
+    return any(np.iscomplexobj(a) and np.abs(a.imag).max(initial=0.0) > 0 for a in (op.onsite, op.offsite))
+
+
+def padded_cell(structure: Structure, vacuum: float = 10.0) -> np.ndarray:
+    """A full-rank (3, 3) cell (rows, Angstrom) for codes that always need one (sisl, PythTB): the
+    structure's cell when it has full rank (always the case with any periodic direction, see
+    :class:`~eqtb.structure.Structure`), else, for a molecule without a cell, the orthorhombic box
+    of the atoms' extent plus ``vacuum`` along x, y, z (no lattice vector R != 0 has a block then)."""
+    cell = np.array(structure.cell, dtype=np.float64)
+    if abs(np.linalg.det(cell)) > 1e-6:
+        return cell
+    extent = np.ptp(structure.positions, axis=0) if structure.natoms else np.zeros(3)
+    return np.diag(extent + vacuum)
 
 
 # ====================================================================== npz
