@@ -139,8 +139,8 @@ def test_ignored_keys_of_an_nnsk_config(base, nnsk, expected):
 
 
 def test_models_eqtb_cannot_build_list_nothing(base):
-    lem = {E + "method": "lem", E + "universal": True, "data_options.r_max": 5.0, T + "ref_batch_size": 2}
-    assert keys(base, lem) == []
+    trinity = {E + "method": "trinity", E + "universal": True, "data_options.r_max": 5.0, T + "ref_batch_size": 2}
+    assert keys(base, trinity) == []
     mix = {"model_options": {"nnsk": {**NNSK, "atomic_radius": "v1"},
                              "embedding": {"method": "se2", "rs": 3.0, "rc": 4.0, "radial_net": {"neurons": [8]}},
                              "prediction": {"method": "sktb", "neurons": [8]}},
@@ -152,11 +152,15 @@ def test_models_eqtb_cannot_build_list_nothing(base):
     assert keys(base, {"model_options": None, "data_options.r_max": 5.0}) == ["data_options.r_max"]
 
 
-def test_deeptb_per_iteration_examples_load_quietly(data_dir):
+def test_deeptb_per_iteration_examples_warn_for_what_eqtb_ignores(data_dir):
+    """DeePTB's lem examples: eqtb's LEM has no tensor-product radial embedding; the cyclic
+    scheduler's lr and scale_mode have no effect."""
     for path in sorted((data_dir / "deeptb_examples" / "clr_and_per_iter_update").glob("*.json")):
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", ConfigWarning)
+        with pytest.warns(ConfigWarning) as record:
             cfg = load_config(path)
+        cyclic = ["train_options.optimizer.lr", "train_options.lr_scheduler.scale_mode"]
+        assert [str(w.message).split(": ")[1] for w in record] == (
+            ["model_options.embedding.tp_radial_emb"] + (cyclic if path.name.startswith("clr") else []))
         assert cfg.train_options.update_lr_per_iter is ("per_iter" in path.name)
 
 

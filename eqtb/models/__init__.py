@@ -5,6 +5,8 @@ rebuilds a trained model from a checkpoint's contents (reading the file is
 :func:`eqtb.predict.load_model`'s job). Importing this package registers every family:
 
 * ``slem`` -- :mod:`eqtb.models.slem`, strictly local E(3)-equivariant message passing;
+* ``lem`` -- :mod:`eqtb.models.lem`, semi-local E(3)-equivariant message passing (messages read
+  the neighbours' features; receptive field (n_layers + 1) x r_max);
 * ``nnsk`` -- :mod:`eqtb.models.sk`, Slater-Koster two-centre integrals;
 * ``dftbsk`` -- :mod:`eqtb.models.dftbsk`, the Slater-Koster tables of DFTB ``.skf`` files.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from eqtb.basis import Basis
-from eqtb.models import dftbsk, sk, slem  # noqa: F401  (registers the families)
+from eqtb.models import dftbsk, lem, sk, slem  # noqa: F401  (registers the families)
 from eqtb.models.base import FAMILIES, ModelError, OperatorModel, family_class, family_name
 
 __all__ = ["FAMILIES", "ModelError", "OperatorModel", "build_model", "family_name", "from_checkpoint",
