@@ -12,19 +12,39 @@ traceback: any ``OSError``, ``json.JSONDecodeError`` or ``ValueError`` subclass 
 (``DatasetError``, ``KPathError``, ``SpectrumError``, ``TaskError``, ...) is reported this way.
 Other exceptions are bugs and keep their traceback.
 
+Warnings print as one line each, ``eqtb <command>: warning: <message>`` on stderr under the name of
+the command that was typed (``eqtb run`` running a band task says ``eqtb run``), each message once
+per command (:func:`warn`).
+
 Band task files are DeePTB's ``dptb run`` JSON (shared/spec/FORMATS.md section 5.7), read
 unchanged: options under ``"task_options"`` or flat; top-level run keys that do not apply here
-(``structure``, ``device``, ``dtype``, ``pbc``, ``use_gui``, ``AtomicData_options``) are ignored;
-unknown keys are errors with a suggestion.
+(``device``, ``dtype``, ``pbc``, ``use_gui``, ``AtomicData_options``, and ``structure`` for
+``band``/``dos``, which take the dataset's) are ignored; unknown keys are errors with a suggestion.
+File names in a task (``structure``, ``ref_band``, ``override_overlap``, a ``kline_type: "array"``
+``.npy``) are resolved as DeePTB resolves them, relative to the working folder, and, when no such
+file exists there, relative to the task file's folder (:func:`resolve_task_path`); ``-stu`` and
+other command-line paths are relative to the working folder only.
+
+Progress (``-q``: nothing on success): on a terminal, tqdm bars during long stages; when the
+output goes to a file or a pipe, a plain line every ~20 s instead
+(:func:`eqtb.tb.spectrum.progress_reporter`).
 
 Fermi level (``band``, ``dos`` and the band/dos/pdos/fermi tasks of ``run``): one rule,
-:func:`eqtb.tb.spectrum.resolve_fermi_level`. An explicit ``--e-fermi`` wins; otherwise, when
-``nel_atom`` is known (task or ``--nel-atom``), the Fermi level is computed from the electron count
-(on the command's time-reversal-reduced k-mesh, Fermi-Dirac, kT = 25.852 meV; from the KPM DOS at
-Gamma on the sparse route of ``run``), with a warning when the task's ``E_fermi`` is thereby
-ignored; otherwise the task's ``E_fermi`` is used if not null; otherwise there is none (absolute
-energies). Unlike DeePTB's plot, a task ``E_fermi`` does not win over ``nel_atom``: DeePTB example
-tasks carry ``"E_fermi": 0.0``, which is not the Fermi level of DFT blocks.
+:func:`eqtb.tb.spectrum.resolve_fermi_level`, DeePTB's precedence with the command line above the
+task file: ``--e-fermi``; else ``--nel-atom`` (the level computed from the electron count, on the
+command's time-reversal-reduced k-mesh, Fermi-Dirac, kT = 25.852 meV; from the KPM DOS at Gamma on
+the sparse route of ``run``; a warning says that a task ``E_fermi`` is then not used); else the
+task's ``E_fermi`` when not null (as ``dptb run``: a given ``E_fermi`` wins over ``nel_atom``);
+else the task's ``nel_atom`` (computed); else none (absolute energies). When a given level is used
+and ``nel_atom`` is known, the level computed from ``nel_atom`` is printed beside it and written
+to the summary (``fermi_level_nel_atom``), as DeePTB logs its estimate. Note that DeePTB's example
+tasks often carry ``"E_fermi": 0.0``, which is not the Fermi level of absolute (e.g. ABACUS)
+energies: pass ``--nel-atom`` (or ``--e-fermi``) to choose another reference.
+
+Molecules (no periodic direction: ``pbc`` false, e.g. a dataset frame without ``cell.dat``, or an
+``.xyz`` file): ``band`` gives the orbital energies at Gamma (no k-path; a task's k-path is not
+used, with a warning), HOMO, LUMO and their gap, and a level diagram; ``dos`` broadens the
+orbital energies; ``run`` predicts and exports them alike.
 """
 
 from __future__ import annotations
@@ -32,6 +52,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import sys
 import warnings
 from dataclasses import dataclass
@@ -91,13 +112,28 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(msg.split())
 
 
+#: warnings already printed by the running command (:func:`warn`); cleared when a command starts
+_SHOWN: set[str] = set()
+
+
+def warn(command: str, message: str) -> None:
+    """Print ``eqtb <command>: warning: <message>`` on stderr as one line, once per message and
+    command run."""
+    text = " ".join(str(message).split())
+    if text in _SHOWN:
+        return
+    _SHOWN.add(text)
+    print(f"eqtb {command}: warning: {text}", file=sys.stderr)
+
+
 @contextlib.contextmanager
 def _one_line_warnings(command: str):
-    """Warnings raised while a command runs print as ``eqtb <command>: warning: <message>``, one
-    line each (Python's default shows the source line too), each message once."""
+    """Python warnings raised while a command runs print through :func:`warn` (one line, under
+    the command's name, each message once); Python's default shows the source line too."""
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"eqtb {command}: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+        warn(command, str(message))
 
+    _SHOWN.clear()
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         warnings.showwarning = show
@@ -137,6 +173,8 @@ FERMI_TASK_KEYS = {"task", "nel_atom", "mesh_grid", "gamma_center", "smearing", 
 EXPORT_TASK_KEYS = {"task", "format", "overwrite"}
 TASK_KEYS = {"band": BAND_TASK_KEYS, "dos": DOS_TASK_KEYS, "pdos": DOS_TASK_KEYS, "fermi": FERMI_TASK_KEYS,
              "export": EXPORT_TASK_KEYS}
+#: DOS energy points by default, and at most when more are needed for 4 points per sigma
+DOS_POINTS, DOS_MAX_POINTS = 2001, 200001
 #: above this many orbitals (per cell) eqtb run uses sparse methods at Gamma: KPM for DOS and Fermi
 #: level, shift-invert Lanczos for the band edges
 DENSE_MAX_NORB = 6000
@@ -205,6 +243,28 @@ def _check_types(opts: dict, path: Path) -> None:
     if w is not None and (not isinstance(w, list) or len(w) != 2
                           or not all(isinstance(x, (int, float)) for x in w) or w[0] >= w[1]):
         raise TaskError(f"{path}: 'width' must be [emin, emax] with emin < emax, got {w!r}")
+
+
+def resolve_task_path(value, task_path: Path | None, key: str) -> Path:
+    """The file a task names (``structure``, ``ref_band``, ...), found as DeePTB finds it: an
+    absolute path as is; a relative one in the working folder first (``dptb run`` opens it from
+    there), then beside the task file (so a task also works from another folder). Raises
+    FileNotFoundError naming every place looked at."""
+    if not isinstance(value, (str, Path)) or not str(value).strip():
+        raise TaskError(f"{task_path}: {key!r} must be a file name, got {value!r}")
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        if p.exists():
+            return p
+        raise FileNotFoundError(f"{task_path}: {key} file {p} does not exist")
+    places = [Path.cwd()]
+    if task_path is not None and task_path.parent.resolve() != Path.cwd().resolve():
+        places.append(task_path.parent)
+    for base in places:
+        if (base / p).exists():
+            return p if base is places[0] else base / p
+    where = " or ".join(f"{b.resolve()}" for b in places)
+    raise FileNotFoundError(f"{task_path}: {key} file {str(value)!r} does not exist (looked in {where})")
 
 
 # ---------------------------------------------------------------------------------- shared helpers
@@ -309,21 +369,50 @@ def _override_overlap(path: Path, frame):
         raise CLIError(f"{path}: {exc}") from None
 
 
-def _nel_atom(args, opts: dict) -> dict | None:
-    """``--nel-atom`` if given, else the task's ``nel_atom``."""
-    return _json_arg(args.nel_atom, "--nel-atom") if args.nel_atom else opts.get("nel_atom")
+def _nel_atoms(args, opts: dict) -> tuple[dict | None, dict | None]:
+    """(``--nel-atom``, the task's ``nel_atom``): the two places of the Fermi-level rule."""
+    return _json_arg(args.nel_atom, "--nel-atom") if args.nel_atom else None, opts.get("nel_atom")
 
 
-def _mesh(args, opts: dict, structure, spacing: float) -> tuple[int, int, int]:
-    from eqtb.tb.kpath import mesh_for_spacing
+def _mesh(args, opts: dict, structure, spacing: float, messages: list[str] | None = None) -> tuple[int, int, int]:
+    """The k-mesh: ``--mesh``, else the task's ``mesh_grid``, else one for ``spacing`` (1/Angstrom);
+    (1, 1, 1) for a molecule (a mesh asked for is then not used, with a message)."""
+    from eqtb.tb.kpath import is_periodic, mesh_for_spacing
 
     if getattr(args, "mesh", None):
         if any(m < 1 for m in args.mesh):
             raise CLIError(f"--mesh: three positive integers expected, got {args.mesh}")
-        return tuple(args.mesh)
-    if opts.get("mesh_grid"):
-        return tuple(opts["mesh_grid"])
-    return mesh_for_spacing(structure, spacing)
+        mesh = tuple(args.mesh)
+    elif opts.get("mesh_grid"):
+        mesh = tuple(opts["mesh_grid"])
+    else:
+        return mesh_for_spacing(structure, spacing)
+    if not is_periodic(structure) and mesh != (1, 1, 1):
+        if messages is not None:
+            messages.append(f"k-mesh {'x'.join(map(str, mesh))} not used: the structure is a molecule (no periodic "
+                            "direction), its orbital energies are computed at Gamma")
+        return (1, 1, 1)
+    return mesh
+
+
+def _progress(args) -> bool | None:
+    """Progress of long stages: nothing with -q, else a bar on a terminal and a line every
+    ~20 s otherwise (eqtb.tb.spectrum.progress_reporter)."""
+    return False if getattr(args, "quiet", False) else None
+
+
+def _fermi_text(choice, fermi) -> str:
+    """``"E eV (source[, mid-gap M eV])"`` and the nel_atom level when a given one wins."""
+    extra = ""
+    if (choice.estimate is None and fermi is not None and getattr(fermi, "midgap", None) is not None
+            and abs(fermi.midgap - choice.value) > 5e-5):
+        extra = f", mid-gap {fermi.midgap:.4f} eV"
+    text = f"{choice.value:.4f} eV ({choice.source}{extra})"
+    if choice.estimate is not None:
+        mid = getattr(fermi, "midgap", None)
+        mid = f", mid-gap {mid:.4f} eV" if mid is not None and abs(mid - choice.estimate) > 5e-5 else ""
+        text += f"; from nel_atom: {choice.estimate:.4f} eV ({choice.estimate_source.removeprefix('nel_atom, ')}{mid})"
+    return text
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
@@ -374,86 +463,114 @@ def _add_band(sub) -> None:
     p.set_defaults(run=run_band)
 
 
+def _reference_bands(opts: dict, task_path: Path, eigs, molecule: bool):
+    """The task's ``ref_band`` (DeePTB: eigenvalues on the same k-points, minima aligned to the
+    computed bands'), or None."""
+    import numpy as np
+
+    if not opts.get("ref_band"):
+        return None
+    rp = resolve_task_path(opts["ref_band"], task_path, "ref_band")
+    reference = np.load(rp)
+    if reference.ndim == 3 and reference.shape[0] == 1:
+        reference = reference[0]
+    if molecule and reference.ndim == 1:
+        reference = reference[None]
+    if reference.ndim != 2 or len(reference) != len(eigs):
+        what = "the molecule's one set of orbital energies" if molecule else f"the {len(eigs)} k-points of the path"
+        raise TaskError(f"{rp}: reference bands of shape {reference.shape} do not match {what}")
+    return reference - reference.min() + eigs.min()  # DeePTB: align the minima
+
+
 def run_band(args) -> int:
     import numpy as np
 
-    from eqtb.plotting import plot_bands
-    from eqtb.tb.kpath import KPath, from_task
+    from eqtb.plotting import plot_bands, plot_levels
+    from eqtb.tb.kpath import KPath, from_task, is_periodic
     from eqtb.tb.spectrum import (
         ElectronicStructure,
         band_gap,
+        molecular_levels,
         occupied_bands,
         resolve_fermi_level,
     )
 
     messages: list[str] = []
     opts, task_path = read_task(args.task, ("band",)) if args.task else ({}, None)
-    nel = _nel_atom(args, opts)
+    nel_cli, nel_task = _nel_atoms(args, opts)
     _json_arg(args.basis, "--basis")  # fail early on a malformed option
     ops = load_operators(args)
     frame, structure = ops.frame, ops.structure
     S = frame.overlap
     if opts.get("override_overlap"):
-        p = Path(opts["override_overlap"])
-        S = _override_overlap(p if p.is_absolute() else task_path.parent / p, frame)
+        S = _override_overlap(resolve_task_path(opts["override_overlap"], task_path, "override_overlap"), frame)
     if opts.get("ill_threshold") is not None:
         messages.append("ill_threshold ignored: eqtb uses a plain Cholesky of S(k) and stops if S(k) is not positive definite")
     es = ElectronicStructure(frame.hamiltonian, S)
+    molecule = not is_periodic(structure)
+    progress = _progress(args)
 
-    if args.kpoints:
-        kpath = KPath.from_npy(args.kpoints, structure.cell)
+    if molecule:
+        if args.kpoints or args.kpath:
+            raise CLIError(f"{structure.formula} is a molecule (no periodic direction): it has no k-path, its "
+                           f"orbital energies are computed at Gamma; drop {'--kpoints' if args.kpoints else '--kpath'}")
+        if opts.get("kline_type") or opts.get("kpath") is not None:
+            messages.append(f"the task's k-path is not used: {structure.formula} is a molecule (no periodic "
+                            "direction), its orbital energies are computed at Gamma")
+        kpath = KPath.from_array([[0.0, 0.0, 0.0]], structure, {"G": [0.0, 0.0, 0.0]},
+                                 description="Gamma only (molecule: orbital energies)")
+    elif args.kpoints:
+        kpath = KPath.from_npy(args.kpoints, structure)
     elif args.kpath:
-        kpath = KPath.from_ase_string(args.kpath, structure.cell, npoints=args.nkpoints, pbc=structure.pbc)
+        kpath = KPath.from_ase_string(args.kpath, structure, npoints=args.nkpoints, pbc=structure.pbc)
     elif opts.get("kline_type") or opts.get("kpath") is not None:
+        task_kpath = dict(opts)
+        if str(opts.get("kline_type", "")).lower() == "array" and isinstance(opts.get("kpath"), str):
+            task_kpath["kpath"] = str(resolve_task_path(opts["kpath"], task_path, "kpath"))
         try:
-            kpath = from_task(opts, structure, base_dir=task_path.parent)
+            kpath = from_task(task_kpath, structure)
         except ValueError as exc:
             raise TaskError(f"{task_path}: {exc}") from None
     else:
         kpath = KPath.automatic(structure, npoints=args.nkpoints)
-    eigs = es.bands(kpath, progress=None)
+    eigs = es.bands(kpath, progress=progress)
 
-    mesh = _mesh(args, opts, structure, spacing=0.15)
-    choice = resolve_fermi_level(structure, es.fermi_solver(mesh, progress=None), args.e_fermi, nel, opts.get("E_fermi"))
+    mesh = _mesh(args, opts, structure, spacing=0.15, messages=messages)
+    solver = es.molecule_fermi_solver(progress) if molecule else es.fermi_solver(mesh, progress=progress)
+    choice = resolve_fermi_level(structure, solver, args.e_fermi, nel_cli, opts.get("E_fermi"), nel_task)
     messages += choice.warnings
     fermi, e_f, e_f_source, n_el = choice.result, choice.value, choice.source, choice.n_electrons
     emin = args.emin if args.emin is not None else opts.get("emin")
     emax = args.emax if args.emax is not None else opts.get("emax")
+    reference = _reference_bands(opts, task_path, eigs, molecule)
 
-    reference = None
-    if opts.get("ref_band"):
-        rp = Path(opts["ref_band"])
-        rp = rp if rp.is_absolute() else task_path.parent / rp
-        if not rp.is_file():
-            raise FileNotFoundError(f"{rp}: ref_band file does not exist")
-        reference = np.load(rp)
-        if reference.ndim == 3 and reference.shape[0] == 1:
-            reference = reference[0]
-        if reference.ndim != 2 or len(reference) != len(kpath):
-            raise TaskError(f"{rp}: reference bands of shape {reference.shape} do not match the "
-                            f"{len(kpath)} k-points of the path")
-        reference = reference - reference.min() + eigs.min()  # DeePTB: align the minima
-
-    n_occ = occupied_bands(n_el, eigs.shape[1]) if n_el is not None else None
+    levels = molecular_levels(eigs[0], n_el) if molecule else None
+    n_occ = occupied_bands(n_el, eigs.shape[1]) if n_el is not None and not molecule else None
     gap = band_gap(eigs, n_occ) if n_occ is not None else None
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     formula = structure.formula
     title = args.title or f"{formula} ({ops.label})"
-    plot_bands(kpath, eigs, e_f, emin, emax, out / "band.png", title, reference=reference,
-               reference_label="ref_band")
+    if molecule:
+        plot_levels(eigs[0], e_f, emin, emax, out / "band.png", title, n_occupied=levels["n_occupied"],
+                    reference=reference, reference_label="ref_band")
+    else:
+        plot_bands(kpath, eigs, e_f, emin, emax, out / "band.png", title, reference=reference,
+                   reference_label="ref_band")
     np.save(out / "bands.npy", eigs)
     np.save(out / "kpoints.npy", kpath.kpts)
     np.save(out / "bandstructure.npy", {
         "klist": kpath.kpts, "xlist": kpath.x / (2 * np.pi), "high_sym_kpoints": kpath.ticks / (2 * np.pi),
         "labels": kpath.tick_labels, "eigenvalues": eigs, "E_fermi": e_f}, allow_pickle=True)
     summary = {
-        **ops.origin, "formula": formula, "natoms": structure.natoms,
+        **ops.origin, "formula": formula, "natoms": structure.natoms, "molecule": molecule,
         "norb": int(frame.hamiltonian.norb), "basis": frame.hamiltonian.basis.spec,
         "orthogonal": S is None, "energy_unit": "eV",
         "n_kpoints": len(kpath), "kpath": kpath.description, "tick_labels": kpath.tick_labels,
         "fermi_level": _round(e_f), "fermi_level_source": e_f_source,
+        "fermi_level_nel_atom": _round(float(fermi)) if fermi is not None else None,
+        "fermi_level_nel_atom_source": (choice.estimate_source or e_f_source) if fermi is not None else None,
         "n_electrons": n_el, "mesh": list(mesh) if fermi is not None else None,
         "mesh_midgap": _round(fermi.midgap) if fermi is not None else None,
         "mesh_gap": _round(fermi.gap) if fermi is not None else None,
@@ -464,6 +581,16 @@ def run_band(args) -> int:
         "files": ["band.png", "bands.npy", "kpoints.npy", "band_summary.json", "bandstructure.npy"],
         "warnings": messages,
     }
+    if molecule:
+        summary.update({"homo": _round(levels["homo"]), "lumo": _round(levels["lumo"]),
+                        "homo_lumo_gap": _round(levels["gap"]), "n_occupied_orbitals": levels["n_occupied"],
+                        "orbital_energies": [round(float(e), 6) for e in eigs[0]]})
+        if levels["gap"] is not None:
+            summary.update({"gap": _round(levels["gap"]), "gap_type": "HOMO-LUMO", "vbm": _round(levels["homo"]),
+                            "cbm": _round(levels["lumo"]), "direct_gap": _round(levels["gap"]),
+                            "k_vbm": [0.0, 0.0, 0.0], "k_cbm": [0.0, 0.0, 0.0],
+                            "valence_bandwidth": _round(levels["homo"] - eigs.min()),
+                            "n_occupied_bands": levels["n_occupied"]})
     if gap is not None:
         metal = gap["gap_type"] == "metal"
         summary.update({
@@ -475,15 +602,24 @@ def run_band(args) -> int:
     _write_json(out / "band_summary.json", summary)
 
     for m in messages:
-        print(f"eqtb band: warning: {m}", file=sys.stderr)
+        warn(args.command, m)
     if not args.quiet:
+        kind = "orthogonal" if S is None else "non-orthogonal"
         print(f"{formula}: {structure.natoms} atoms, {frame.hamiltonian.norb} orbitals "
-              f"{frame.hamiltonian.basis.spec}, {'orthogonal' if S is None else 'non-orthogonal'} basis")
-        print(f"k-path      {len(kpath)} points, {kpath.description}")
+              f"{frame.hamiltonian.basis.spec}, {kind} basis" + (", a molecule (no periodic direction)" if molecule else ""))
+        if molecule:
+            print("orbital energies at Gamma (no k-path)")
+        else:
+            print(f"k-path      {len(kpath)} points, {kpath.description}")
         if e_f is not None:
-            extra = f", mid-gap {fermi.midgap:.4f} eV" if fermi is not None and fermi.midgap is not None else ""
-            print(f"Fermi level {e_f:.4f} eV ({e_f_source}{extra})")
-        if gap is not None:
+            print(f"Fermi level {_fermi_text(choice, fermi)}")
+        if molecule:
+            if n_el is None:
+                example = ", ".join(f'"{el}": N' for el in sorted(set(structure.symbols)))
+                levels = dict(levels, hint=f"HOMO and LUMO need the electron count: --nel-atom '{{{example}}}' "
+                                           "(valence electrons per element; all electrons for an all-electron basis)")
+            _print_levels(eigs[0], levels)
+        elif gap is not None:
             if summary["gap_type"] == "metal":
                 print(f"no gap: bands {gap['n_occupied_bands'] - 1} and {gap['n_occupied_bands']} overlap by "
                       f"{-gap['gap']:.4f} eV")
@@ -493,6 +629,23 @@ def run_band(args) -> int:
             print(f"valence bandwidth {gap['valence_bandwidth']:.4f} eV")
         print(f"wrote {', '.join(summary['files'])} to {out}")
     return 0
+
+
+def _print_levels(energies, levels: dict, around: int = 4) -> None:
+    """HOMO, LUMO, gap and the orbital energies (all of them up to 24, else those around the gap)."""
+    e = list(energies)
+    if levels["n_occupied"] is None and levels.get("hint"):
+        print(levels["hint"])
+    if levels["homo"] is not None:
+        lumo = (f", LUMO {levels['lumo']:.4f} eV, HOMO-LUMO gap {levels['gap']:.4f} eV"
+                if levels["lumo"] is not None else " (no empty orbital)")
+        print(f"HOMO {levels['homo']:.4f} eV (orbital {levels['homo_index'] + 1} of {len(e)}){lumo}")
+    lo, hi = 0, len(e)
+    if len(e) > 24:
+        centre = levels["homo_index"] if levels["homo_index"] is not None else len(e) // 2
+        lo, hi = max(0, centre - around + 1), min(len(e), centre + around + 1)
+    shown = " ".join(f"{x:.4f}" for x in e[lo:hi])
+    print(f"orbital energies (eV): {'... ' if lo else ''}{shown}{' ...' if hi < len(e) else ''}")
 
 
 # ---------------------------------------------------------------------------------- dos
@@ -508,7 +661,8 @@ def _add_dos(sub) -> None:
                     "names, units, Fermi level).")
     _common_args(p)
     p.add_argument("--sigma", type=float, default=None, help="Gaussian broadening in eV (default 0.05)")
-    p.add_argument("--npts", type=int, default=None, help="number of energy points (default 2001)")
+    p.add_argument("--npts", type=int, default=None,
+                   help="number of energy points (default 2001, more when needed for 4 points per sigma)")
     p.add_argument("--pdos", choices=["atom", "element", "shell", "orbital", "atom-shell"], default=None,
                    help="also project the DOS (Mulliken) on these groups")
     p.add_argument("--monkhorst-pack", action="store_true",
@@ -521,10 +675,12 @@ def run_dos(args) -> int:
     import numpy as np
 
     from eqtb.plotting import plot_dos
+    from eqtb.tb.kpath import is_periodic
     from eqtb.tb.spectrum import (
         ElectronicStructure,
         dos,
         dos_energies,
+        molecular_levels,
         projected_dos,
         resolve_fermi_level,
     )
@@ -533,37 +689,50 @@ def run_dos(args) -> int:
     opts, task_path = read_task(args.task, ("dos", "pdos", "band")) if args.task else ({}, None)
     if opts.get("task") == "band":
         opts = {k: opts[k] for k in ("nel_atom", "E_fermi") if k in opts}
-    nel = _nel_atom(args, opts)
+    nel_cli, nel_task = _nel_atoms(args, opts)
     _json_arg(args.basis, "--basis")
     if args.sigma is not None and not args.sigma > 0:
         raise CLIError(f"--sigma must be positive, got {args.sigma}")
     ops = load_operators(args)
     frame, structure = ops.frame, ops.structure
     H, S = frame.hamiltonian, frame.overlap
-    mesh = _mesh(args, opts, structure, spacing=0.1)
+    molecule = not is_periodic(structure)
+    progress = _progress(args)
+    mesh = _mesh(args, opts, structure, spacing=0.1, messages=messages)
     gamma = not args.monkhorst_pack and opts.get("gamma_center", True) is not False
+    if molecule and not gamma:
+        messages.append("Monkhorst-Pack mesh not used: the structure is a molecule, its orbital energies are "
+                        "computed at Gamma")
+        gamma = True
     sigma = args.sigma if args.sigma is not None else (opts.get("sigma") or 0.05)
     if not sigma > 0:
         raise CLIError(f"--sigma must be positive, got {sigma}")
-    npts = args.npts or opts.get("npoints") or 2001
-    if npts < 2:
+    npts = args.npts or opts.get("npoints")
+    if npts is not None and npts < 2:
         raise CLIError(f"--npts must be at least 2, got {npts}")
 
     # eigenvalues first (cheap) to fix the energy grid and the Fermi level
     es = ElectronicStructure(H, S)
-    kpts, weights, eigs = es.mesh_eigenvalues(mesh, gamma, progress=None)
-    choice = resolve_fermi_level(structure, es.fermi_solver(mesh, gamma), args.e_fermi, nel, opts.get("E_fermi"))
+    kpts, weights, eigs = es.mesh_eigenvalues(mesh, gamma, progress=progress)
+    solver = es.molecule_fermi_solver(progress) if molecule else es.fermi_solver(mesh, gamma, progress=progress)
+    choice = resolve_fermi_level(structure, solver, args.e_fermi, nel_cli, opts.get("E_fermi"), nel_task)
     messages += choice.warnings
     fermi, e_f, e_f_source = choice.result, choice.value, choice.source
     emin = args.emin if args.emin is not None else (opts["width"][0] if opts.get("width") else None)
     emax = args.emax if args.emax is not None else (opts["width"][1] if opts.get("width") else None)
+    window = dos_energies(eigs, sigma, 2, emin, emax, e_f)
+    if npts is None:  # 2001 points, more when needed for 4 points per sigma (e.g. core levels in the window)
+        npts = int(min(max(DOS_POINTS, math.ceil((window[1] - window[0]) / (sigma / 4)) + 1), DOS_MAX_POINTS))
     energies = dos_energies(eigs, sigma, npts, emin, emax, e_f)
     lo, hi = energies[0], energies[-1]
+    if (hi - lo) / (npts - 1) > sigma / 2:
+        messages.append(f"energy step {(hi - lo) / (npts - 1):.3g} eV is more than sigma / 2 ({sigma} eV): the DOS "
+                        f"is under-sampled; raise --npts or narrow --emin/--emax")
 
     labels: list[str] = []
     if args.pdos:
         # same mesh as above, so the cached eigenvalues are consistent; vectors computed in chunks
-        total, labels, proj, _ = projected_dos(H, S, kpts, weights, energies, sigma, args.pdos, progress=None)
+        total, labels, proj, _ = projected_dos(H, S, kpts, weights, energies, sigma, args.pdos, progress=progress)
         columns = np.column_stack([energies, total, proj.T])
     else:
         total = dos(eigs, weights, energies, sigma)
@@ -572,19 +741,24 @@ def run_dos(args) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     formula = structure.formula
-    title = args.title or f"{formula} ({ops.label}), {mesh[0]}x{mesh[1]}x{mesh[2]} mesh"
+    per = "molecule" if molecule else "cell"
+    where = "orbital energies" if molecule else f"{mesh[0]}x{mesh[1]}x{mesh[2]} mesh"
+    title = args.title or f"{formula} ({ops.label}), {where}"
     pd = {lab: columns[:, 2 + n] for n, lab in enumerate(labels)} if labels else None
     if pd and len(pd) > 20:
         messages.append(f"{len(pd)} PDOS groups: only the total is drawn, all are in dos.npy")
         pd = None
-    plot_dos(energies, total, pd, e_f, out / "dos.png", title)
+    plot_dos(energies, total, pd, e_f, out / "dos.png", title, per=per)
     np.save(out / "dos.npy", columns)
     integral = float(np.trapezoid(total, energies)) if hasattr(np, "trapezoid") else float(np.trapz(total, energies))
+    levels = molecular_levels(eigs[0], choice.n_electrons) if molecule else None
     header = {
-        **ops.origin, "formula": formula,
+        **ops.origin, "formula": formula, "molecule": molecule,
         "columns": ["energy"] + ["total"] + labels,
-        "units": {"energy": "eV (absolute)", "dos": "states / eV / cell, spin degeneracy 2 included"},
+        "units": {"energy": "eV (absolute)", "dos": f"states / eV / {per}, spin degeneracy 2 included"},
         "fermi_level": _round(e_f), "fermi_level_source": e_f_source,
+        "fermi_level_nel_atom": _round(float(fermi)) if fermi is not None else None,
+        "fermi_level_nel_atom_source": (choice.estimate_source or e_f_source) if fermi is not None else None,
         "mesh": list(mesh), "gamma_centered": gamma, "n_kpoints_irreducible": len(kpts),
         "sigma": sigma, "spin_degeneracy": 2, "pdos": args.pdos,
         "n_states": 2 * int(frame.hamiltonian.norb), "integral": round(integral, 6),
@@ -592,14 +766,20 @@ def run_dos(args) -> int:
         "gap": _round(fermi.gap) if fermi is not None else None,
         "files": ["dos.png", "dos.npy", "dos.json"], "warnings": messages,
     }
+    if molecule:
+        header.update({"homo": _round(levels["homo"]), "lumo": _round(levels["lumo"]),
+                       "homo_lumo_gap": _round(levels["gap"])})
     _write_json(out / "dos.json", header)
     for m in messages:
-        print(f"eqtb dos: warning: {m}", file=sys.stderr)
+        warn(args.command, m)
     if not args.quiet:
-        print(f"{formula}: {mesh[0]}x{mesh[1]}x{mesh[2]} mesh ({len(kpts)} irreducible k-points), sigma {sigma} eV")
+        if molecule:
+            print(f"{formula}: a molecule, {H.norb} orbital energies broadened by sigma {sigma} eV")
+        else:
+            print(f"{formula}: {mesh[0]}x{mesh[1]}x{mesh[2]} mesh ({len(kpts)} irreducible k-points), sigma {sigma} eV")
         if e_f is not None:
-            extra = f", gap {fermi.gap:.4f} eV" if fermi is not None and fermi.gap is not None else ""
-            print(f"Fermi level {e_f:.4f} eV ({e_f_source}{extra})")
+            gap = f", gap {fermi.gap:.4f} eV" if fermi is not None and fermi.gap is not None and choice.estimate is None else ""
+            print(f"Fermi level {_fermi_text(choice, fermi)}{gap}")
         print(f"DOS integral {integral:.3f} states (of {2 * frame.hamiltonian.norb}) over "
               f"[{lo:.2f}, {hi:.2f}] eV")
         print(f"wrote {', '.join(header['files'])} to {out}")
@@ -640,7 +820,7 @@ def _add_run(sub) -> None:
     g.add_argument("--kpath", default=None, metavar="PATH", help="ASE path string, e.g. 'GXWKGL'")
     p.add_argument("--nkpoints", type=int, default=None, help="total points for --kpath / automatic paths")
     p.add_argument("--sigma", type=float, default=None, help="DOS Gaussian broadening in eV (default 0.05)")
-    p.add_argument("--npts", type=int, default=None, help="DOS energy points (default 2001)")
+    p.add_argument("--npts", type=int, default=None, help="DOS energy points (default 2001, more when needed for 4 points per sigma)")
     p.add_argument("--pdos", choices=["atom", "element", "shell", "orbital", "atom-shell"], default=None,
                    help="PDOS projection (pdos task default: shell)")
     p.add_argument("--monkhorst-pack", action="store_true", help="Monkhorst-Pack instead of Gamma-centred mesh")
@@ -666,16 +846,17 @@ def run_run(args) -> int:
 
     opts, task_path = read_task(args.task, ("band", "dos", "pdos", "fermi", "export"))
     top = _task_top_level(task_path)
-    stu = args.structure or top.get("structure")
-    if not stu:
+    if args.structure:
+        stu = Path(args.structure)
+        if not stu.is_file():
+            raise FileNotFoundError(f"{stu}: structure file does not exist")
+    elif top.get("structure"):
+        stu = resolve_task_path(top["structure"], task_path, "structure")
+    else:
         raise CLIError(f"{task_path}: no structure: give -stu FILE (or 'structure' in the task JSON)")
-    stu = Path(stu) if args.structure or Path(stu).is_absolute() else task_path.parent / stu
-    if not stu.is_file():
-        raise FileNotFoundError(f"{stu}: structure file does not exist")
     device = args.device or top.get("device") or "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        print(f"eqtb run: warning: device {device!r} requested but CUDA is not available; using the CPU",
-              file=sys.stderr)
+        warn(args.command, f"device {device!r} requested but CUDA is not available; using the CPU")
         device = "cpu"
     structure = as_structure(stu)
     if args.supercell:
@@ -685,7 +866,12 @@ def run_run(args) -> int:
     model = Predictor.load(args.init_model, device)
     if args.chunk is not None and args.chunk < 2:
         raise CLIError(f"--chunk must be at least 2, got {args.chunk}")
-    prediction = model.predict(structure, **({"chunk": args.chunk} if args.chunk else {}), progress=None)
+    from eqtb.tb.spectrum import progress_lines
+
+    progress = _progress(args)  # predict's own bar on a terminal, a line every ~20 s in a log
+    with progress_lines(f"predicting {structure.natoms} atoms", progress):
+        prediction = model.predict(structure, **({"chunk": args.chunk} if args.chunk else {}),
+                                   progress=progress if getattr(sys.stderr, "isatty", lambda: False)() else False)
     if prediction.hamiltonian is None and opts["task"] != "export":
         raise CLIError(f"{args.init_model}: the model predicts {', '.join(prediction.operators)}, not H: only the "
                        "export task applies")
@@ -714,23 +900,35 @@ def _sparse_method(args, norb: int) -> bool:
 
 def _run_fermi(args, opts: dict) -> int:
     ops = load_operators(args)
-    from eqtb.tb.spectrum import ElectronicStructure
+    from eqtb.tb.kpath import is_periodic
+    from eqtb.tb.spectrum import ElectronicStructure, centre_in_gap
 
-    nel = _nel_atom(args, opts)
+    nel_cli, nel_task = _nel_atoms(args, opts)
+    nel = nel_cli or nel_task
     if not nel:
         raise CLIError("the fermi task needs valence electrons: 'nel_atom' in the task or --nel-atom")
-    mesh = _mesh(args, opts, ops.structure, spacing=0.1)
+    messages: list[str] = []
+    mesh = _mesh(args, opts, ops.structure, spacing=0.1, messages=messages)
     es = ElectronicStructure(ops.frame.hamiltonian, ops.frame.overlap)
     res = es.fermi(nel, mesh, smearing=opts.get("smearing", "fermi-dirac"),
-                   **({"kT": float(opts["kT"])} if opts.get("kT") is not None else {}), progress=None)
+                   **({"kT": float(opts["kT"])} if opts.get("kT") is not None else {}), progress=_progress(args))
+    molecule = not is_periodic(ops.structure)
+    if molecule:  # the middle of the HOMO-LUMO gap, as band and dos
+        _, w, e = es.mesh_eigenvalues(mesh)
+        res = centre_in_gap(res, e, w)
+    for m in messages:
+        warn(args.command, m)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {**ops.origin, "formula": ops.structure.formula, "natoms": ops.structure.natoms,
+    summary = {**ops.origin, "formula": ops.structure.formula, "natoms": ops.structure.natoms, "molecule": molecule,
                "method": "dense", "mesh": list(mesh), **res.as_dict(), "energy_unit": "eV"}
     _write_json(out / "fermi.json", summary)
     if not args.quiet:
-        gap = f", gap {res.gap:.4f} eV (VBM {res.vbm:.4f}, CBM {res.cbm:.4f})" if res.gap is not None else ""
-        print(f"Fermi level {res.mu:.4f} eV ({res.n_electrons:g} electrons, {mesh[0]}x{mesh[1]}x{mesh[2]} mesh{gap})")
+        edges = ("HOMO-LUMO gap", "HOMO", "LUMO") if molecule else ("gap", "VBM", "CBM")
+        gap = (f", {edges[0]} {res.gap:.4f} eV ({edges[1]} {res.vbm:.4f}, {edges[2]} {res.cbm:.4f})"
+               if res.gap is not None else "")
+        where = "orbital energies" if molecule else f"{mesh[0]}x{mesh[1]}x{mesh[2]} mesh"
+        print(f"Fermi level {res.mu:.4f} eV ({res.n_electrons:g} electrons, {where}{gap})")
         print(f"wrote fermi.json to {out}")
     return 0
 
@@ -773,21 +971,25 @@ def _run_sparse(args, opts: dict, task: str) -> int:
     messages = []
     if task == "pdos":
         messages.append("pdos of a large structure: only the total DOS is computed (KPM)")
-    nel = _nel_atom(args, opts)
+    nel_cli, nel_task = _nel_atoms(args, opts)
     t0 = time.perf_counter()
     Hs, Ss = H.sparse(), (S.sparse() if S is not None else None)
     sigma_opt = args.sigma if args.sigma is not None else opts.get("sigma")
     res = kpm_dos(Hs, Ss, n_moments=args.moments, n_random=args.random_vectors, solve_tol=1e-5,
                   dtype="auto", progress=None)
     t_kpm = time.perf_counter() - t0
-    choice = resolve_fermi_level(structure, res.fermi_solver("at Gamma"), args.e_fermi, nel, opts.get("E_fermi"))
+    choice = resolve_fermi_level(structure, res.fermi_solver("at Gamma"), args.e_fermi, nel_cli, opts.get("E_fermi"),
+                                 nel_task)
     messages += choice.warnings
     e_f, e_f_source, n_el = choice.value, choice.source, choice.n_electrons
     gap = choice.result.gap if choice.result is not None else None
     edges = None
-    if e_f is not None and task in ("band", "fermi"):
+    # the band edges are searched around the level from the electron count when there is one (a
+    # given E_fermi, e.g. DeePTB's 0.0, need not lie in the gap), else around the given level
+    centre = float(choice.result) if choice.result is not None else e_f
+    if centre is not None and task in ("band", "fermi"):
         if H.norb <= MAX_NORB_3D:
-            edges = band_edges(Hs, Ss, e_f, k=args.nbands, strict=False)
+            edges = band_edges(Hs, Ss, centre, k=args.nbands, strict=False)
             edges = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in edges.items()}
         else:
             messages.append(f"band edges by shift-invert Lanczos skipped: {H.norb} orbitals > {MAX_NORB_3D}, its "
@@ -802,6 +1004,8 @@ def _run_sparse(args, opts: dict, task: str) -> int:
     summary = {**ops.origin, "formula": structure.formula, "natoms": structure.natoms, "norb": int(H.norb),
                "method": "sparse (Gamma point)", "kpm": kpm, "kpm_seconds": round(t_kpm, 2),
                "fermi_level": _round(e_f), "fermi_level_source": e_f_source, "n_electrons": n_el,
+               "fermi_level_nel_atom": _round(float(choice.result)) if choice.result is not None else None,
+               "fermi_level_nel_atom_source": (choice.estimate_source or e_f_source) if choice.result is not None else None,
                "kpm_gap_interval": gap, "band_edges": edges, "energy_unit": "eV", "warnings": messages}
     np.save(out / "dos.npy", np.column_stack([energies, dos_values]))
     plot_dos(energies, dos_values, None, e_f, out / "dos.png",
@@ -809,12 +1013,12 @@ def _run_sparse(args, opts: dict, task: str) -> int:
     name = {"band": "band_summary.json", "fermi": "fermi.json"}.get(task, "dos.json")
     _write_json(out / name, summary)
     for m in messages:
-        print(f"eqtb run: warning: {m}", file=sys.stderr)
+        warn(args.command, m)
     if not args.quiet:
         print(f"{structure.formula}: {H.norb} orbitals, KPM DOS ({res.n_moments} moments, {res.n_random} random "
               f"vectors, resolution {res.resolution:.3f} eV) in {t_kpm:.1f} s")
         if e_f is not None:
-            print(f"Fermi level {e_f:.4f} eV ({e_f_source})")
+            print(f"Fermi level {_fermi_text(choice, None)}")
         if gap is not None:
             print(f"KPM gap estimate [{gap[0]:.3f}, {gap[1]:.3f}] eV (edges blurred by {res.resolution:.3f} eV)")
         if edges and edges.get("bracketed", True):
@@ -834,18 +1038,27 @@ def _add_demo(sub) -> None:
                     "then predicts the band structure of a much larger supercell. About 6-7 minutes on "
                     "2 cores; writes OUT/demo_summary.json and the plots.")
     p.add_argument("-o", "--output", default="out/demo", metavar="OUT", help="output folder (default out/demo)")
-    p.add_argument("--minutes", type=float, default=4.0, help="training time in minutes (default 4)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--minutes", type=float, default=None, help="training time in minutes (default 4)")
+    g.add_argument("--epochs", type=int, default=None,
+                   help="train a fixed number of epochs instead (the quick demo trains a fixed number)")
     p.add_argument("--workers", type=int, default=2, help="parallel PySCF calculations (default 2)")
-    p.add_argument("--quick", action="store_true", help="a reduced run (about a minute) to check the set-up")
+    p.add_argument("--quick", action="store_true",
+                   help="a reduced run (about a minute) to check the set-up; it trains a fixed number of epochs")
     p.set_defaults(run=run_demo_command)
 
 
 def run_demo_command(args) -> int:
     from eqtb.demo import run_demo
 
-    if not args.minutes > 0:
+    if args.minutes is not None and not args.minutes > 0:
         raise CLIError(f"--minutes must be positive, got {args.minutes}")
-    run_demo(args.output, minutes=args.minutes, quick=args.quick, workers=args.workers, progress=None)
+    if args.epochs is not None and args.epochs < 1:
+        raise CLIError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.quick and args.minutes is not None:
+        raise CLIError("--quick trains a fixed number of epochs; give --epochs N to change it, not --minutes")
+    run_demo(args.output, minutes=4.0 if args.minutes is None else args.minutes, quick=args.quick,
+             workers=args.workers, progress=None, epochs=args.epochs)
     return 0
 
 
@@ -988,11 +1201,14 @@ def run_generate(args) -> int:
 
     if not Path(args.structure).is_file():
         raise FileNotFoundError(f"{args.structure}: structure file does not exist")
-    report = generate(args.structure, args.output, nframes=args.nframes, displacement=args.displacement,
-                      strain=args.strain, seed=args.seed, basis=args.basis, pseudo=args.pseudo, xc=args.xc,
-                      kmesh=tuple(args.kmesh), kmesh_fourier=args.kmesh_fourier, ke_cutoff=args.ke_cutoff,
-                      with_dm=not args.no_dm, workers=args.workers, check=not args.no_check,
-                      overwrite=args.overwrite, progress=False if args.quiet else None, verbose=not args.quiet)
+    from eqtb.tb.spectrum import progress_lines
+
+    with progress_lines("generate", _progress(args)):  # in a log: a line every ~20 s besides the frames'
+        report = generate(args.structure, args.output, nframes=args.nframes, displacement=args.displacement,
+                          strain=args.strain, seed=args.seed, basis=args.basis, pseudo=args.pseudo, xc=args.xc,
+                          kmesh=tuple(args.kmesh), kmesh_fourier=args.kmesh_fourier, ke_cutoff=args.ke_cutoff,
+                          with_dm=not args.no_dm, workers=args.workers, check=not args.no_check,
+                          overwrite=args.overwrite, progress=False if args.quiet else None, verbose=not args.quiet)
     bad = report["failed"] + report["check_failed"]
     if not args.quiet:
         worst = report["max_check_meV"]
@@ -1061,7 +1277,7 @@ def _add_test(sub) -> None:
                     "else --nel-atom). Prints the table and writes OUT/test_results.json.")
     p.add_argument("input", metavar="INPUT", help="test/train config JSON, trajectory folder or dataset root")
     p.add_argument("-i", "--init-model", "--model", dest="model", required=True, metavar="MODEL",
-                   help="model checkpoint written by eqtb train (e.g. checkpoint/slem.best.pth)")
+                   help="model checkpoint written by eqtb train (e.g. checkpoint/slem.latest.pth)")
     p.add_argument("-o", "--output", default=".", metavar="OUT", help="output folder (default: current folder)")
     p.add_argument("-p", "--prefix", default=None,
                    help="with a dataset root: test the folders <prefix>.* (e.g. Si64)")

@@ -1,6 +1,7 @@
 """Band-structure and DOS figures (matplotlib, Agg backend: no display needed).
 
-Energies are in eV. When a Fermi level is given, plotted energies are ``E - E_F`` (the Fermi level
+Energies are in eV. A molecule (no periodic direction) has orbital energies instead of bands:
+:func:`plot_levels` draws them as a level diagram. When a Fermi level is given, plotted energies are ``E - E_F`` (the Fermi level
 is the dashed line at 0 and the axis reads "E − E_F (eV)"); without one they are absolute and the
 axis reads "E (eV)". ``emin``/``emax`` are in the plotted frame (relative to E_F when it is given,
 as in DeePTB's band task).
@@ -15,6 +16,8 @@ import numpy as np
 
 BAND_COLOR = "#1f4e9c"
 REF_COLOR = "#d1495b"
+#: default window of a level diagram: eV below and above the Fermi level (else the HOMO)
+DEFAULT_LEVEL_WINDOW = (30.0, 20.0)
 
 
 def _pyplot():
@@ -91,10 +94,82 @@ def plot_bands(kpath, eigs, e_fermi: float | None = None, emin: float | None = N
     return path
 
 
+def _degenerate_groups(levels: np.ndarray, tol: float) -> list[tuple[float, int, int]]:
+    """(energy, multiplicity, index of the first level) of ascending ``levels`` within ``tol`` eV."""
+    groups: list[tuple[float, int, int]] = []
+    for n, e in enumerate(levels):
+        if groups and e - groups[-1][0] <= tol:
+            e0, m, i0 = groups[-1]
+            groups[-1] = (e0, m + 1, i0)
+        else:
+            groups.append((float(e), 1, n))
+    return groups
+
+
+def plot_levels(levels, e_fermi: float | None = None, emin: float | None = None, emax: float | None = None,
+                path: str | Path = "band.png", title: str | None = None, n_occupied: int | None = None,
+                reference=None, label: str = "eqtb", reference_label: str = "reference",
+                degeneracy_tol: float = 1e-3, dpi: int = 150) -> Path:
+    """Write an orbital-energy diagram of a molecule (PNG) and return its path.
+
+    ``levels`` (norb,) or (1, norb) eV, absolute; ``n_occupied``: doubly occupied orbitals (drawn
+    solid, empty ones dashed; HOMO and LUMO labelled); ``reference``: levels of a reference (e.g.
+    DFT), drawn in a second column. Levels within ``degeneracy_tol`` eV are drawn once with their
+    multiplicity. Energies relative to ``e_fermi`` when given, ``emin``/``emax`` in that frame."""
+    plt = _pyplot()
+    cols = [(np.sort(np.asarray(levels, dtype=np.float64).reshape(-1)), BAND_COLOR, label)]
+    if reference is not None:
+        cols.append((np.sort(np.asarray(reference, dtype=np.float64).reshape(-1)), REF_COLOR, reference_label))
+    shift = 0.0 if e_fermi is None else float(e_fermi)
+    fig, ax = plt.subplots(figsize=(4.2 + 1.6 * (len(cols) - 1), 5.0))
+    for c, (lv, color, name) in enumerate(cols):
+        x0, x1 = c + 0.15, c + 0.85
+        for e, mult, i0 in _degenerate_groups(lv, degeneracy_tol):
+            occupied = n_occupied is not None and i0 < n_occupied
+            style = "-" if occupied or n_occupied is None else (0, (4, 2))
+            ax.plot([x0, x1], [e - shift] * 2, color=color, ls=style, lw=1.6)
+            if mult > 1:
+                ax.text(x1 + 0.02, e - shift, f"×{mult}", va="center", fontsize=7, color=color)
+        if n_occupied is not None and 0 < n_occupied <= len(lv):  # HOMO just below its level, LUMO above
+            ax.text(x0 - 0.02, lv[n_occupied - 1] - shift, "HOMO ", ha="right", va="top", fontsize=8)
+            if n_occupied < len(lv):
+                ax.text(x0 - 0.02, lv[n_occupied] - shift, "LUMO ", ha="right", va="bottom", fontsize=8)
+    if e_fermi is not None:
+        ax.axhline(0.0, color="0.3", ls=(0, (5, 4)), lw=0.9, zorder=0)
+    ax.set_xlim(-0.35, len(cols) + 0.05)
+    ax.set_xticks([c + 0.5 for c in range(len(cols))])
+    ax.set_xticklabels([name for _, _, name in cols], fontsize=10)
+    everything = np.concatenate([lv for lv, _, _ in cols]) - shift
+    # default window: the valence region, core levels (far below) left out with a note
+    own = cols[0][0] - shift
+    ref = 0.0 if e_fermi is not None else float(
+        own[n_occupied - 1] if n_occupied and n_occupied <= len(own) else np.median(own))
+    shown = everything[(everything >= ref - DEFAULT_LEVEL_WINDOW[0]) & (everything <= ref + DEFAULT_LEVEL_WINDOW[1])]
+    shown = shown if len(shown) else everything
+    pad = 0.05 * max(float(np.ptp(shown)), 1.0)
+    lo = float(shown.min()) - pad if emin is None else float(emin)
+    hi = float(shown.max()) + pad if emax is None else float(emax)
+    if lo >= hi:
+        raise ValueError(f"energy window emin={emin} >= emax={emax}")
+    below = int((own < lo).sum())
+    if below:
+        ax.text(0.5, 0.01, f"{below} lower level{'s' * (below != 1)} not shown (from {own.min():.1f} eV)",
+                transform=ax.transAxes, ha="center", va="bottom", fontsize=8, color="0.35")
+    ax.set_ylim(lo, hi)
+    ax.set_ylabel(_energy_label(e_fermi), fontsize=12)
+    if title:
+        ax.set_title(title, fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_dos(energies, dos, pdos: Mapping[str, np.ndarray] | None = None, e_fermi: float | None = None,
              path: str | Path = "dos.png", title: str | None = None, emin: float | None = None,
-             emax: float | None = None, dpi: int = 150) -> Path:
-    """Write a DOS PNG (energy horizontal, states/eV/cell vertical) and return its path.
+             emax: float | None = None, dpi: int = 150, per: str = "cell") -> Path:
+    """Write a DOS PNG (energy horizontal, states/eV/``per`` vertical) and return its path.
 
     ``energies`` (nE,) eV absolute, ``dos`` (nE,), ``pdos`` label -> (nE,) drawn as lines over the
     filled total; energies shifted by ``e_fermi`` when given (dashed line at 0)."""
@@ -116,7 +191,7 @@ def plot_dos(energies, dos, pdos: Mapping[str, np.ndarray] | None = None, e_ferm
     ax.set_xlim(float(e[0] - shift) if emin is None else emin, float(e[-1] - shift) if emax is None else emax)
     ax.set_ylim(0, None)
     ax.set_xlabel(_energy_label(e_fermi), fontsize=12)
-    ax.set_ylabel("DOS (states / eV / cell)", fontsize=12)
+    ax.set_ylabel(f"DOS (states / eV / {per})", fontsize=12)
     if title:
         ax.set_title(title, fontsize=12)
     ax.legend(loc="upper right", fontsize=9, ncol=1 if not pdos or len(pdos) < 8 else 2, framealpha=0.9)

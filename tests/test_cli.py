@@ -40,16 +40,19 @@ def test_band_si64(data_dir, tmp_path, capsys):
     s = json.loads((out / "band_summary.json").read_text())
     for key in ("fermi_level", "gap", "vbm", "cbm", "direct", "gap_type", "valence_bandwidth", "n_kpoints"):
         assert key in s, key
-    assert s["n_kpoints"] == 144 and s["n_electrons"] == 256
-    assert s["vbm"] < s["fermi_level"] < s["cbm"]
+    assert s["n_kpoints"] == 144 and s["n_electrons"] == 256 and s["molecule"] is False
+    # DeePTB: the task's "E_fermi": 0.0 is the reference, the level from nel_atom is reported beside it
+    assert s["fermi_level"] == 0.0 and s["fermi_level_source"] == "task E_fermi"
+    assert s["vbm"] < s["fermi_level_nel_atom"] < s["cbm"]
+    assert s["fermi_level_nel_atom_source"].startswith("nel_atom, ")
     assert s["gap"] == pytest.approx(s["cbm"] - s["vbm"], abs=1e-5) and s["gap"] > 0.5
     assert s["vbm"] == pytest.approx(bands[:, 127].max(), abs=1e-5)
-    assert s["fermi_level_source"].startswith("nel_atom")
     assert s["tick_labels"][:2] == ["G", "X|Y"]
     d = np.load(out / "bandstructure.npy", allow_pickle=True).item()  # DeePTB's layout
     assert d["eigenvalues"].shape == (144, 256) and d["E_fermi"] == pytest.approx(s["fermi_level"], abs=1e-6)
     printed = capsys.readouterr()
-    assert "band gap" in printed.out and "E_fermi = 0.0 ignored" in printed.err
+    assert "band gap" in printed.out and printed.err == ""
+    assert "Fermi level 0.0000 eV (task E_fermi); from nel_atom: " in printed.out
 
 
 def test_dos_dataset_root_flat_task(data_dir, tmp_path, capsys):
@@ -70,9 +73,10 @@ def test_dos_dataset_root_flat_task(data_dir, tmp_path, capsys):
 
 
 def test_fermi_rule_same_in_band_and_dos(data_dir, tmp_path, capsys):
-    """band and dos apply one Fermi-level rule: with DeePTB's band.json (nel_atom and
-    "E_fermi": 0.0) both compute the level from nel_atom on the same mesh, get the same value and
-    warn that the task's E_fermi is ignored; an explicit --e-fermi wins without a warning."""
+    """band and dos apply one Fermi-level rule. With DeePTB's band.json (nel_atom and
+    "E_fermi": 0.0) both use the task's E_fermi, as DeePTB does, and report the same level computed
+    from nel_atom beside it; --nel-atom on the command line makes the computed level the
+    reference (with a warning that the task's E_fermi is not used); an explicit --e-fermi wins."""
     folder, task = str(data_dir / "si64_abacus" / "Si64.0"), str(data_dir / "si64_abacus" / "band.json")
     common = [folder, task, "--mesh", "2", "2", "2", "-q"]
     assert main(["band", *common, "--kpath", "GX", "--nkpoints", "5", "-o", str(tmp_path / "b")]) == 0
@@ -81,17 +85,53 @@ def test_fermi_rule_same_in_band_and_dos(data_dir, tmp_path, capsys):
     dos_err = capsys.readouterr().err
     band = json.loads((tmp_path / "b" / "band_summary.json").read_text())
     dos = json.loads((tmp_path / "d" / "dos.json").read_text())
+    for summary, err in ((band, band_err), (dos, dos_err)):
+        assert summary["fermi_level"] == 0.0 and summary["fermi_level_source"] == "task E_fermi"
+        assert summary["fermi_level_nel_atom_source"] == "nel_atom, 2x2x2 mesh"
+        assert summary["warnings"] == [] and err == ""
+    assert band["fermi_level_nel_atom"] == dos["fermi_level_nel_atom"] and band["mesh_gap"] == dos["gap"]
+    nel = ["--nel-atom", '{"Si": 4}']
+    assert main(["band", *common, *nel, "--kpath", "GX", "--nkpoints", "5", "-o", str(tmp_path / "b2")]) == 0
+    band_err = capsys.readouterr().err
+    assert main(["dos", *common, *nel, "-o", str(tmp_path / "d2")]) == 0
+    dos_err = capsys.readouterr().err
+    band2 = json.loads((tmp_path / "b2" / "band_summary.json").read_text())
+    dos2 = json.loads((tmp_path / "d2" / "dos.json").read_text())
     warning = "task E_fermi = 0.0 ignored: the Fermi level is computed from nel_atom"
-    for summary, err, cmd in ((band, band_err, "band"), (dos, dos_err, "dos")):
+    for summary, err, cmd in ((band2, band_err, "band"), (dos2, dos_err, "dos")):
         assert summary["fermi_level_source"] == "nel_atom, 2x2x2 mesh"
-        assert warning in summary["warnings"] and f"eqtb {cmd}: warning: {warning}" in err
-    assert band["fermi_level"] == dos["fermi_level"] and band["mesh_gap"] == dos["gap"]
+        assert summary["fermi_level"] == band["fermi_level_nel_atom"]
+        assert warning in summary["warnings"] and err == f"eqtb {cmd}: warning: {warning}\n"
     assert main(["dos", *common, "--e-fermi", "6.5", "-o", str(tmp_path / "e")]) == 0
     explicit = json.loads((tmp_path / "e" / "dos.json").read_text())
     assert explicit["fermi_level"] == 6.5 and explicit["fermi_level_source"] == "--e-fermi"
+    assert explicit["fermi_level_nel_atom"] == band["fermi_level_nel_atom"]
     assert explicit["warnings"] == [] and capsys.readouterr().err == ""
     rc, err = _run_err(["dos", *common, "--emin", "1", "--emax", "-1", "-o", str(tmp_path / "f")], capsys)
     assert rc == 2 and "empty energy window: emin 1 >= emax -1" in err
+
+
+def test_quiet_prints_nothing(data_dir, tmp_path, capsys):
+    folder = str(data_dir / "si64_abacus" / "Si64.0")
+    assert main(["band", folder, "--kpath", "GX", "--nkpoints", "4", "--mesh", "1", "1", "1", "-q",
+                 "-o", str(tmp_path / "b")]) == 0
+    assert main(["dos", folder, "--mesh", "1", "1", "1", "-q", "-o", str(tmp_path / "d")]) == 0
+    assert capsys.readouterr() == ("", "")
+
+
+def test_warnings_once_under_the_command_name(capsys):
+    """Python warnings and eqtb's own messages print through one channel: one line, the name of
+    the command that was typed, each message once."""
+    import warnings
+
+    from eqtb.cli import _one_line_warnings, warn
+
+    with _one_line_warnings("run"):
+        warnings.warn("device 'cuda' requested")
+        warn("run", "device 'cuda'   requested")
+        warn("run", "another")
+        warnings.warn("another")
+    assert capsys.readouterr().err == "eqtb run: warning: device 'cuda' requested\neqtb run: warning: another\n"
 
 
 def _run_err(args, capsys):

@@ -38,7 +38,12 @@ def test_band_task_unchanged(setup, capsys, tmp_path):
 
     rc, cap = _run([setup["band"], "-i", setup["model"], "-stu", setup["poscar"], "-o", tmp_path], capsys)
     assert rc == 0, cap.err
-    assert "CUDA is not available" in cap.err or "cuda" not in cap.err.lower()
+    # warnings: one line each, under the command that was typed, never repeated
+    lines = cap.err.splitlines()
+    assert all(line.startswith("eqtb run: warning: ") for line in lines) and len(set(lines)) == len(lines)
+    import torch
+
+    assert sum("CUDA is not available" in line for line in lines) == (0 if torch.cuda.is_available() else 1)
     for f in ("band.png", "bands.npy", "kpoints.npy", "band_summary.json"):
         assert (tmp_path / f).is_file()
     bands, kpts = np.load(tmp_path / "bands.npy"), np.load(tmp_path / "kpoints.npy")
@@ -48,7 +53,39 @@ def test_band_task_unchanged(setup, capsys, tmp_path):
     np.testing.assert_allclose(bands[::25], ref, atol=1e-6)
     summary = json.loads((tmp_path / "band_summary.json").read_text())
     assert summary["natoms"] == 64 and summary["model"] == str(setup["model"])
-    assert summary["n_electrons"] == 256 and summary["fermi_level"] is not None
+    assert summary["n_electrons"] == 256 and summary["fermi_level"] == 0.0  # the task's E_fermi, as DeePTB
+    assert summary["fermi_level_nel_atom"] is not None
+    assert re.search(r"Fermi level 0\.0000 eV \(task E_fermi\); from nel_atom: -?\d+\.\d{4} eV", cap.out)
+
+
+def test_quiet_run_prints_nothing(setup, capsys, tmp_path):
+    """-q: no prediction bar, no lines; the results are written."""
+    task = _task(tmp_path / "dos.json", task="dos", mesh_grid=[1, 1, 1], sigma=0.1, nel_atom={"Si": 4})
+    rc, cap = _run([task, "-i", setup["model"], "-stu", setup["poscar"], "-o", tmp_path / "o", "-q"], capsys)
+    assert rc == 0 and (cap.out, cap.err) == ("", "")
+    assert (tmp_path / "o" / "dos.json").is_file()
+
+
+def test_structure_relative_to_the_working_folder(setup, capsys, tmp_path, monkeypatch):
+    """The task's 'structure' is found as DeePTB finds it, in the working folder, and else beside
+    the task file; a missing one names both places."""
+    (tmp_path / "work" / "data").mkdir(parents=True)
+    (tmp_path / "tasks").mkdir()
+    shutil.copyfile(setup["poscar"], tmp_path / "work" / "data" / "Si64.vasp")
+    task = tmp_path / "tasks" / "fermi.json"
+    task.write_text(json.dumps({"structure": "./data/Si64.vasp",
+                                "task_options": {"task": "fermi", "nel_atom": {"Si": 4}, "mesh_grid": [1, 1, 1]}}))
+    monkeypatch.chdir(tmp_path / "work")
+    rc, cap = _run([task, "-i", setup["model"], "-o", tmp_path / "f", "-q"], capsys)
+    assert rc == 0, cap.err
+    monkeypatch.chdir(tmp_path)
+    rc, cap = _run([task, "-i", setup["model"], "-o", tmp_path / "g", "-q"], capsys)
+    assert rc == 2 and "structure file './data/Si64.vasp' does not exist" in cap.err
+    assert str(tmp_path) in cap.err and str(tmp_path / "tasks") in cap.err
+    (tmp_path / "tasks" / "data").mkdir()
+    shutil.copyfile(setup["poscar"], tmp_path / "tasks" / "data" / "Si64.vasp")  # beside the task: found too
+    rc, cap = _run([task, "-i", setup["model"], "-o", tmp_path / "h", "-q"], capsys)
+    assert rc == 0, cap.err
 
 
 def test_dos_pdos_fermi(setup, capsys, tmp_path):
@@ -138,8 +175,17 @@ def test_sparse_method(setup, capsys, tmp_path):
     kpm = summary["kpm"]
     assert kpm["n_moments"] == 256 and kpm["resolution"] < 0.5
     assert kpm["dtype"] == "float64"  # dtype="auto": 256 orbitals are far below the float32 threshold
-    # the Fermi-level rule of the dense routes: band.json's nel_atom wins over its "E_fermi": 0.0,
-    # with the same warning
+    # the Fermi-level rule of the dense routes: band.json's "E_fermi": 0.0 is the reference (DeePTB),
+    # the KPM level from nel_atom is reported beside it and centres the search for the band edges
+    assert summary["fermi_level"] == 0.0 and summary["fermi_level_source"] == "task E_fermi"
+    assert summary["fermi_level_nel_atom_source"].startswith("nel_atom, ") and summary["n_electrons"] == 256
+    assert sigma == pytest.approx(summary["fermi_level_nel_atom"], abs=1e-6)
+    assert "task E_fermi" not in cap.err
+    # --nel-atom on the command line: the computed level is the reference, with the warning
+    rc, cap = _run([setup["band"], "-i", setup["model"], "-stu", setup["poscar"], "-o", tmp_path / "n",
+                    "--method", "sparse", "--nbands", "12", "--nel-atom", '{"Si": 4}'], capsys)
+    assert rc == 0, cap.err
+    again = json.loads((tmp_path / "n" / "band_summary.json").read_text())
     warning = "task E_fermi = 0.0 ignored: the Fermi level is computed from nel_atom"
-    assert f"eqtb run: warning: {warning}" in cap.err and warning in summary["warnings"]
-    assert summary["fermi_level_source"].startswith("nel_atom, ") and summary["n_electrons"] == 256
+    assert f"eqtb run: warning: {warning}" in cap.err and warning in again["warnings"]
+    assert again["fermi_level"] == pytest.approx(summary["fermi_level_nel_atom"], abs=1e-6)

@@ -168,26 +168,38 @@ class _Solver:
 
 
 def test_resolve_fermi_level_priorities():
-    """--e-fermi > nel_atom (computed) > task E_fermi > none; the warning whenever nel_atom
-    overrides a task E_fermi; the solver runs only when the level is computed."""
+    """DeePTB's precedence, the command line above the task: --e-fermi > --nel-atom (computed) >
+    task E_fermi > task nel_atom (computed) > none. A given level keeps the computed one beside
+    it (estimate); the warning when --nel-atom overrides a task E_fermi; the solver runs once
+    whenever an electron count is known and never otherwise."""
     st = silicon_primitive()
     solve = _Solver()
     c = resolve_fermi_level(st, solve, e_fermi=0.5, nel_atom={"Si": 4}, task_e_fermi=0.0)
-    assert (c.value, c.source, c.n_electrons, c.result, c.warnings) == (0.5, "--e-fermi", 8.0, None, [])
-    assert solve.calls == []
-    c = resolve_fermi_level(st, solve, nel_atom={"Si": 4}, task_e_fermi=0.0)
+    assert (c.value, c.source, c.n_electrons, c.warnings) == (0.5, "--e-fermi", 8.0, [])
+    assert (c.estimate, c.estimate_source) == (1.25, "nel_atom, 2x2x2 mesh") and isinstance(c.result, FermiLevel)
+    assert solve.calls == [8.0]
+    # DeePTB: a task's E_fermi wins over the task's nel_atom, whose level is the estimate
+    c = resolve_fermi_level(st, solve, task_e_fermi=0.0, task_nel_atom={"Si": 4})
+    assert (c.value, c.source, c.n_electrons, c.warnings) == (0.0, "task E_fermi", 8.0, [])
+    assert (c.estimate, c.estimate_source) == (1.25, "nel_atom, 2x2x2 mesh")
+    # electrons given on the command line win over the task's E_fermi, with a warning
+    c = resolve_fermi_level(st, solve, nel_atom={"Si": 4}, task_e_fermi=0.0, task_nel_atom={"Si": 3})
     assert c.value == 1.25 and c.source == "nel_atom, 2x2x2 mesh" and c.n_electrons == 8.0
-    assert isinstance(c.result, FermiLevel) and solve.calls == [8.0]
-    assert c.warnings == ["task E_fermi = 0.0 ignored: the Fermi level is computed from nel_atom"]
-    c = resolve_fermi_level(st, solve, nel_atom={"Si": 4})
-    assert c.value == 1.25 and c.warnings == []
+    assert c.estimate is None and c.warnings == ["task E_fermi = 0.0 ignored: the Fermi level is computed from nel_atom"]
+    c = resolve_fermi_level(st, solve, task_nel_atom={"Si": 4})
+    assert c.value == 1.25 and c.source == "nel_atom, 2x2x2 mesh" and c.warnings == [] and c.estimate is None
+    assert solve.calls == [8.0] * 4
     c = resolve_fermi_level(st, solve, task_e_fermi=-3)
-    assert (c.value, c.source, c.n_electrons, c.result, c.warnings) == (-3.0, "task E_fermi", None, None, [])
+    assert (c.value, c.source, c.n_electrons, c.result, c.warnings, c.estimate) == (-3.0, "task E_fermi", None, None, [], None)
+    c = resolve_fermi_level(st, solve, e_fermi=2)
+    assert (c.value, c.source, c.result, c.estimate) == (2.0, "--e-fermi", None, None)
     c = resolve_fermi_level(st, solve)
     assert c.value is None and c.source is None
-    assert solve.calls == [8.0, 8.0]
+    assert solve.calls == [8.0] * 4
     with pytest.raises(SpectrumError, match="no entry for"):
         resolve_fermi_level(st, solve, nel_atom={"Ge": 4})
+    with pytest.raises(SpectrumError, match="no entry for"):
+        resolve_fermi_level(st, solve, task_e_fermi=0.0, task_nel_atom={"Ge": 4})
 
 
 def test_mesh_fermi_solver_matches_fermi_level(si64):

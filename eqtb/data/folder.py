@@ -669,8 +669,9 @@ def write_folder(path: str | Path, frames: list[Frame], pos_type: str = "cart", 
     """Write ``frames`` as one trajectory folder in the DeePTB/dftio format (spec Appendix B).
 
     ``structure_format "text"``: positions.dat (``pos_type`` "cart" = Cartesian Angstrom, or
-    "frac"), cell.dat (one 3x3 block if all frames share the cell), atomic_numbers.dat (N integers
-    if shared), pbc.dat; ``"ase"``: ``xdat.traj`` and info ``pos_type "ase"``. Blocks go to
+    "frac"), cell.dat (one 3x3 block if all frames share the cell; none for a molecule without a
+    cell: no periodic direction and a zero cell, as DeePTB holds molecules), atomic_numbers.dat (N
+    integers if shared), pbc.dat; ``"ase"``: ``xdat.traj`` and info ``pos_type "ase"``. Blocks go to
     hamiltonians.h5 / overlaps.h5 / density_matrices.h5, groups ``"0".."F-1"``, 0-based keys, every
     onsite block, off-site blocks of the canonical half (plus the transposed other triangle when
     ``both_triangles``), in the operator's dtype (float64 after reading). ``kpoints.npy`` is (nk, 3)
@@ -772,7 +773,9 @@ def _write_text_structures(folder: Path, structs: list[Structure], pos_type: str
             fr.append(np.linalg.solve(s.cell.T, s.positions.T).T)
         pos = np.concatenate(fr)
     np.savetxt(folder / "positions.dat", pos, fmt="%.18e")
-    np.savetxt(folder / "cell.dat", cells[0] if _same(cells) else np.concatenate(cells), fmt="%.18e")
+    if any(s.pbc.any() for s in structs) or any(np.abs(c).max() > 0 for c in cells):
+        np.savetxt(folder / "cell.dat", cells[0] if _same(cells) else np.concatenate(cells), fmt="%.18e")
+    # else a molecule without a cell: no cell.dat, as DeePTB's format holds molecules
     numbers = [s.numbers for s in structs]
     np.savetxt(folder / "atomic_numbers.dat", numbers[0] if _same(numbers) else np.concatenate(numbers), fmt="%d")
     np.savetxt(folder / "pbc.dat", structs[0].pbc.astype(np.float64))

@@ -64,7 +64,10 @@ Quantities written (units and conventions of :mod:`eqtb.data.pyscf_engine`; FORM
 * ``kpoints.npy``: fractional k-points of the band path (default: :meth:`KPath.automatic` of the
   unperturbed structure, ``band_density`` points per 1/Angstrom, the same fractional k-points in
   every frame); ``eigenvalues.npy``: PySCF's ``get_bands`` at those points, eV, absolute.
-  Molecules: k = Gamma and the eigenvalues of the stored Fock matrix (``eigh(F, S)``).
+  Molecules: k = Gamma and the eigenvalues of the stored Fock matrix (``eigh(F, S)``), equal to
+  PySCF's ``mo_energy`` within the SCF residual (``mo_energy_max_abs_diff_meV`` in the record;
+  below 1e-6 eV with the molecules' default ``conv_tol``, :data:`CONV_TOL_MOLECULE`). A molecule's
+  folder has ``pbc: false`` in info.json and no ``cell.dat``, as DeePTB's format holds molecules.
 * Positions in Angstrom (PySCF's Bohr = 0.52917721092 Angstrom is used for the round trip).
 
 Self-check (``check``): the written folder is read back with :class:`TrajectoryFolder` (the whole
@@ -113,6 +116,11 @@ CHECK_TOL_MEV = 1.0
 N_CHECK = 6
 #: default band-path density, points per 1/Angstrom (with 2 pi): ~57 points for Si
 BAND_DENSITY = 10.0
+#: default SCF convergence (Hartree) of periodic cells and of molecules. Molecules: H is the Fock
+#: matrix of the final density, F[D], whose eigenvalues differ from PySCF's ``mo_energy`` (those of
+#: the Fock matrix of the previous density) by the SCF residual: 2e-6 eV for water (STO-3G, LDA)
+#: at 1e-9, 3e-8 eV at 1e-11 (one more cycle, milliseconds)
+CONV_TOL, CONV_TOL_MOLECULE = 1e-9, 1e-11
 #: name of the per-frame record inside each frame folder and of the report at the root
 FRAME_RECORD = "generate.json"
 REPORT = "generate_report.json"
@@ -472,7 +480,7 @@ def generate(structure, out, nframes: int = 4, displacement: float = 0.05, strai
              seed: int = 0, basis: str = "gth-szv", pseudo: str | None = None, xc: str = "lda,vwn",
              kmesh=(2, 2, 2), kmesh_fourier=None, with_dm: bool = True, band_kpoints=None,
              band_density: float = BAND_DENSITY, workers: int = 1, check: bool = True,
-             ke_cutoff: float | None = None, conv_tol: float = 1e-9, max_cycle: int = 100,
+             ke_cutoff: float | None = None, conv_tol: float | None = None, max_cycle: int = 100,
              overwrite: bool = False, progress: bool | None = None, verbose: bool = True,
              pyscf_mesh=None) -> dict:
     """Generate a PySCF DFT dataset of ``nframes`` perturbed copies of ``structure`` in ``out``.
@@ -497,7 +505,8 @@ def generate(structure, out, nframes: int = 4, displacement: float = 0.05, strai
         at off-mesh k-points and along the band path (module docstring).
     ke_cutoff : FFT-grid kinetic-energy cutoff in Hartree (default: KE_FRACTION times PySCF's
         estimate). ``pyscf_mesh`` (testing only) sets the FFT mesh directly.
-    conv_tol : SCF energy convergence (Hartree); ``max_cycle`` SCF iterations.
+    conv_tol : SCF energy convergence (Hartree; default :data:`CONV_TOL` 1e-9 for periodic cells,
+        :data:`CONV_TOL_MOLECULE` 1e-11 for molecules); ``max_cycle`` SCF iterations.
     overwrite : recompute frames that exist (default: skip complete frames with the same settings).
     progress : tqdm bar (None: only on a terminal); ``verbose``: one status line per frame.
 
@@ -533,6 +542,8 @@ def generate(structure, out, nframes: int = 4, displacement: float = 0.05, strai
     if len(kmesh) != 3 or min(kmesh) < 1:
         raise GenerateError(f"kmesh must be three positive integers, got {kmesh}")
 
+    if conv_tol is None:
+        conv_tol = CONV_TOL if periodic else CONV_TOL_MOLECULE
     settings = {"formula": base.formula, "basis": basis, "pseudo": _pseudo_for(basis, pseudo), "xc": xc,
                 "conv_tol": float(conv_tol), "with_dm": bool(with_dm), "displacement": float(displacement),
                 "strain": float(strain), "seed": int(seed), "periodic": periodic}

@@ -45,16 +45,53 @@ POINTS_PER_LEG = 20
 
 
 def _cell_array(cell) -> np.ndarray:
-    """Accept a (3, 3) array (rows = lattice vectors, Angstrom), an ASE cell or a Structure."""
+    """Accept a (3, 3) array (rows = lattice vectors, Angstrom), an ASE cell or a Structure.
+
+    A Structure (or ase.Atoms) whose cell is degenerate only along non-periodic directions (a
+    molecule or a slab stored without a vacuum vector, as DeePTB's format does: no cell.dat) gets
+    those vectors completed by orthonormal ones, perpendicular to the periodic vectors
+    (:func:`complete_cell`): k along a non-periodic direction is 0, so nothing depends on them."""
+    pbc = None
     if hasattr(cell, "cell") and hasattr(cell, "numbers"):  # Structure or ase.Atoms
+        pbc = getattr(cell, "pbc", None)
         cell = cell.cell
     arr = np.asarray(cell, dtype=np.float64)
     if arr.shape != (3, 3):
         raise KPathError(f"a cell must be a 3x3 matrix of lattice vectors, got shape {arr.shape}")
+    if abs(np.linalg.det(arr)) < 1e-8 and pbc is not None:
+        arr = complete_cell(arr, pbc)
     if abs(np.linalg.det(arr)) < 1e-8:
         raise KPathError("the cell is degenerate (zero volume): a k-path needs three lattice vectors; "
                          "give a finite cell (non-periodic directions may have any length)")
     return arr
+
+
+def complete_cell(cell, pbc) -> np.ndarray:
+    """The cell with its non-periodic lattice vectors replaced by orthonormal vectors
+    perpendicular to the periodic ones (and to each other) when the cell is degenerate (zero
+    volume); returned unchanged otherwise, or when the periodic vectors themselves are
+    degenerate. A molecule (no periodic direction) gets the identity."""
+    arr = np.array(cell, dtype=np.float64).reshape(3, 3)
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    if abs(np.linalg.det(arr)) >= 1e-8 or pbc.all():
+        return arr
+    periodic = arr[pbc]
+    if len(periodic) and np.linalg.matrix_rank(periodic, tol=1e-6) < len(periodic):
+        return arr
+    if not len(periodic):
+        return np.eye(3)
+    _, _, vt = np.linalg.svd(periodic)  # rows of vt beyond the rank span the orthogonal complement
+    out = arr.copy()
+    out[~pbc] = vt[len(periodic):]
+    if np.linalg.det(out) < 0:  # keep a right-handed cell
+        out[np.flatnonzero(~pbc)[0]] *= -1
+    return out
+
+
+def is_periodic(structure) -> bool:
+    """Whether the structure has at least one periodic direction (False: a molecule, whose
+    electronic structure is its orbital energies, k = Gamma only)."""
+    return bool(np.asarray(getattr(structure, "pbc", True), dtype=bool).any())
 
 
 def reciprocal(cell) -> np.ndarray:

@@ -12,13 +12,20 @@ Conventions
 * Smearing ``kT`` in eV; the default is k_B * 300 K = 0.025852 eV (as DeePTB).
 
 Fermi-level rule (:func:`resolve_fermi_level`, used by every ``eqtb`` command that needs an energy
-reference): an explicit Fermi level wins; otherwise, when ``nel_atom`` is known, the Fermi level is
-computed from the electron count (on a k-mesh: :meth:`ElectronicStructure.fermi_solver`; from a KPM
-DOS at one k-point: :meth:`eqtb.tb.kpm.KPMResult.fermi_solver`), with a warning when a task's
-``E_fermi`` is thereby ignored; otherwise the task's ``E_fermi`` if not None; otherwise there is
-none (absolute energies). DeePTB's plot lets a task ``E_fermi`` win over ``nel_atom``; eqtb does
-not, because DeePTB's example tasks carry ``"E_fermi": 0.0``, which is not the Fermi level of DFT
-blocks (ABACUS energies are absolute).
+reference), DeePTB's precedence with the command line above the task file: an explicit Fermi level
+(``--e-fermi``) wins; then valence electrons given on the command line (``--nel-atom``: the level
+is computed from them, with a warning when a task's ``E_fermi`` is thereby not used); then the
+task's ``E_fermi`` when not None (as DeePTB's ``dptb run`` band plot: a given ``E_fermi`` wins over
+``nel_atom``); then the task's ``nel_atom`` (computed); otherwise there is none (absolute
+energies). Whenever a given level is used and ``nel_atom`` is known, the level computed from
+``nel_atom`` is still reported beside it (:attr:`FermiChoice.estimate`, as DeePTB logs its
+"estimated E_fermi"). Computed levels come from the electron count on a k-mesh
+(:meth:`ElectronicStructure.fermi_solver`; a molecule: its orbital energies at Gamma) or from a
+KPM DOS at one k-point (:meth:`eqtb.tb.kpm.KPMResult.fermi_solver`).
+
+Progress (``progress`` arguments): True draws a tqdm bar, False shows nothing, None draws a bar
+on a terminal and otherwise (output redirected to a file or a pipe) writes one plain line to
+stderr every :data:`PROGRESS_LINE_S` seconds while the work lasts (:func:`progress_reporter`).
 """
 
 from __future__ import annotations
@@ -166,13 +173,108 @@ def default_chunk(norb: int, budget_bytes: float = 256e6) -> int:
     return max(1, int(budget_bytes // (6 * 16 * norb * norb)))
 
 
-def _progress_bar(total: int, desc: str, progress: bool | None):
-    """A tqdm bar over ``total`` chunks (None: only on a terminal), or None when ``progress`` is False."""
+#: seconds between two progress lines when the output is not a terminal (``progress=None``)
+PROGRESS_LINE_S = 20.0
+
+
+class LineProgress:
+    """Progress as plain lines for logs (output redirected): from a background thread, one line on
+    ``file`` (default stderr) every ``interval`` seconds (:data:`PROGRESS_LINE_S`) while the work
+    lasts, none for work shorter than that, and a last line on :meth:`close` when any was written.
+    A line reads ``"<desc>: <n>/<total> <unit>, <elapsed> s"``, ``"<desc>: <elapsed> s of <total>
+    s"`` when the unit is seconds, or ``"<desc>: <elapsed> s"`` without a total, followed by the
+    text of :meth:`set_postfix_str`. Has tqdm's ``update``, ``set_postfix_str``, ``n``, ``total``
+    and ``close`` (and is a context manager), so code written for a tqdm bar takes it unchanged."""
+
+    def __init__(self, total: float | None, desc: str, unit: str = "chunk", interval: float | None = None,
+                 file=None):
+        import threading
+        import time
+
+        self.total, self.desc, self.unit, self.n, self.postfix = total, desc, unit, 0, ""
+        self.interval = PROGRESS_LINE_S if interval is None else float(interval)
+        self.file, self.lines = file, 0
+        self._time = time.perf_counter
+        self._t0 = self._time()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"progress {desc}")
+        self._thread.start()
+
+    def line(self) -> str:
+        """The current progress line."""
+        elapsed = self._time() - self._t0
+        if self.total is None:
+            text = f"{self.desc}: {elapsed:.0f} s"
+        elif self.unit == "s":
+            text = f"{self.desc}: {elapsed:.0f} s of {self.total:g} s"
+        else:
+            text = f"{self.desc}: {self.n:g}/{self.total:g} {self.unit}, {elapsed:.0f} s"
+        return text + (f", {self.postfix}" if self.postfix else "")
+
+    def _print(self, text: str) -> None:
+        import sys
+
+        print(text, file=self.file or sys.stderr, flush=True)
+        self.lines += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._print(self.line())
+
+    def update(self, n: float = 1) -> None:
+        self.n += n
+
+    def set_postfix_str(self, text: str = "", refresh: bool = True) -> None:
+        self.postfix = str(text)
+
+    def close(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join()
+        if self.lines:
+            self._print(f"{self.line()} (done)")
+
+    def __enter__(self) -> "LineProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _on_terminal() -> bool:
+    import sys
+
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+def progress_reporter(total: float | None, desc: str, progress: bool | None, unit: str = "chunk", **tqdm_kwargs):
+    """A progress object for ``total`` units of work (module docstring, *Progress*): a tqdm bar
+    (``progress`` True, or None on a terminal), a :class:`LineProgress` (None when stderr is not a
+    terminal) or None (``progress`` False)."""
     if progress is False:
         return None
+    if progress is None and not _on_terminal():
+        return LineProgress(total, desc, unit)
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="chunk", disable=None if progress is None else False, leave=False)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, **tqdm_kwargs)
+
+
+def progress_lines(desc: str, progress: bool | None):
+    """For work that draws its own tqdm bar (or none): a :class:`LineProgress` without a total
+    (elapsed seconds every :data:`PROGRESS_LINE_S`) when ``progress`` is None and stderr is not a
+    terminal, else a context that does nothing. ``with progress_lines("predict", None): ...``"""
+    import contextlib
+
+    if progress is None and not _on_terminal():
+        return LineProgress(None, desc)
+    return contextlib.nullcontext()
+
+
+def _progress_bar(total: int, desc: str, progress: bool | None):
+    """:func:`progress_reporter` over ``total`` chunks."""
+    return progress_reporter(total, desc, progress)
 
 
 def _solve_chunk(H, S, kpts, vectors: bool):
@@ -394,6 +496,15 @@ def fermi_level(eigs, weights, n_electrons: float, spin_degeneracy: int = 2,
     return res
 
 
+def centre_in_gap(res: FermiLevel, eigs, weights) -> FermiLevel:
+    """``res`` (of :func:`fermi_level` on ``eigs``, ``weights``) with ``mu`` moved to the middle of
+    the gap when it is an insulator (``count`` recomputed there), unchanged otherwise."""
+    if res.insulating and res.midgap is not None:
+        res.mu = float(res.midgap)
+        res.count = electron_count(eigs, weights, res.mu, res.spin_degeneracy, res.smearing, res.kT)
+    return res
+
+
 def band_gap(eigs, n_occupied_bands: int, direct_tol: float = 1e-5) -> dict:
     """Band edges of a band structure with ``n_occupied_bands`` filled bands (eV).
 
@@ -426,6 +537,29 @@ def band_gap(eigs, n_occupied_bands: int, direct_tol: float = 1e-5) -> dict:
     }
 
 
+def molecular_levels(energies, n_electrons: float | None, spin_degeneracy: int = 2) -> dict:
+    """Frontier orbitals of a molecule from its orbital energies (eV, any order) and electron
+    count (all spins): ``homo``, ``lumo``, ``gap`` (LUMO - HOMO, eV), ``n_occupied`` (doubly
+    occupied orbitals), ``homo_index``/``lumo_index`` (0-based, ascending order). For a count that
+    does not fill a whole number of orbitals (an odd count: open shell) or leaves no empty
+    orbital, the values that do not exist are None."""
+    e = np.sort(np.asarray(energies, dtype=np.float64).reshape(-1))
+    out = {"homo": None, "lumo": None, "gap": None, "n_occupied": None, "homo_index": None, "lumo_index": None}
+    if n_electrons is None:
+        return out
+    if not 0 < n_electrons <= spin_degeneracy * len(e):
+        raise SpectrumError(f"{n_electrons:g} electrons do not fit in {len(e)} orbitals x spin degeneracy "
+                            f"{spin_degeneracy}")
+    nocc = n_electrons / spin_degeneracy
+    if abs(nocc - round(nocc)) > 1e-9:
+        return out
+    nocc = int(round(nocc))
+    out.update(n_occupied=nocc, homo=float(e[nocc - 1]), homo_index=nocc - 1)
+    if nocc < len(e):
+        out.update(lumo=float(e[nocc]), lumo_index=nocc, gap=float(e[nocc] - e[nocc - 1]))
+    return out
+
+
 # ------------------------------------------------------------------------------ Fermi-level rule
 #: ``solve(n_electrons) -> (result, method)``: the Fermi level for ``n_electrons`` per cell (all
 #: spins); ``float(result)`` is it in eV and ``method`` (e.g. ``"4x4x4 mesh"``) completes the
@@ -440,38 +574,51 @@ class FermiChoice:
 
     ``value``: the Fermi level in eV (absolute), None when there is none (energies stay absolute).
     ``source``: how it was chosen, the text eqtb's outputs record: ``"--e-fermi"`` (given),
-    ``"nel_atom, <method>"`` (computed), ``"task E_fermi"``, or None. ``n_electrons``: valence
-    electrons per cell (all spins) whenever ``nel_atom`` is known, else None. ``result``: what the
-    solver returned when the level was computed (:class:`FermiLevel` on a k-mesh,
-    :class:`eqtb.tb.kpm.KPMFermiLevel` from a KPM DOS), else None. ``warnings``: messages for
-    the user (a task ``E_fermi`` ignored)."""
+    ``"task E_fermi"`` (given in the task file), ``"nel_atom, <method>"`` (computed), or None.
+    ``n_electrons``: valence electrons per cell (all spins) whenever ``nel_atom`` is known, else
+    None. ``result``: what the solver returned whenever it ran (:class:`FermiLevel` on a k-mesh,
+    :class:`eqtb.tb.kpm.KPMFermiLevel` from a KPM DOS), else None. ``estimate`` /
+    ``estimate_source``: the level computed from ``nel_atom`` (eV, ``"nel_atom, <method>"``) when
+    a given level (``--e-fermi`` or the task's ``E_fermi``) is used instead, else None.
+    ``warnings``: messages for the user (a task ``E_fermi`` not used)."""
 
     value: float | None
     source: str | None
     n_electrons: float | None = None
     result: object | None = None
     warnings: list[str] = field(default_factory=list)
+    estimate: float | None = None
+    estimate_source: str | None = None
 
 
 def resolve_fermi_level(structure, solve: FermiSolver, e_fermi: float | None = None,
                         nel_atom: Mapping[str, float] | None = None,
-                        task_e_fermi: float | None = None) -> FermiChoice:
+                        task_e_fermi: float | None = None,
+                        task_nel_atom: Mapping[str, float] | None = None) -> FermiChoice:
     """Apply the Fermi-level rule (module docstring) and return a :class:`FermiChoice`.
 
-    ``e_fermi``: an explicit Fermi level in eV (wins); ``nel_atom``: valence electrons per element
-    (e.g. ``{"Si": 4}``), from which ``solve`` (:data:`FermiSolver`; called only when needed)
-    computes the level; ``task_e_fermi``: a task file's ``E_fermi`` in eV, used when there is no
-    ``nel_atom`` and ignored, with a warning, when there is."""
-    n = n_electrons(structure, nel_atom) if nel_atom else None
-    if e_fermi is not None:
-        return FermiChoice(float(e_fermi), "--e-fermi", n)
+    In order of precedence: ``e_fermi``, an explicit Fermi level in eV (``--e-fermi``);
+    ``nel_atom``, valence electrons per element given on the command line (e.g. ``{"Si": 4}``),
+    from which ``solve`` (:data:`FermiSolver`) computes the level; ``task_e_fermi``, a task file's
+    ``E_fermi`` in eV (DeePTB: it wins over the task's ``nel_atom``); ``task_nel_atom``, the task
+    file's valence electrons. ``nel_atom`` replaces ``task_nel_atom`` as the electron count.
+    ``solve`` runs once whenever an electron count is known (for the level or its estimate) and
+    never otherwise."""
+    nel = nel_atom or task_nel_atom
+    n = n_electrons(structure, nel) if nel else None
+    computed = None
     if n is not None:
         result, method = solve(n)
+        computed = (result, f"nel_atom, {method}")
+    if e_fermi is not None or (task_e_fermi is not None and not nel_atom):
+        value, source = (e_fermi, "--e-fermi") if e_fermi is not None else (task_e_fermi, "task E_fermi")
+        if computed is None:
+            return FermiChoice(float(value), source, n)
+        return FermiChoice(float(value), source, n, computed[0], [], float(computed[0]), computed[1])
+    if computed is not None:
         warnings = [] if task_e_fermi is None else [
             f"task E_fermi = {task_e_fermi} ignored: the Fermi level is computed from nel_atom"]
-        return FermiChoice(float(result), f"nel_atom, {method}", n, result, warnings)
-    if task_e_fermi is not None:
-        return FermiChoice(float(task_e_fermi), "task E_fermi")
+        return FermiChoice(float(computed[0]), computed[1], n, computed[0], warnings)
     return FermiChoice(None, None)
 
 
@@ -623,11 +770,29 @@ class ElectronicStructure:
         _, w, e = self.mesh_eigenvalues(mesh, gamma_centered, progress=progress)
         return fermi_level(e, w, n, self.spin_degeneracy, smearing, kT)
 
-    def fermi_solver(self, mesh, gamma_centered: bool = True, progress: bool | None = False) -> FermiSolver:
+    def fermi_solver(self, mesh, gamma_centered: bool = True, progress: bool | None = False,
+                     method: str | None = None, midgap: bool = False) -> FermiSolver:
         """The ``solve`` of :func:`resolve_fermi_level` on a mesh: :meth:`fermi` (Fermi-Dirac,
-        kT = :data:`KT_300K`), source text ``"nel_atom, <n1>x<n2>x<n3> mesh"``."""
-        method = f"{mesh[0]}x{mesh[1]}x{mesh[2]} mesh"
-        return lambda n: (self.fermi(n, mesh, progress=progress, gamma_centered=gamma_centered), method)
+        kT = :data:`KT_300K`), source text ``"nel_atom, <method>"`` (default
+        ``"<n1>x<n2>x<n3> mesh"``). ``midgap``: for an insulator, the middle of the gap (and the
+        count there) instead of the bisection's point inside it; :meth:`molecule_fermi_solver`
+        uses it."""
+        method = method or f"{mesh[0]}x{mesh[1]}x{mesh[2]} mesh"
+
+        def solve(n):
+            res = self.fermi(n, mesh, progress=progress, gamma_centered=gamma_centered)
+            if midgap:
+                _, w, e = self.mesh_eigenvalues(mesh, gamma_centered)
+                res = centre_in_gap(res, e, w)
+            return res, method
+
+        return solve
+
+    def molecule_fermi_solver(self, progress: bool | None = False) -> FermiSolver:
+        """The ``solve`` of :func:`resolve_fermi_level` for a molecule: its orbital energies (k =
+        Gamma), the level in the middle of the HOMO-LUMO gap for a closed shell (DeePTB's estimate
+        too), source text ``"nel_atom, orbital energies"``."""
+        return self.fermi_solver((1, 1, 1), True, progress, method="orbital energies", midgap=True)
 
     def dos(self, mesh, energies, sigma: float = 0.05, progress: bool | None = False) -> np.ndarray:
         """Total DOS (states/eV/cell, spin included) on ``energies`` from a uniform mesh."""
