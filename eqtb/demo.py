@@ -9,11 +9,13 @@ each announced on stdout:
    coordinate); frames 0-6 train the model, frame 7 is the *test frame*, never seen in training.
    Written to ``OUT/data/pyscf`` (resumable: a rerun reuses finished frames and says so) and split
    into ``OUT/data/train`` and ``OUT/data/test`` (hard links).
-2. **Training**: SLEM learns H and S for ``minutes`` minutes on the CPU. The DeePTB-style
+2. **Training**: SLEM learns H and S for ``minutes`` minutes on the CPU (the quick demo: a fixed
+   number of epochs, :data:`QUICK_EPOCHS`, so that a busy machine gets the same model, later). The DeePTB-style
    configuration is written to ``OUT/input.json`` first and read back from there, so
    ``eqtb train OUT/input.json -o OUT/train`` repeats the run (the data roots ``./data/...`` are
    found beside the file). The test frame is the validation set (monitoring only: the demo tests
-   the *latest* checkpoint, not the one with the best validation loss, so nothing is tuned on it).
+   the *latest* checkpoint, ``OUT/train/checkpoint/slem.latest.pth``, not ``slem.best.pth``, which
+   is picked by the loss on that test frame, so nothing is tuned on it; use the latest one too).
 3. **Test**: the trained model predicts H and S of the test frame; its bands along the
    high-symmetry path of the cubic cell are compared with the bands of the frame's DFT H(R)/S(R)
    (equal to PySCF's own band energies: the generator checks it, ``self_check_meV``): MAE and
@@ -53,8 +55,12 @@ Why these settings (measured on the 2-core machine this was written on, shared w
   Four minutes (~1200 epochs of 7 frames): occupied bands of the test frame 12 meV MAE (60 meV
   max), the 8 lowest empty bands 46 meV (160 meV max), H blocks 1.4 meV MAE.
 
-``quick=True`` (tests): 5 + 1 frames of the 2-atom primitive cell on a 3x3x3 k-mesh, at most
-20 s of training and a 2x2x2 supercell (64 atoms); under a minute in all.
+``quick=True`` (tests): 5 + 1 frames of the 2-atom primitive cell on a 3x3x3 k-mesh,
+:data:`QUICK_EPOCHS` epochs of training and a 2x2x2 supercell (64 atoms); about a minute in all.
+
+Progress: each stage prints its line; within the long stages a terminal gets tqdm bars, and
+output redirected to a file gets a plain line every ~20 s (training: the elapsed time, the epoch
+and the latest MAEs), so that a log never stays silent for minutes.
 """
 
 from __future__ import annotations
@@ -79,15 +85,19 @@ A_SI = 5.43
 R_MAX = 8.5
 #: name of the marker file that identifies a demo output folder
 MARKER = ".eqtb_demo"
-#: the demo's PySCF settings and sizes; lengths in Angstrom, ke_cutoff in Hartree, times in s
+#: training epochs of the quick demo (a fixed count, not a time budget: the same model on a busy
+#: machine, only later)
+QUICK_EPOCHS = 150
+#: the demo's PySCF settings and sizes; lengths in Angstrom, ke_cutoff in Hartree; ``epochs``: a
+#: fixed number of training epochs, or None for the time budget (``minutes``)
 SETTINGS = {
     "default": {"cell": "cubic", "n_train": 7, "displacement": 0.05, "strain": 0.01, "kmesh": (2, 2, 2),
                 "ke_cutoff": 20.0, "basis": "gth-szv-molopt-sr", "xc": "lda,vwn", "seed": 2024,
-                "supercell": (4, 4, 4), "band_nk": 16, "max_train_s": None, "test_npoints": 80,
+                "supercell": (4, 4, 4), "band_nk": 16, "epochs": None, "test_npoints": 80,
                 "lr_decay": 0.995},
     "quick": {"cell": "primitive", "n_train": 5, "displacement": 0.05, "strain": 0.01, "kmesh": (3, 3, 3),
               "ke_cutoff": 20.0, "basis": "gth-szv-molopt-sr", "xc": "lda,vwn", "seed": 2024,
-              "supercell": (2, 2, 2), "band_nk": 40, "max_train_s": 20.0, "test_npoints": 60,
+              "supercell": (2, 2, 2), "band_nk": 40, "epochs": QUICK_EPOCHS, "test_npoints": 60,
               "lr_decay": 0.985},
 }
 #: valence electrons of Si with the GTH pseudopotential
@@ -166,6 +176,12 @@ def _announce(step: int, text: str) -> None:
     print(f"[{step}/4] {text}", flush=True)
 
 
+def _bars(progress: bool | None) -> bool:
+    """tqdm bars of the stages that draw their own (PySCF frames, prediction): only on a
+    terminal unless ``progress`` says otherwise (tqdm writes to stderr)."""
+    return bool(getattr(sys.stderr, "isatty", lambda: False)()) if progress is None else bool(progress)
+
+
 @contextmanager
 def _torch_threads(n: int):
     """Run torch on ``n`` threads inside the block. The demo trains and predicts on one thread:
@@ -226,10 +242,13 @@ def _stage_data(out: Path, s: dict, workers: int, progress) -> dict:
             cached = f"; {len(present)} cached from an earlier run" if present else ""
             _announce(1, f"generating {what} with PySCF: {s['basis']}, LDA, {'x'.join(map(str, s['kmesh']))} "
                          f"k-points, {workers} worker{'s' * (workers != 1)}{cached}")
-        report = generate(ideal, root, nframes=nframes, displacement=s["displacement"], strain=s["strain"],
-                          seed=s["seed"], basis=s["basis"], xc=s["xc"], kmesh=s["kmesh"],
-                          ke_cutoff=s["ke_cutoff"], with_dm=False, band_density=4.0, workers=workers,
-                          progress=progress, verbose=True)
+        from eqtb.tb.spectrum import progress_lines
+
+        with progress_lines("      generating", None if progress is None else False):
+            report = generate(ideal, root, nframes=nframes, displacement=s["displacement"], strain=s["strain"],
+                              seed=s["seed"], basis=s["basis"], xc=s["xc"], kmesh=s["kmesh"],
+                              ke_cutoff=s["ke_cutoff"], with_dm=False, band_density=4.0, workers=workers,
+                              progress=_bars(progress), verbose=True)
         if report.get("failed"):
             raise DemoError(f"{root}: PySCF failed on {', '.join(report['failed'])} (see "
                             f"{root / 'generate_report.json'}); rerun the demo to retry them")
@@ -261,13 +280,18 @@ def avg_neighbors(structure, r_max: float = R_MAX) -> float:
     return 2.0 * g.n_edges / structure.natoms
 
 
-def demo_config(formula: str, seconds: float, r_max: float = R_MAX, avg_num_neighbors: float = 130.0,
-                seed: int = 2024, lr_decay: float = 0.995) -> dict:
+def demo_config(formula: str, seconds: float | None, r_max: float = R_MAX, avg_num_neighbors: float = 130.0,
+                seed: int = 2024, lr_decay: float = 0.995, epochs: int | None = None) -> dict:
     """The DeePTB-style training configuration of the demo (``OUT/input.json``): SLEM with
     hidden irreps 16x0e+16x1o+8x2e, 1 layer, cutoff ``r_max`` (Angstrom), H and S of Si 1s1p,
-    Adam with a learning rate decaying by ``lr_decay`` per epoch, ``seconds`` of training
-    (``train_options.max_time``), data roots ``./data/train`` and ``./data/test`` relative to the
-    file."""
+    Adam with a learning rate decaying by ``lr_decay`` per epoch, data roots ``./data/train`` and
+    ``./data/test`` relative to the file. Length of the training: ``epochs`` epochs when given
+    (``num_epoch``, no time limit), else ``seconds`` of training (``train_options.max_time``, with
+    ``num_epoch`` 5000 as a bound)."""
+    if epochs is None and seconds is None:
+        raise DemoError("demo_config needs seconds or epochs")
+    length = ({"num_epoch": int(epochs)} if epochs is not None
+              else {"num_epoch": 5000, "max_time": float(round(seconds, 1))})
     data = {"type": "DefaultDataset", "prefix": formula, "get_Hamiltonian": True, "get_overlap": True}
     return {
         "common_options": {"basis": {"Si": "1s1p"}, "device": "cpu", "dtype": "float32", "overlap": True,
@@ -277,29 +301,32 @@ def demo_config(formula: str, seconds: float, r_max: float = R_MAX, avg_num_neig
                           "n_layers": 1, "avg_num_neighbors": float(round(avg_num_neighbors, 1))},
             "prediction": {"method": "e3tb", "neurons": [32, 32]}},
         "train_options": {
-            "num_epoch": 5000, "batch_size": 1, "optimizer": {"type": "Adam", "lr": 0.005},
+            **length, "batch_size": 1, "optimizer": {"type": "Adam", "lr": 0.005},
             "lr_scheduler": {"type": "exp", "gamma": float(lr_decay)},
             "loss_options": {"train": {"method": "hamil_abs"}},
-            "save_freq": 1000, "validation_freq": 5, "display_freq": 1, "max_ckpt": 1,
-            "max_time": float(round(seconds, 1))},
+            "save_freq": 1000, "validation_freq": 5, "display_freq": 1, "max_ckpt": 1},
         "data_options": {"train": {"root": "./data/train", **data}, "validation": {"root": "./data/test", **data}},
     }
 
 
 class _TrainBar(logging.Handler):
-    """Turns the trainer's per-epoch log lines into a time-based tqdm bar with the latest MAEs."""
+    """Turns the trainer's per-epoch log lines into progress with the latest MAEs: a bar over
+    ``seconds`` (time budget) or ``epochs`` on a terminal, a line every ~20 s in a log
+    (:func:`eqtb.tb.spectrum.progress_reporter`), nothing when ``progress`` is False."""
 
-    def __init__(self, seconds: float, progress):
+    def __init__(self, seconds: float | None, epochs: int | None, progress):
         super().__init__(logging.INFO)
-        from tqdm import tqdm
+        from eqtb.tb.spectrum import progress_reporter
 
         self.t0 = time.perf_counter()
-        self.bar = tqdm(total=round(seconds), desc="training", unit="s", dynamic_ncols=True, disable=not progress,
-                        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s{postfix}")
+        self.by_time = epochs is None
+        fmt = "{l_bar}{bar}| {n:.0f}/{total:.0f} s{postfix}" if self.by_time else "{l_bar}{bar}| {n}/{total} epochs{postfix}"
+        self.bar = progress_reporter(round(seconds) if self.by_time else int(epochs), "      training", progress,
+                                     unit="s" if self.by_time else "epochs", dynamic_ncols=True, bar_format=fmt)
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
-        if not msg.startswith("epoch"):
+        if self.bar is None or not msg.startswith("epoch"):
             return
         parts = {}
         for key, pat in (("epoch", r"epoch\s+(\d+)"), ("onsite", r"onsite MAE ([\d.]+)"),
@@ -311,29 +338,32 @@ class _TrainBar(logging.Handler):
         if "onsite" in parts and "hopping" in parts:
             post += f", H MAE onsite {float(parts['onsite']):.1f} / hopping {float(parts['hopping']):.2f} meV"
         self.bar.set_postfix_str(post, refresh=False)
-        self.bar.update(max(0.0, min(self.bar.total, time.perf_counter() - self.t0) - self.bar.n))
+        if self.by_time:
+            self.bar.update(max(0.0, min(self.bar.total, time.perf_counter() - self.t0) - self.bar.n))
+        elif "epoch" in parts:
+            self.bar.update(max(0, int(parts["epoch"]) - self.bar.n))
 
     def close(self) -> None:
-        self.bar.n = self.bar.total if self.bar.n > 0.9 * self.bar.total else self.bar.n
-        self.bar.close()
+        if self.bar is not None:
+            if self.by_time and self.bar.n > 0.9 * self.bar.total:
+                self.bar.n = self.bar.total
+            self.bar.close()
         super().close()
 
 
-def _stage_train(out: Path, data: dict, s: dict, minutes: float, progress) -> dict:
+def _stage_train(out: Path, data: dict, s: dict, minutes: float, progress, epochs: int | None = None) -> dict:
     from eqtb.config import load_config
     from eqtb.data.folder import TrajectoryFolder
     from eqtb.train.trainer import Trainer
 
-    seconds = minutes * 60.0
-    if s["max_train_s"] is not None:
-        seconds = min(seconds, s["max_train_s"])
-    seconds = max(seconds, 1.0)
+    epochs = s["epochs"] if epochs is None else int(epochs)
+    seconds = None if epochs is not None else max(minutes * 60.0, 1.0)
     first = TrajectoryFolder(out / "data" / "train" / data["frames_train"][0])
     if first.basis.spec != {"Si": "1s1p"}:
         raise DemoError(f"{first.path}: the cached data have the basis {first.basis.spec}, not Si 1s1p; "
                         f"delete {out / 'data'} and rerun")
     nn = avg_neighbors(diamond_silicon(cubic=True))
-    cfg_dict = demo_config(data["formula"], seconds, R_MAX, nn, s["seed"], s["lr_decay"])
+    cfg_dict = demo_config(data["formula"], seconds, R_MAX, nn, s["seed"], s["lr_decay"], epochs)
     cfg_path = out / "input.json"
     cfg_path.write_text(json.dumps(cfg_dict, indent=2) + "\n")
     run = out / "train"
@@ -348,14 +378,17 @@ def _stage_train(out: Path, data: dict, s: dict, minutes: float, progress) -> di
         rel = cfg_dict["data_options"][which]["root"]
         if (Path.cwd() / rel).resolve() != (out / rel).resolve() and (Path.cwd() / rel).exists():
             overrides[f"data_options.{which}.root"] = str((out / rel).resolve())
-    span = f"{seconds / 60:.3g} min" if seconds >= 60 else f"{seconds:.0f} s"
+    if epochs is not None:
+        span = f"{epochs} epoch{'s' * (epochs != 1)}"
+    else:
+        span = f"{seconds / 60:.3g} min" if seconds >= 60 else f"{seconds:.0f} s"
     _announce(2, f"training SLEM on {len(data['frames_train'])} frames for {span} on the CPU "
                  f"(config {cfg_path}, run {run})")
     cfg = load_config(cfg_path, overrides=overrides or None)
     trainer = Trainer(cfg, run, progress=False)
     n_params = sum(p.numel() for p in trainer.model.parameters())
     log = logging.getLogger("eqtb.train")
-    handler = _TrainBar(seconds, progress)
+    handler = _TrainBar(seconds, epochs, progress)
     log.addHandler(handler)
     try:
         result = trainer.run()
@@ -368,6 +401,10 @@ def _stage_train(out: Path, data: dict, s: dict, minutes: float, progress) -> di
     figures = {"epochs": result["epochs"], "iterations": result["iterations"], "stop": result["stop"],
                "seconds": round(result["seconds"], 1), "parameters": n_params,
                "config": str(cfg_path), "run": str(run), "checkpoint": result["latest"],
+               "checkpoint_note": ("the demo uses <run>/checkpoint/slem.latest.pth, the model at the end of "
+                                   "training; slem.best.pth is the epoch with the lowest validation loss, "
+                                   "here the loss on the test frame every 5 epochs, so it is not used"),
+               "budget": {"epochs": epochs} if epochs is not None else {"seconds": seconds},
                "final_train_mae": {"hamiltonian_onsite_meV": 1e3 * last.get("train_onsite_mae", float("nan")),
                                    "hamiltonian_hopping_meV": 1e3 * last.get("train_hopping_mae", float("nan")),
                                    "overlap_1e-3": 1e3 * last.get("train_overlap_mae", float("nan"))},
@@ -511,9 +548,12 @@ def _stage_scale(out: Path, data: dict, train: dict, s: dict, workers: int, prog
     sc.source = f"{'x'.join(map(str, reps))} supercell of cubic Si, displacements {s['displacement']} A"
     _announce(4, f"scaling up: predicting a {'x'.join(map(str, reps))} supercell of the cubic cell "
                  f"({sc.natoms} atoms, random displacements {s['displacement']} A) and its bands")
+    from eqtb.tb.spectrum import progress_lines
+
     model = eqtb.load(train["checkpoint"])
     t0 = time.perf_counter()
-    pred = model.predict(sc, progress=progress)
+    with progress_lines(f"      predicting {sc.natoms} atoms", progress):
+        pred = model.predict(sc, progress=_bars(progress))
     t_pred = time.perf_counter() - t0
     H, S = pred.hamiltonian, pred.overlap
     nocc = occupied_bands(n_electrons(sc, VALENCE), H.norb)
@@ -522,7 +562,7 @@ def _stage_scale(out: Path, data: dict, train: dict, s: dict, workers: int, prog
     kpath = _path_for(ideal.cell, sc.cell, s["band_nk"])
     t1 = time.perf_counter()
     with thread_env(1):  # one BLAS thread per worker process (see band_energies)
-        eigs = band_energies(H, S, kpath.kpts, progress=progress, workers=workers)
+        eigs = band_energies(H, S, kpath.kpts, progress=progress, workers=workers)  # a line every ~20 s in a log
     t_bands = time.perf_counter() - t1
     edges = band_gap(eigs, nocc)
     shown = min(H.norb, nocc + sc.natoms)
@@ -550,14 +590,18 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def run_demo(out: str | Path, minutes: float = 4.0, quick: bool = False, workers: int = 2,
-             progress: bool | None = None) -> dict:
+             progress: bool | None = None, epochs: int | None = None) -> dict:
     """Run the demo (module docstring) into the folder ``out`` and return its summary.
 
     ``out``: output folder (created; it must be new, empty, or an earlier demo's, whose PySCF
-    frames are then reused). ``minutes``: training time in minutes (``quick`` caps it at 20 s).
-    ``quick``: the reduced version (2-atom cell, 64-atom supercell; about a minute). ``workers``:
-    PySCF frames computed in parallel, and processes solving the supercell's k-points.
-    ``progress``: tqdm bars (None: only on a terminal).
+    frames are then reused). ``minutes``: training time in minutes (the default demo's budget).
+    ``quick``: the reduced version (2-atom cell, :data:`QUICK_EPOCHS` epochs of training whatever
+    the load, 64-atom supercell; about a minute on 2 cores). ``epochs``: train this many epochs
+    instead of a time budget (default: :data:`QUICK_EPOCHS` for ``quick``, ``minutes`` otherwise).
+    ``workers``: PySCF frames computed in parallel, and processes solving the supercell's k-points.
+    ``progress``: True draws tqdm bars, False shows none, None bars on a terminal and otherwise
+    (output redirected) a line every ~20 s during the long stages
+    (:func:`eqtb.tb.spectrum.progress_reporter`); the stage lines are printed in every case.
 
     The summary (also ``out/demo_summary.json``) holds ``timings_s`` per stage (data, train, test,
     scale, total; seconds), ``data``, ``training``, ``test`` (band errors in meV, block errors: H in
@@ -575,9 +619,9 @@ def run_demo(out: str | Path, minutes: float = 4.0, quick: bool = False, workers
         raise DemoError(f"minutes must be positive, got {minutes}")
     if int(workers) < 1:
         raise DemoError(f"workers must be at least 1, got {workers}")
+    if epochs is not None and (isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1):
+        raise DemoError(f"epochs must be a positive integer, got {epochs!r}")
     s = demo_settings(quick)
-    if progress is None:  # bars only on a terminal (tqdm writes to stderr)
-        progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
     out = Path(out).expanduser().absolute()
     _prepare_out(out)
     print(f"eqtb demo{' (quick)' if quick else ''}: learning the DFT Hamiltonian of silicon with an equivariant "
@@ -596,7 +640,7 @@ def run_demo(out: str | Path, minutes: float = 4.0, quick: bool = False, workers
     timings["data"] = round(time.perf_counter() - t, 2)
     with _torch_threads(1):
         t = time.perf_counter()
-        train = _stage_train(out, data, s, minutes, progress)
+        train = _stage_train(out, data, s, minutes, progress, epochs)
         timings["train"] = round(time.perf_counter() - t, 2)
         t = time.perf_counter()
         test = _stage_test(out, data, train, s)
@@ -612,7 +656,8 @@ def run_demo(out: str | Path, minutes: float = 4.0, quick: bool = False, workers
              "summary": str(out / "demo_summary.json"), "data": str(out / "data"),
              "training_log": str(out / "train" / "log" / "log.txt")}
     summary = {"eqtb_version": eqtb.__version__, "mode": "quick" if quick else "default", "out": str(out),
-               "minutes": minutes, "workers": int(workers), "timings_s": timings, "data": data,
+               "minutes": minutes if train["budget"].get("seconds") else None,
+               "epochs": train["budget"].get("epochs"), "workers": int(workers), "timings_s": timings, "data": data,
                "training": train, "test": test, "supercell": scale, "files": files}
     _write_json(out / "demo_summary.json", summary)
     _print_summary(summary)
@@ -635,7 +680,7 @@ def _print_summary(sm: dict) -> None:
         "files:",
     ]
     rows = [(sm["files"]["config"], "training configuration; `eqtb train input.json -o train` repeats the run"),
-            (sm["files"]["checkpoint"], "the trained model: eqtb.load(path).predict(structure)"),
+            (sm["files"]["checkpoint"], "the trained model (latest, not best): eqtb.load(path).predict(structure)"),
             (sm["files"]["band_test"], "model vs PySCF bands of the test frame"),
             (sm["files"]["band_supercell"], f"bands of the {sc['natoms']}-atom supercell"),
             (sm["files"]["summary"], "all figures and timings"),
