@@ -170,7 +170,7 @@ BAND_TASK_KEYS = {"task", "kline_type", "kpath", "klabels", "high_sym_kpoints", 
 DOS_TASK_KEYS = {"task", "mesh_grid", "sigma", "npoints", "width", "E_fermi", "gamma_center",
                  "nel_atom", "atom_index", "orbital_index"}
 FERMI_TASK_KEYS = {"task", "nel_atom", "mesh_grid", "gamma_center", "smearing", "kT"}
-EXPORT_TASK_KEYS = {"task", "format", "overwrite"}
+EXPORT_TASK_KEYS = {"task", "format", "overwrite", "orthogonalize", "mesh"}
 TASK_KEYS = {"band": BAND_TASK_KEYS, "dos": DOS_TASK_KEYS, "pdos": DOS_TASK_KEYS, "fermi": FERMI_TASK_KEYS,
              "export": EXPORT_TASK_KEYS}
 #: DOS energy points by default, and at most when more are needed for 4 points per sigma
@@ -793,7 +793,8 @@ def _add_run(sub) -> None:
         "run", help="band / dos / pdos / fermi / export with a trained model on any structure",
         description="Predict H (and S) of STRUCTURE with a trained model, then run the task of TASK_JSON "
                     "(DeePTB's run JSON, read unchanged): band, dos, pdos, fermi (Fermi level, gap) or "
-                    "export (format: dataset, deeph or npz; a list for several). Outputs as for "
+                    "export (format: dataset, deeph, npz, sisl or wannier90 -- the last with \"orthogonalize\": "
+                    "true and an optional \"mesh\" when the model has an overlap; a list for several). Outputs as for "
                     "'eqtb band' / 'eqtb dos'. Structures with more than "
                     f"{DENSE_MAX_NORB} orbitals use sparse methods at Gamma (such cells are supercells): the "
                     "KPM DOS and Fermi level, and the band edges (VBM, CBM, gap) by shift-invert Lanczos "
@@ -945,8 +946,10 @@ def _run_export(args, opts: dict, task_path: Path) -> int:
     written = []
     for fmt in fmts:
         target = out / fmt if len(fmts) > 1 else out
+        extra = ({"orthogonalize": bool(opts.get("orthogonalize", False)), "mesh": opts.get("mesh")}
+                 if fmt == "wannier90" else {})
         written.append(export_operators(pred.structure, pred.operators, target, fmt,
-                                        overwrite=bool(opts.get("overwrite", False))))
+                                        overwrite=bool(opts.get("overwrite", False)), **extra))
     if not args.quiet:
         for fmt, path in zip(fmts, written):
             print(f"wrote {', '.join(pred.operators)} as {fmt} to {path}")

@@ -126,6 +126,18 @@ def test_export_task(setup, capsys, tmp_path):
     assert (tmp_path / "ex" / "npz" / "hamiltonian.npz").is_file()
 
 
+def test_export_task_wannier90_orthogonalized(setup, capsys, tmp_path):
+    """The task's orthogonalize / mesh keys reach the Wannier90 export (the model has an overlap)."""
+    from eqtb.data.export_tb import read_hr_dat
+
+    task = _task(tmp_path / "w90.json", task="export", format="wannier90", orthogonalize=True, mesh=[2, 2, 2])
+    rc, cap = _run([task, "-i", setup["model"], "-stu", setup["poscar"], "-o", tmp_path / "w90"], capsys)
+    assert rc == 0, cap.err
+    info = json.loads((tmp_path / "w90" / "export.json").read_text())
+    assert info["orthogonalized"] and info["orthogonalization"]["mesh"] == [2, 2, 2]
+    assert read_hr_dat(tmp_path / "w90" / "wannier90_hr.dat") is not None
+
+
 @pytest.mark.parametrize("case, match", [
     ("no structure", "no structure"),
     ("bad task", "cannot be run|unknown"),
