@@ -1,7 +1,7 @@
 """Predicting operators of new structures with a trained model: the Python API.
 
 >>> import eqtb
->>> model = eqtb.load("run/checkpoint/slem.best.pth")        # eqtb.predict.Predictor
+>>> model = eqtb.load("run/checkpoint/slem.latest.pth")      # eqtb.predict.Predictor
 >>> pred = model.predict("POSCAR")                            # or an ase.Atoms / eqtb.Structure
 >>> kpath, bands = pred.bands()                               # automatic k-path, eV
 >>> Hk, Sk = pred.hk([[0, 0, 0]]), pred.sk([[0, 0, 0]])       # (nk, norb, norb) complex
@@ -165,7 +165,7 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Predictor:
-        """From an eqtb checkpoint (``eqtb train`` output: ``run/checkpoint/slem.best.pth``) or a
+        """From an eqtb checkpoint (``eqtb train`` output: ``run/checkpoint/slem.latest.pth``) or a
         DeePTB nnsk model (:func:`load_model`)."""
         return cls(load_model(path, device), source=str(path))
 
@@ -183,11 +183,18 @@ class Predictor:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self._tensor().device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        return self._tensor().dtype
+
+    def _tensor(self) -> torch.Tensor:
+        """A floating parameter or buffer of the model (models with fixed tables have no parameters)."""
+        for x in [*self.model.parameters(), *self.model.buffers()]:
+            if x.is_floating_point():
+                return x
+        return torch.zeros(())
 
     def predict(self, structure, chunk: int | None = DEFAULT_CHUNK, progress: bool | None = False) -> Prediction:
         """Operators of ``structure`` (Structure, ase.Atoms or file path). ``chunk``: directed
@@ -218,8 +225,11 @@ class Predictor:
         if not self.model.locality.strictly_local:
             chunk = None
         steps = self.model.chunk_steps(inputs, chunk)
-        with torch.no_grad(), tqdm(total=steps, desc=f"predict {s.natoms} atoms", unit="chunk",
-                                   disable=progress is False or (progress is None and steps < 20),
+        if progress is None:
+            disable = True if steps < 20 else None  # None: tqdm draws the bar only on a terminal
+        else:
+            disable = not progress
+        with torch.no_grad(), tqdm(total=steps, desc=f"predict {s.natoms} atoms", unit="chunk", disable=disable,
                                    leave=False) as bar:
             out = self.model(inputs, edge_chunk=chunk, progress=bar)
         t2 = time.perf_counter()
