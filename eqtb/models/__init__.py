@@ -8,6 +8,7 @@ rebuilds a trained model from a checkpoint's contents (reading the file is
 * ``lem`` -- :mod:`eqtb.models.lem`, semi-local E(3)-equivariant message passing (messages read
   the neighbours' features; receptive field (n_layers + 1) x r_max);
 * ``nnsk`` -- :mod:`eqtb.models.sk`, Slater-Koster two-centre integrals;
+* ``mix`` -- :mod:`eqtb.models.mix`, nnsk integrals corrected by the se2 environment of bonds and atoms;
 * ``dftbsk`` -- :mod:`eqtb.models.dftbsk`, the Slater-Koster tables of DFTB ``.skf`` files.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from eqtb.basis import Basis
-from eqtb.models import dftbsk, lem, sk, slem  # noqa: F401  (registers the families)
+from eqtb.models import dftbsk, lem, mix, sk, slem  # noqa: F401  (registers the families)
 from eqtb.models.base import FAMILIES, ModelError, OperatorModel, family_class, family_name
 
 __all__ = ["FAMILIES", "ModelError", "OperatorModel", "build_model", "family_name", "from_checkpoint",

@@ -1,6 +1,7 @@
 """DeePTB's trained Slater-Koster models in eqtb: an nnsk checkpoint (``.pth``) or JSON model
-becomes a :class:`eqtb.models.sk.SlaterKoster` with the same parameters, so it gives DeePTB's
-Hamiltonian and overlap (and bands) for any structure.
+becomes a :class:`eqtb.models.sk.SlaterKoster` with the same parameters, a mix checkpoint a
+:class:`eqtb.models.mix.Mix`, so either gives DeePTB's Hamiltonian and overlap (and bands) for any
+structure.
 
 Formats (DeePTB 2.2):
 
@@ -13,24 +14,34 @@ Formats (DeePTB 2.2):
 * JSON model (``to_json``, version 2, eV): ``{"version": 2, "unit": "eV", "common_options",
   "model_options", "model_params": {"hopping", "onsite", "overlap", "overlaponsite"}}`` with keys
   ``"A-B-3s-3p-0"`` (elements, shells by their basis labels, index of the integral), ``"A-3s-0"`` /
-  ``"A-3s-4s-0"`` (onsite energies) and ``"A-B-3s-3p-0"`` for strain parameters.
+  ``"A-3s-4s-0"`` (onsite energies) and ``"A-B-3s-3p-0"`` for strain parameters;
+* mix checkpoint: ``model_options`` with ``nnsk``, ``embedding`` (se2) and ``prediction`` (sktb); the
+  state holds the nnsk state under ``nnsk.`` and the networks under ``nnenv.``: the radial network
+  ``embedding.descriptor.embedding_net``, the onsite head ``node_prediction_h`` and the bond head
+  ``edge_prediction_h`` (residual blocks ``layers.K.layer.{in,out}_layer``, final ``out_layer``), whose
+  bond factors are in DeePTB's column order of the sk integrals (:class:`DeePTBLayout`; eqtb's order
+  is :func:`eqtb.models.mix.correction_slots`). DeePTB's overlap head ``edge_prediction_s`` and
+  ``overlaponsite_param`` of ``nnenv`` are not read: DeePTB 2.2.1 discards their output.
 
 :func:`from_deeptb` reads either into ``(options, state_dict)`` of eqtb -- validated
 ``common_options`` and ``model_options`` and the state of the eqtb model --, which is what an eqtb
-checkpoint holds (:func:`eqtb.train.checkpoint.load_checkpoint` calls it). DeePTB's mix models (nnsk
-with an se2 environment correction), dftbsk and E3 models are refused with a :class:`ModelError`
+checkpoint holds (:func:`eqtb.train.checkpoint.load_checkpoint` calls it). DeePTB's dftbsk models
+(alone or with an environment correction) and E3 models are refused with a :class:`ModelError`
 saying so.
 """
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from eqtb.basis import Basis, Shell
-from eqtb.models.base import ModelError
+from eqtb.models.base import ModelError, family_class
+from eqtb.models.mix import Mix
 from eqtb.models.sk import SlaterKoster, onsite_pairs
 
-__all__ = ["DeePTBLayout", "deeptb_kind", "from_deeptb", "is_deeptb_json", "nnsk_from_deeptb"]
+__all__ = ["DeePTBLayout", "deeptb_kind", "from_deeptb", "is_deeptb_json", "model_from_deeptb"]
 
 
 class DeePTBLayout:
@@ -76,18 +87,15 @@ def deeptb_kind(obj: dict) -> str:
 
 
 def _refuse(kind: str) -> None:
-    """ModelError saying why a DeePTB model of this kind is not converted (nothing for nnsk)."""
-    if kind == "nnsk":
+    """ModelError saying why a DeePTB model of this kind is not converted (nothing for nnsk, mix)."""
+    if kind in ("nnsk", "mix"):
         return
     if kind == "unknown":
         raise ModelError("its model_options name no model")
-    if kind == "mix":
-        raise ModelError("this is a DeePTB mix model (nnsk with an environment correction): mix models are "
-                         "not supported yet")
     if kind == "dftb2nnsk":
         raise ModelError("this is DeePTB's fit of Slater-Koster tables (skf2nnsk), not an nnsk model: load the "
                          "nnsk model it writes (nnsk_from_skf.pth, its to_pth)")
-    raise ModelError(f"this is a DeePTB {kind} model: eqtb reads DeePTB's nnsk models only "
+    raise ModelError(f"this is a DeePTB {kind} model: eqtb reads DeePTB's nnsk and mix models only "
                      "(its own families have other networks)")
 
 
@@ -102,27 +110,35 @@ def _options(config: dict) -> dict:
     """eqtb ``{"common_options", "model_options"}`` (validated, defaults filled) of a DeePTB config."""
     from eqtb.config import CommonOptions, ModelOptions
 
-    common, nnsk = config["common_options"], dict(config["model_options"]["nnsk"])
+    common, model = config["common_options"], config["model_options"]
+    if model.get("dftbsk"):
+        raise ModelError("this is a DeePTB dftbsk model with an environment correction: eqtb's mix models "
+                         "correct nnsk models only")
+    nnsk = dict(model["nnsk"])
     if nnsk.get("soc"):
         raise ModelError("the DeePTB model has spin-orbit coupling (soc), which eqtb does not support yet")
     nnsk["push"] = nnsk.get("push") or False  # DeePTB writes null when loading for prediction
     nnsk.setdefault("atomic_radius", "v1")  # DeePTB's default, absent from older checkpoints
+    options = {"nnsk": nnsk}
+    if model.get("embedding"):  # mix
+        options.update(embedding=model["embedding"], prediction=model["prediction"])
     try:
         return {"common_options": CommonOptions.model_validate({
                     "basis": common["basis"], "overlap": bool(common.get("overlap", False)),
                     "dtype": _dtype_name(common.get("dtype", "float32"))}).model_dump(),
-                "model_options": ModelOptions.model_validate({"nnsk": nnsk}).model_dump()}
+                "model_options": ModelOptions.model_validate(options).model_dump()}
     except ValueError as err:
         raise ModelError(f"the DeePTB model's options do not validate: {err}") from None
 
 
-def _empty_model(options: dict) -> SlaterKoster:
+def _empty_model(options: dict) -> SlaterKoster | Mix:
     """The float64 eqtb model of validated options (:func:`_options`), parameters to be filled."""
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        return SlaterKoster.from_options(options["model_options"], Basis(options["common_options"]["basis"]),
-                                         overlap=options["common_options"]["overlap"])
+        return family_class(options["model_options"]).from_options(
+            options["model_options"], Basis(options["common_options"]["basis"]),
+            overlap=options["common_options"]["overlap"])
     finally:
         torch.set_default_dtype(default)
 
@@ -229,6 +245,50 @@ def _json_state(model_json: dict, model: SlaterKoster) -> dict:
     return state
 
 
+#: DeePTB's names of the mix networks -> eqtb's (:class:`eqtb.models.mix.Mix`, :mod:`eqtb.nn.se2`)
+_MIX_NETWORKS = {"nnenv.embedding.descriptor.embedding_net.": "descriptor.radial.",
+                 "nnenv.node_prediction_h.": "onsite_head.", "nnenv.edge_prediction_h.": "bond_head."}
+_MIX_LAYERS = [(r"layers\.(\d+)\.layer\.in_layer\.", r"blocks.\1.fc1."),
+               (r"layers\.(\d+)\.layer\.out_layer\.", r"blocks.\1.fc2."),
+               (r"out_layer\.linear\.", "out."), (r"out_layer\.in_layer\.", "out.fc1."),
+               (r"out_layer\.out_layer\.", "out.fc2."), (r"out_layer\.", "out.")]
+#: DeePTB mix state entries that DeePTB 2.2.1 computes with but discards (module docstring)
+_MIX_UNUSED = ("nnenv.edge_prediction_s.", "nnenv.overlaponsite_param")
+
+
+def _load_mix_state(model: Mix, state: dict) -> Mix:
+    """Fill ``model`` from a DeePTB mix ``model_state_dict`` (module docstring); eval mode."""
+    nnsk = {k[len("nnsk."):]: v for k, v in state.items() if k.startswith("nnsk.")}
+    _load_state(model.nnsk, nnsk)
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("nnsk.")}
+    mapped = {}
+    for key, value in state.items():
+        prefix = next((p for p in _MIX_NETWORKS if key.startswith(p)), None)
+        if prefix is None:
+            if not key.startswith(("nnsk.", *_MIX_UNUSED)):
+                raise ModelError(f"the DeePTB mix state has an entry eqtb does not know: {key!r}")
+            continue
+        rest = key[len(prefix):]
+        for pattern, repl in _MIX_LAYERS:
+            rest, n = re.subn(f"^{pattern}", repl, rest)
+            if n:
+                break
+        mapped[_MIX_NETWORKS[prefix] + rest] = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
+    if set(mapped) != set(own):
+        raise ModelError(f"the DeePTB mix networks do not fit the model of its options: missing "
+                         f"{sorted(set(own) - set(mapped))}, unexpected {sorted(set(mapped) - set(own))}")
+    for key, value in mapped.items():
+        if value.shape != own[key].shape:
+            raise ModelError(f"DeePTB mix weight {key!r} has shape {tuple(value.shape)}, expected "
+                             f"{tuple(own[key].shape)}")
+    layout = DeePTBLayout(model.basis)
+    columns = [layout.integral(a, b, m) for a, b, m in model.slots]
+    for key in ("bond_head.out.weight", "bond_head.out.bias"):
+        mapped[key] = mapped[key][columns]
+    model.load_state_dict({**model.nnsk.state_dict(prefix="nnsk."), **mapped})
+    return model.eval()
+
+
 def is_deeptb_json(obj) -> bool:
     """True for the dict of a DeePTB JSON model (``version`` and ``model_params`` or v1 ``hopping``)."""
     return isinstance(obj, dict) and "version" in obj and ("model_params" in obj or "hopping" in obj)
@@ -242,7 +302,10 @@ def _from_json(model_json: dict) -> tuple[dict, SlaterKoster]:
                          "basis or model options)")
     if model_json.get("unit") != "eV":
         raise ModelError(f"DeePTB JSON model unit {model_json.get('unit')!r}: DeePTB 2.2 writes and reads eV only")
-    _refuse(deeptb_kind(model_json))
+    kind = deeptb_kind(model_json)
+    _refuse(kind)
+    if kind != "nnsk":
+        raise ModelError(f"a DeePTB JSON model of a {kind} model: DeePTB writes JSON models of nnsk only")
     options = _options(model_json)
     if any(e.labels is None for e in Basis(options["common_options"]["basis"]).elements):
         raise ModelError("a DeePTB JSON model needs a basis of shell lists such as [\"3s\", \"3p\"]")
@@ -257,13 +320,15 @@ def from_deeptb(obj: dict) -> tuple[dict, dict]:
     if is_deeptb_json(obj):
         options, model = _from_json(obj)
     else:
-        options, model = nnsk_from_deeptb(obj)
+        options, model = model_from_deeptb(obj)
     return options, model.state_dict()
 
 
-def nnsk_from_deeptb(checkpoint: dict) -> tuple[dict, SlaterKoster]:
-    """(eqtb options, model in float64 and eval mode) of a DeePTB nnsk checkpoint dict
+def model_from_deeptb(checkpoint: dict) -> tuple[dict, SlaterKoster | Mix]:
+    """(eqtb options, model in float64 and eval mode) of a DeePTB nnsk or mix checkpoint dict
     (``config`` with ``common_options`` and ``model_options``, ``model_state_dict``)."""
     _refuse(deeptb_kind(checkpoint))
     options = _options(checkpoint["config"])
-    return options, _load_state(_empty_model(options), checkpoint["model_state_dict"])
+    model = _empty_model(options)
+    load = _load_mix_state if isinstance(model, Mix) else _load_state
+    return options, load(model, checkpoint["model_state_dict"])
