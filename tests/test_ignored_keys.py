@@ -146,8 +146,9 @@ def test_models_eqtb_cannot_build_list_nothing(base):
                              "prediction": {"method": "sktb", "neurons": [8]}},
            "data_options.r_max": 5.0, "data_options.train.get_eigenvalues": True}
     assert keys(base, mix) == []
+    # dftbsk is built: its keys all act, the data_options cutoff does not
     dftbsk = {"model_options": {"dftbsk": {"skdata": "slakos", "r_max": 5.0}}, "data_options.r_max": 5.0}
-    assert keys(base, dftbsk) == []
+    assert keys(base, dftbsk) == ["data_options.r_max"]
     # a model from a checkpoint: the other sections are still checked
     assert keys(base, {"model_options": None, "data_options.r_max": 5.0}) == ["data_options.r_max"]
 
