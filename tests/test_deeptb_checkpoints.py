@@ -100,8 +100,6 @@ def test_pushed_checkpoint_keeps_its_cutoff(examples):
 
 
 @pytest.mark.parametrize("name, message", [
-    ("silicon/tutorial_v2.2/ref_ckpt/mix.md100.pth", "mix models are not supported yet"),
-    ("silicon/tutorial_v2.1/ref_ckpts/mix/checkpoint/mix.iter200.pth", "mix models are not supported yet"),
     ("skf2nnsk/HBCNOSi.nnsk.model/best_df2sk.pth", "fit of Slater-Koster tables.*nnsk_from_skf.pth"),
 ])
 def test_other_deeptb_models_are_refused(examples, name, message):
@@ -118,7 +116,7 @@ def test_unconvertible_files(tmp_path, examples):
     e3 = {"config": {"model_options": {"embedding": {"method": "slem"}, "prediction": {"method": "e3tb"}},
                      "common_options": {"basis": {"Si": "1s1p"}}}, "model_state_dict": {}}
     torch.save(e3, tmp_path / "slem.pth")
-    with pytest.raises(CheckpointError, match="DeePTB slem model: eqtb reads DeePTB's nnsk models only"):
+    with pytest.raises(CheckpointError, match="DeePTB slem model: eqtb reads DeePTB's nnsk and mix models only"):
         load_model(tmp_path / "slem.pth")
     v1 = json.loads((REFERENCE / "json_si_tr1.json").read_text())
     v1["version"] = 1

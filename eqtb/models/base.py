@@ -249,6 +249,13 @@ class OperatorModel(nn.Module):
         """Called by the trainer after optimizer step ``iteration`` (counted from 1), for families
         whose options change during training (e.g. nnsk ``push``). Default: nothing."""
 
+    def init_from(self, family: str, state_dict: dict) -> None:
+        """Start from the weights ``state_dict`` of a trained model of another family ``family``
+        (``eqtb train -i``), for a family built on another (``mix`` on ``nnsk``). Default:
+        :class:`ModelError`."""
+        raise ModelError(f"eqtb initialises a {self.family} model only from one of its own family, "
+                         f"not from a {family!r} model")
+
     def forward(self, inputs: ModelInputs, edge_chunk: int | None = None,
                 progress=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Blocks ``{quantity: (onsite (N, F, F), offsite (E, F, F))}`` of the atoms and canonical

@@ -531,9 +531,10 @@ class SlaterKoster(OperatorModel):
         F = B.shape[1]
         return r.new_zeros(n_atoms, F, F).index_add_(0, src, B + B.transpose(1, 2))
 
-    def _onsite_features(self, types: torch.Tensor, env) -> torch.Tensor:
+    def _onsite_features(self, types: torch.Tensor, env, factor: torch.Tensor | None = None) -> torch.Tensor:
         """(N, onsite_dim) onsite features of the main quantity from the energies of the mode and the
-        accumulated environment ``env`` (strain blocks / NRL densities; None otherwise)."""
+        accumulated environment ``env`` (strain blocks / NRL densities; None otherwise); ``factor``:
+        (N, K) factors of the energies (K: :func:`onsite_pairs`), applied before strain blocks are added."""
         ref = self.onsite_ref.to(self.pair_features)
         if self.onsite_mode in ("none", "strain"):
             energies = ref[types]
@@ -545,14 +546,19 @@ class SlaterKoster(OperatorModel):
             p = self.onsite_params[types]
             rho = env[:, None]
             energies = p[..., 0] + p[..., 1] * rho ** (2 / 3) + p[..., 2] * rho ** (4 / 3) + p[..., 3] * rho ** 2
+        if factor is not None:
+            energies = energies * factor
         out = energies @ self.pair_features
         if self.onsite_mode == "strain":
             out = out + self.assembler.onsite_transform.to_features(env)
         return out
 
-    def features(self, inputs: ModelInputs, edge_chunk: int | None = None, progress=None):
+    def features(self, inputs: ModelInputs, edge_chunk: int | None = None, progress=None,
+                 onsite_factor: torch.Tensor | None = None):
         """Two-centre integrals of every directed edge, chunk by chunk; onsite features in the last
-        part, with the environment (strain, NRL) accumulated over all chunks (any chunking is exact)."""
+        part, with the environment (strain, NRL) accumulated over all chunks (any chunking is exact).
+        ``onsite_factor``: (N, K) factors of every atom's onsite energies (K: :func:`onsite_pairs`;
+        the environment correction of :mod:`eqtb.models.mix`), None for none."""
         T = self.basis.n_types
         types = inputs.types
         chunks = bond_chunks(inputs.n_edges, edge_chunk)
@@ -573,7 +579,7 @@ class SlaterKoster(OperatorModel):
                 contrib = self._env_part(pair, src, r, frames, inputs.n_atoms)
                 env = contrib if env is None else env + contrib
             if n == len(chunks) - 1:
-                part.onsite[self.quantity] = self._onsite_features(types, env)
+                part.onsite[self.quantity] = self._onsite_features(types, env, onsite_factor)
                 if self.has_overlap:
                     values = torch.where(self.overlap_diagonal, torch.ones_like(self.overlap_onsite), self.overlap_onsite)
                     part.onsite[OVERLAP] = values[types] @ self.pair_features.to(values)

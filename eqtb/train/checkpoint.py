@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eqtb.models.base import ModelError
+from eqtb.models.base import ModelError, family_name
 from eqtb.models.deeptb import from_deeptb, is_deeptb_json
 
 
@@ -213,21 +213,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Load an eqtb checkpoint dict with ``torch.load(path, map_location, weights_only=False)``, or
-    convert a DeePTB nnsk model into one.
+    convert a DeePTB nnsk or mix model into one.
 
     Only load files you trust: unpickling can run arbitrary code.
 
-    DeePTB's nnsk checkpoints (``.pth`` with ``config`` and ``model_state_dict``) and JSON models
-    (version 2) are converted by :func:`eqtb.models.deeptb.from_deeptb` into ``config`` (eqtb
-    ``common_options`` and ``model_options``), ``model_state_dict`` of the equivalent
-    :class:`eqtb.models.sk.SlaterKoster`, ``model_family`` ``"nnsk"`` and ``converted_from``
+    DeePTB's nnsk and mix checkpoints (``.pth`` with ``config`` and ``model_state_dict``) and nnsk
+    JSON models (version 2) are converted by :func:`eqtb.models.deeptb.from_deeptb` into ``config``
+    (eqtb ``common_options`` and ``model_options``), ``model_state_dict`` of the equivalent
+    :class:`eqtb.models.sk.SlaterKoster` or :class:`eqtb.models.mix.Mix`, ``model_family``
+    (``"nnsk"`` or ``"mix"``) and ``converted_from``
     ``"deeptb"``; such a dict has no optimizer state, so it initialises or predicts but does not
     resume a run.
 
     Raises :class:`CheckpointError` naming ``path`` when the file does not exist (or is a
     directory), cannot be read (truncated or corrupt: whatever ``torch.load`` raised is chained),
     is not a dict, lacks any of :data:`REQUIRED_KEYS` (with a hint for DeePTB v1 checkpoints), or
-    is a DeePTB model eqtb cannot convert (mix, dftbsk, E3 models; the reason is given).
+    is a DeePTB model eqtb cannot convert (dftbsk, E3 models; the reason is given).
     Guarantees the returned dict has all :data:`REQUIRED_KEYS`.
     """
     path = Path(path)
@@ -278,5 +279,6 @@ def _from_deeptb(obj: dict) -> dict[str, Any]:
     from eqtb import __version__
 
     config, state = from_deeptb(obj)
-    return {"config": config, "model_state_dict": state, "eqtb_version": __version__, "model_family": "nnsk",
+    return {"config": config, "model_state_dict": state, "eqtb_version": __version__,
+            "model_family": family_name(config["model_options"]),
             "quantity": "hamiltonian", "converted_from": "deeptb"}

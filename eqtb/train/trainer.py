@@ -238,8 +238,12 @@ class Trainer:
             raise TrainError(f"{path}: the model's basis {saved.spec} differs from the config's {self.basis.spec}")
         family = state.get("model_family") or family_name(state["config"]["model_options"])
         if family != self.family:
-            raise TrainError(f"{path}: the checkpoint holds a {family!r} model but the config builds a "
-                             f"{self.family!r} model; eqtb initialises a model only from one of its own family")
+            try:
+                self.model.init_from(family, state["model_state_dict"])
+            except ModelError as err:
+                raise TrainError(f"{path}: the checkpoint holds a {family!r} model but the config builds a "
+                                 f"{self.family!r} model: {err}") from None
+            return
         problems = _state_mismatch(self.model, state["model_state_dict"])
         if problems:
             more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
