@@ -877,7 +877,8 @@ def _ignored_lem(mo: ModelOptions, overlap: bool) -> list[tuple[str, str]]:
 
 #: model family -> the ignored keys of its model_options (families eqtb can build)
 _MODEL_CHECKS = {"slem": _ignored_slem, "lem": _ignored_lem,
-                 "nnsk": lambda mo, overlap: [], "dftbsk": lambda mo, overlap: []}  # every nnsk/dftbsk key acts
+                 "nnsk": lambda mo, overlap: [], "dftbsk": lambda mo, overlap: [],  # every key of these acts
+                 "mix": lambda mo, overlap: []}
 
 
 def ignored_keys(cfg: TrainConfig | TestConfig) -> list[tuple[str, str]]:
@@ -890,9 +891,9 @@ def ignored_keys(cfg: TrainConfig | TestConfig) -> list[tuple[str, str]]:
     the other value; a key that acts only together with another (e.g. ``PolynomialCutoff_p`` with
     ``cutoff_type`` "polynomial", ``valid_fast`` with a validation set) is listed when that other
     condition fails. Model keys are checked for the families whose keys this function knows
-    (:data:`_MODEL_CHECKS`: ``slem`` and ``lem`` with an ``e3tb`` prediction, ``nnsk``, ``dftbsk``);
+    (:data:`_MODEL_CHECKS`: ``slem`` and ``lem`` with an ``e3tb`` prediction, ``nnsk``, ``dftbsk``, ``mix``);
     a model from a checkpoint has no model keys here. A training config of any other family
-    (``trinity``, ``se2``, nnsk/dftbsk + ``se2``, ...) lists nothing: eqtb refuses it
+    (``trinity``, ``se2`` alone, ...) lists nothing: eqtb refuses it
     when training starts ("not supported yet"). A test config lists the options ``eqtb test``
     takes from the model or its command line instead. Keys that eqtb refuses when they would
     act (e.g. ``onsite_shift`` true) are not listed here."""

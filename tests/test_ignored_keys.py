@@ -138,14 +138,15 @@ def test_ignored_keys_of_an_nnsk_config(base, nnsk, expected):
     assert keys(base, {"model_options": {"nnsk": {**NNSK, **nnsk}}, "data_options.r_max": 5.0}) == expected
 
 
-def test_models_eqtb_cannot_build_list_nothing(base):
+def test_models_eqtb_cannot_build_list_nothing_and_built_ones_their_ignored_keys(base):
     trinity = {E + "method": "trinity", E + "universal": True, "data_options.r_max": 5.0, T + "ref_batch_size": 2}
     assert keys(base, trinity) == []
     mix = {"model_options": {"nnsk": {**NNSK, "atomic_radius": "v1"},
                              "embedding": {"method": "se2", "rs": 3.0, "rc": 4.0, "radial_net": {"neurons": [8]}},
                              "prediction": {"method": "sktb", "neurons": [8]}},
            "data_options.r_max": 5.0, "data_options.train.get_eigenvalues": True}
-    assert keys(base, mix) == []
+    # mix is built: its own keys act; the data cutoff and band energies without a band loss do not
+    assert keys(base, mix) == ["data_options.r_max", "data_options.train.get_eigenvalues"]
     # dftbsk is built: its keys all act, the data_options cutoff does not
     dftbsk = {"model_options": {"dftbsk": {"skdata": "slakos", "r_max": 5.0}}, "data_options.r_max": 5.0}
     assert keys(base, dftbsk) == ["data_options.r_max"]
