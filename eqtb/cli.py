@@ -1235,8 +1235,9 @@ def _add_train(sub) -> None:
     p.add_argument("config", help="training config (DeePTB JSON schema)")
     p.add_argument("-o", "--output", default=".", help="output folder (default: current folder)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("-r", "--restart", default=None, metavar="CKPT",
-                   help="resume exactly from a checkpoint (optimizer, scheduler, RNG, epoch)")
+    g.add_argument("-r", "--restart", default=None, metavar="CKPT|RUN",
+                   help="resume exactly (optimizer, scheduler, RNG, epoch, batches done) from a checkpoint, "
+                        "or from the newest checkpoint of a run folder (the -o of an earlier run)")
     g.add_argument("-i", "--init-model", default=None, metavar="CKPT", help="start from a model's weights (fine-tuning)")
     p.add_argument("--num-epoch", type=int, default=None, help="override train_options.num_epoch")
     p.add_argument("--max-time", type=float, default=None, metavar="SECONDS",

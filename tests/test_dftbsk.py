@@ -245,3 +245,20 @@ def test_errors(slakos, tmp_path):
         dftbsk(slakos, BN, r_max={"B-B": 3.0, "N-N": 3.0})
     with pytest.raises(ModelError, match="Slater-Koster folder not found"):
         DftbSlaterKoster.cutoff_of({"dftbsk": {"skdata": str(tmp_path / "nowhere")}})
+
+
+def test_training_dftbsk_alone_is_a_clear_error(hbn_dftb, tmp_path, monkeypatch, capsys):
+    """dftbsk's tables are fixed: `eqtb train` says there is nothing to train (one line, exit 2)."""
+    import json
+    import shutil
+
+    from eqtb.cli import main
+
+    cfg = json.loads((hbn_dftb / "input_nnsk_eigvals.json").read_text())
+    cfg["model_options"] = {"dftbsk": {"skdata": str(hbn_dftb / "slakos"), "r_max": 5.0}}
+    shutil.copytree(hbn_dftb / "data", tmp_path / "data")
+    (tmp_path / "dftbsk.json").write_text(json.dumps(cfg))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "dftbsk.json", "-o", "run", "-q"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and "no trainable parameters" in errors[0], errors

@@ -116,3 +116,44 @@ def test_update_lr_per_iter_steps_the_scheduler_every_batch(si64_run):
     lr0 = cfg["train_options"]["optimizer"]["lr"]
     assert lrs[False] == pytest.approx([lr0, lr0 * 0.5, lr0 * 0.25])  # logged before the epoch's step
     assert lrs[True] == pytest.approx([lr0 * 0.25, lr0 * 0.5**4, lr0 * 0.5**6])  # after each epoch's 2 steps
+
+
+def test_kill_9_then_resume_from_the_run_folder(si64_run):
+    """A run killed with SIGKILL mid-training resumes with ``-r RUN_FOLDER`` from its newest periodic
+    checkpoint and ends with exactly the losses of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = json.loads((si64_run / "small.json").read_text())
+    cfg["train_options"].update(num_epoch=30, save_freq=5)
+    (si64_run / "kill.json").write_text(json.dumps(cfg))
+    assert main(["train", "kill.json", "-o", "full", "-q"]) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "eqtb.cli", "train", "kill.json", "-o", "part", "-q"],
+                            cwd=si64_run, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = si64_run / "part" / "log" / "history.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if history.is_file() and len(history.read_text().splitlines()) >= 12:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = len(history.read_text().splitlines())
+    assert 12 <= killed_at < 30
+    assert main(["train", "kill.json", "-o", "part", "-q", "-r", "part"]) == 0
+    full, part = _losses(si64_run / "full"), _losses(si64_run / "part")
+    assert len(part) == len(full) == 30
+    assert part == pytest.approx(full, rel=1e-6, abs=0)
+
+
+def test_restart_from_a_folder_without_checkpoints_is_one_line(si64_run, capsys):
+    (si64_run / "empty").mkdir()
+    assert main(["train", "small.json", "-o", "x", "-q", "-r", "empty"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in err if ": error: " in line] == [
+        f"eqtb train: error: empty: no *.latest.pth to resume from; give the checkpoint file"]

@@ -211,6 +211,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
                           "from the uninterrupted run", RuntimeWarning, stacklevel=2)
 
 
+def resume_path(path: str | os.PathLike) -> Path:
+    """The checkpoint to resume a run from: ``path`` itself when it is a file; for a run folder (the
+    ``-o`` of ``eqtb train``, or its ``checkpoint/`` folder) its ``<family>.latest.pth``, which the
+    trainer rewrites with every periodic checkpoint and at the end, so it is the newest state.
+    Raises :class:`CheckpointError` naming the folder when there is none, or several families."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    folder = path / "checkpoint" if (path / "checkpoint").is_dir() else path
+    found = sorted(folder.glob("*.latest.pth"))
+    if len(found) != 1:
+        what = "no *.latest.pth" if not found else f"several ({', '.join(f.name for f in found)})"
+        raise CheckpointError(f"{folder}: {what} to resume from; give the checkpoint file")
+    return found[0]
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Load an eqtb checkpoint dict with ``torch.load(path, map_location, weights_only=False)``, or
     convert a DeePTB nnsk or mix model into one.

@@ -69,6 +69,7 @@ from eqtb.train.checkpoint import (
     CheckpointError,
     CheckpointManager,
     load_checkpoint,
+    resume_path,
     rng_state,
     set_rng_state,
 )
@@ -140,6 +141,7 @@ class Trainer:
         self.progress = progress
         self.restart_state = None
         if restart is not None:
+            restart = resume_path(restart)
             self.restart_state = load_checkpoint(restart)
             saved = config_from_dict(self.restart_state["config"], source=str(restart))
             if cfg.model_options is None:
@@ -192,6 +194,9 @@ class Trainer:
         if init_state is not None:
             self._load_weights(init_state, init_model)
         opts = plain["train_options"]
+        if not any(p.requires_grad for p in self.model.parameters()):
+            raise TrainError(f"{cfg.source}: model_options: the {self.family} model has no trainable parameters "
+                             f"(all fixed or frozen): nothing to train")
         self.optimizer = build_optimizer(self.model.parameters(), opts["optimizer"])
         self.scheduler = Scheduler(self.optimizer, opts["lr_scheduler"], update_lr_per_iter=opts["update_lr_per_iter"],
                                    sliding_win_size=opts["sliding_win_size"])
