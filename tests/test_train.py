@@ -157,3 +157,20 @@ def test_restart_from_a_folder_without_checkpoints_is_one_line(si64_run, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert [line for line in err if ": error: " in line] == [
         f"eqtb train: error: empty: no *.latest.pth to resume from; give the checkpoint file"]
+
+
+def test_best_is_chosen_on_the_whole_validation_set(si64_run):
+    """With valid_fast (DeePTB's default: the logged val_loss is the first batch only) the best
+    checkpoint still follows the loss over every validation frame."""
+    for k in (1, 2):
+        shutil.copytree(si64_run / "data" / "Si64.0", si64_run / "data" / f"Si64.{k}")
+    cfg = json.loads((si64_run / "small.json").read_text())
+    cfg["data_options"]["validation"] = dict(cfg["data_options"]["train"])
+    cfg["train_options"].update(num_epoch=4, validation_freq=2, valid_fast=True, val_batch_size=1)
+    (si64_run / "val.json").write_text(json.dumps(cfg))
+    assert main(["train", "val.json", "-o", "val", "-q"]) == 0
+    hist = [json.loads(line) for line in open(si64_run / "val" / "log" / "history.jsonl")]
+    whole = {h["epoch"]: h["val_loss_whole"] for h in hist if "val_loss_whole" in h}
+    assert sorted(whole) == [2, 4]
+    best = torch.load(si64_run / "val" / "checkpoint" / "slem.best.pth", weights_only=False)
+    assert best["epoch"] == min(whole, key=whole.get)

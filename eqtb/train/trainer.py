@@ -24,7 +24,8 @@ what differs.
 
 Outputs in ``out_dir``: ``train_config.json`` (the configuration with defaults filled),
 ``checkpoint/<name>.latest.pth`` (every ``save_freq`` iterations, at the end, on Ctrl-C and on the
-time limit), ``<name>.best.pth`` (lowest validation loss, else training loss, checked every
+time limit), ``<name>.best.pth`` (lowest loss over the *whole* validation set -- also with
+``valid_fast``, logged as ``val_loss_whole`` --, else the lowest training loss, checked every
 ``validation_freq`` epochs), ``<name>.iter<N>.pth`` (every ``save_freq`` iterations, the newest
 ``max_ckpt`` kept), ``log/log.txt`` (one line per display step) and ``log/history.jsonl`` (the same
 figures as JSON lines: losses in the loss's unit -- eV for block losses, eV^2 for ``eigvals`` --,
@@ -305,9 +306,12 @@ class Trainer:
             raise TrainError(str(exc)) from None
 
     @torch.no_grad()
-    def validate(self) -> tuple[float, dict]:
+    def validate(self, whole: bool = False) -> tuple[float, dict]:
+        """(loss, MAEs) on the validation set: its first batch when ``valid_fast`` (DeePTB's
+        semantics, for the logged ``val_loss`` and the rop scheduler) unless ``whole``."""
         self.model.eval()
-        sets = self.val_set[:self.opts.val_batch_size] if self.opts.valid_fast else self.val_set
+        fast = self.opts.valid_fast and not whole
+        sets = self.val_set[:self.opts.val_batch_size] if fast else self.val_set
         losses, infos = [], []
         for k in range(0, len(sets), self.opts.val_batch_size):
             batch = make_batch(sets[k:k + self.opts.val_batch_size])
@@ -381,7 +385,11 @@ class Trainer:
                     rec["val_loss"] = self.last_val_loss = val_loss
                     rec.update({f"val_{k}": v for k, v in vinfo.items()})
                 if validation_epoch:
-                    metric = self.last_val_loss if self.val_set else train_loss
+                    metric = train_loss
+                    if self.val_set:  # best: the loss over the whole validation set
+                        metric = (self.validate(whole=True)[0] if len(self.val_set) > o.val_batch_size
+                                  and o.valid_fast else self.last_val_loss)
+                        rec["val_loss_whole"] = metric
                     if self.ckpt.is_improvement(metric):
                         self.ckpt.save_best(self.state(), metric)
                         best = metric
