@@ -754,7 +754,7 @@ _KINDS = {"train": TrainConfig, "test": TestConfig}
 
 
 # ================================================================================ ignored keys
-_NO_REFERENCE = "eqtb does not use reference data sets"
+_NO_REFERENCE = "there is no data_options.reference set"
 _OVERLAP_HEAD_ONLY = "used only by the overlap head, and common_options.overlap is false"
 
 
@@ -795,10 +795,10 @@ def _ignored_slem(mo: ModelOptions, overlap: bool) -> list[tuple[str, str]]:
     return out
 
 
-def _ignored_train(to: TrainOptions, validation: bool) -> list[tuple[str, str]]:
+def _ignored_train(to: TrainOptions, validation: bool, reference: bool = False) -> list[tuple[str, str]]:
     out = []
     opt, sched, losses = to.optimizer, to.lr_scheduler, to.loss_options
-    if _given(to, "ref_batch_size"):
+    if _given(to, "ref_batch_size") and not reference:
         out.append(("train_options.ref_batch_size", _NO_REFERENCE))
     if not validation:
         out += [(f"train_options.{key}", "there is no data_options.validation set")
@@ -809,7 +809,7 @@ def _ignored_train(to: TrainOptions, validation: bool) -> list[tuple[str, str]]:
         elif losses.validation.model_dump() != losses.train.model_dump():
             out.append(("train_options.loss_options.validation",
                         "eqtb computes validation losses with loss_options.train"))
-    if _given(losses, "reference"):
+    if _given(losses, "reference") and not reference:
         out.append(("train_options.loss_options.reference", _NO_REFERENCE))
     if _given(to, "sliding_win_size") and not (to.update_lr_per_iter and isinstance(sched, ReduceOnPlateauLR)):
         out.append(("train_options.sliding_win_size",
@@ -837,8 +837,6 @@ def _ignored_train(to: TrainOptions, validation: bool) -> list[tuple[str, str]]:
 def _ignored_data(do: DataOptions, overlap: bool, loss: str | None) -> list[tuple[str, str]]:
     out = [(f"data_options.{key}", "eqtb takes the cutoff from model_options")
            for key in ("r_max", "er_max", "oer_max") if getattr(do, key) is not None]
-    if _given(do, "reference"):
-        out.append(("data_options.reference", _NO_REFERENCE))
     train = do.train
     if train.get_overlap and not overlap and _given(train, "get_overlap"):
         out.append(("data_options.train.get_overlap",
@@ -907,7 +905,8 @@ def ignored_keys(cfg: TrainConfig | TestConfig) -> list[tuple[str, str]]:
             return []
         out = _MODEL_CHECKS[family](mo, overlap)
     if cfg.train_options is not None:
-        out += _ignored_train(cfg.train_options, cfg.data_options.validation is not None)
+        out += _ignored_train(cfg.train_options, cfg.data_options.validation is not None,
+                              cfg.data_options.reference is not None)
     loss = cfg.train_options.loss_options.train.method if cfg.train_options is not None else None
     return out + _ignored_data(cfg.data_options, overlap, loss)
 

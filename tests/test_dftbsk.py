@@ -262,3 +262,34 @@ def test_training_dftbsk_alone_is_a_clear_error(hbn_dftb, tmp_path, monkeypatch,
     assert main(["train", "dftbsk.json", "-o", "run", "-q"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
     assert len(errors) == 1 and "no trainable parameters" in errors[0], errors
+
+
+# ===================================================================== the skints loss
+def test_skints_loss_is_deeptbs_up_to_the_parity(hbn_dftb, slakos):
+    """The skints loss (eqtb.train.loss.SkintsLoss) of DeePTB's own fit of these tables
+    (hBN_dftb/nnskint, 500 epochs of DeePTB's skints): its onsite energies are the tables' (the
+    uniform onsite), and its integrals are the tables' once the parameters of shell pairs with odd
+    l_a + l_b change sign -- DeePTB fits its P B P reading, eqtb the blocks of its dftbsk (same bands)."""
+    import warnings
+
+    from eqtb.models import from_checkpoint
+    from eqtb.train.checkpoint import load_checkpoint
+    from eqtb.train.data import load_samples, make_batch
+    from eqtb.train.loss import LossError, SkintsLoss
+
+    model = from_checkpoint(load_checkpoint(hbn_dftb / "nnskint/checkpoint/nnsk.ep500.pth"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the example's info.json carries DeePTB v2.0 keys
+        batch = make_batch(load_samples(hbn_dftb / "data", "kpath", model.basis, model.r_max, []))
+    loss = SkintsLoss(model.basis, {"skdata": slakos})
+    as_fitted, info = loss.evaluate(loss.predict(model, batch.inputs), batch)
+    assert info["onsite_mae"] < 1e-5 and info["hopping_mae"] > 0.3 and float(as_fitted.detach()) > 1.0
+    with torch.no_grad():
+        for row, (_, _, a, b, _) in enumerate(model.hopping.keys):
+            model.hopping.params[row] *= (-1) ** (a.l + b.l)
+    flipped, info = loss.evaluate(loss.predict(model, batch.inputs), batch)
+    assert info["hopping_mae"] < 0.05 and float(flipped.detach()) < 0.01
+    with pytest.raises(LossError, match="fits the integrals of an nnsk model, not of a dftbsk model"):
+        loss.predict(dftbsk(slakos, BN), batch.inputs)
+    with pytest.raises(LossError, match="skints.*Slater-Koster folder not found"):
+        SkintsLoss(model.basis, {"skdata": str(hbn_dftb / "nowhere")})

@@ -318,8 +318,9 @@ def test_a_loss_needs_its_data(tutorial, capsys):
 
 
 def test_init_model_chain(tutorial):
-    """input A -> input B (DeePTB's chains change the cutoff): B starts from A's weights; a model
-    of another shape or basis is a clear error."""
+    """input A -> input B (DeePTB's chains change the cutoff): B starts from A's weights; with
+    another basis or overlap switch, from those it shares (DeePTB's from_reference); another hopping
+    form is a clear error."""
     main(["train", "input.json", "-o", "a", "-q", "--num-epoch", "5"])
     ckpt = tutorial / "a" / "checkpoint" / "nnsk.latest.pth"
     cfg = json.loads((tutorial / "input.json").read_text())
@@ -329,12 +330,29 @@ def test_init_model_chain(tutorial):
     for name, value in b.model.state_dict().items():
         torch.testing.assert_close(value, saved[name], rtol=0, atol=0)
     assert b.epoch == 0 and b.iteration == 0
-    cfg["common_options"]["overlap"] = True
-    with pytest.raises(TrainError, match=r"do not fit the configured nnsk model: overlap.* is missing"):
-        Trainer(load_config(_write(tutorial / "c.json", cfg)), "c", init_model=ckpt, progress=False)
-    cfg["common_options"].update(overlap=False, basis=SI_SPD)
-    with pytest.raises(TrainError, match="basis"):
-        Trainer(load_config(_write(tutorial / "d.json", cfg)), "d", init_model=ckpt, progress=False)
+    cfg["common_options"]["overlap"] = True  # as DeePTB: the overlap integrals start afresh
+    c = Trainer(load_config(_write(tutorial / "c.json", cfg)), "c", init_model=ckpt, progress=False)
+    torch.testing.assert_close(c.model.hopping.params, saved["hopping.params"], rtol=0, atol=0)
+    cfg["common_options"].update(overlap=False, basis=SI_SPD)  # sp -> sp + d*: the sp integrals are kept
+    d = Trainer(load_config(_write(tutorial / "d.json", cfg)), "d", init_model=ckpt, progress=False)
+    assert d.model.hopping.params.shape[0] > saved["hopping.params"].shape[0]
+    cfg["model_options"]["nnsk"]["hopping"]["method"] = "poly2pow"
+    with pytest.raises(TrainError, match="hopping integrals have 2 parameters each, the config's hopping method "
+                                         "'poly2pow' takes 4"):
+        Trainer(load_config(_write(tutorial / "e.json", cfg)), "e", init_model=ckpt, progress=False)
+
+
+
+def test_reference_set_joins_every_step(tutorial):
+    """data_options.reference (DeePTB): every step adds the loss of a reference batch; with the
+    training frame as the reference, each step's loss is twice the reference part."""
+    cfg = json.loads((tutorial / "input.json").read_text())
+    cfg["data_options"]["reference"] = dict(cfg["data_options"]["train"])
+    cfg["train_options"]["loss_options"]["reference"] = {"method": "eigvals"}
+    cfg["train_options"]["ref_batch_size"] = 1
+    assert main(["train", _write(tutorial / "ref.json", cfg), "-o", "ref", "-q", "--num-epoch", "2"]) == 0
+    for h in _history(tutorial / "ref"):
+        assert h["train_loss"] == pytest.approx(2 * h["train_ref_loss"], rel=1e-6)
 
 
 _KILL_AT_16 = """

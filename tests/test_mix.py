@@ -199,10 +199,12 @@ def test_dftbsk_mix_is_refused(examples):
 def _tutorial(tmp_path: Path, examples: Path, version: str, name: str) -> Path:
     """A DeePTB tutorial input ("cuda" -> "cpu") in a folder laid out as DeePTB's (data next to it)."""
     src = examples / "silicon"
-    shutil.copytree(src / "data" / "kpathmd100.0", tmp_path / "data" / "kpathmd100.0")
+    for folder in ("kpathmd100.0", "kpath_spk.0"):  # the training and the reference set
+        shutil.copytree(src / "data" / folder, tmp_path / "data" / folder)
     cfg = json.loads((src / version / name).read_text())
     cfg["common_options"]["device"] = "cpu"
-    cfg["data_options"]["train"]["root"] = "../data/"
+    for which in ("train", "reference"):
+        cfg["data_options"][which]["root"] = "../data/"
     (tmp_path / "tut").mkdir()
     path = tmp_path / "tut" / "input.json"
     path.write_text(json.dumps(cfg))

@@ -278,3 +278,55 @@ def test_strain_push_and_freeze_through_eqtb_train(nnsk_run):
     assert (int(early["pushes"]), int(late["pushes"])) == (1, 3)
     model = eqtb.load(nnsk_run / "run" / "checkpoint" / "nnsk.latest.pth").model
     assert model.locality.hops == 1 and model.w == pytest.approx(0.1 - 3 * 0.001)
+
+
+def _config(model: SlaterKoster, overlap: bool) -> dict:
+    return {"common_options": {"basis": model.basis.spec, "overlap": overlap},
+            "model_options": {"nnsk": {"hopping": model.hopping_options, "onsite": model.onsite_options,
+                                       "atomic_radius": model.atomic_radius}}}
+
+
+def test_init_from_another_basis_and_onsite_mode():
+    """-i as DeePTB's NNSK.from_reference: an sp model (onsite none) starts an sp + d* model (strain
+    onsite, another cutoff): every integral of the sp shells (hopping and overlap, of both directions
+    of a two-element bond) is the saved model's, the d* integrals and the strain parameters keep their
+    start; the push counter restarts at zero; a hopping form of another length is refused."""
+    from eqtb.models.sk import onsite_pairs
+
+    torch.manual_seed(0)
+    push = {"w_thr": -0.01, "period": 1}
+    sp = SlaterKoster(Basis({"Ga": ["4s", "4p"], "As": ["4s", "4p"]}), {"method": "powerlaw", "rs": 3.0, "w": 0.2},
+                      {"method": "uniform"}, std=0.5, overlap=True, push=push)
+    sp.after_iteration(1)
+    assert int(sp.pushes) == 1
+    spd = SlaterKoster(Basis({"Ga": ["4s", "4p", "d*"], "As": ["4s", "4p", "d*"]}),
+                       {"method": "powerlaw", "rs": 3.5, "w": 0.3}, {"method": "uniform"}, std=0.5, overlap=True)
+    spd.init_from("nnsk", sp.state_dict(), _config(sp, True))
+    assert int(spd.pushes) == 0
+    pair = torch.arange(4)  # every ordered pair of Ga, As
+    r = torch.full((4,), 2.5)
+    names = {n: k for k, n in enumerate(sk_names(spd.basis))}
+    for table in ("hopping", "overlap_hopping"):
+        old = sp.bond_integrals(getattr(sp, table), r, pair, overlap=table != "hopping")
+        new = spd.bond_integrals(getattr(spd, table), r, pair, overlap=table != "hopping")
+        # the same integrals up to the envelope (rs, w differ): compare the parameters' effect at rs
+        for k, name in enumerate(sk_names(sp.basis)):
+            ratio = new[:, names[name]] / old[:, k]
+            torch.testing.assert_close(ratio, ratio[:1].expand(4), rtol=1e-5, atol=0)
+    shared = [k for k, (a, b) in enumerate(onsite_pairs(spd.basis)) if a.l < 2]
+    torch.testing.assert_close(spd.onsite_params[:, shared], sp.onsite_params)
+    strain = SlaterKoster(Basis({"Ga": ["4s", "4p", "d*"], "As": ["4s", "4p", "d*"]}),
+                          {"method": "powerlaw", "rs": 3.5, "w": 0.3}, {"method": "strain", "rs": 2.5, "w": 0.1},
+                          std=0.5)
+    start = strain.strain.params.detach().clone()
+    strain.init_from("nnsk", sp.state_dict(), _config(sp, True))  # no overlap: its integrals are not read
+    torch.testing.assert_close(strain.strain.params, start, rtol=0, atol=0)
+    poly = SlaterKoster(sp.basis, {"method": "poly2pow", "rs": 3.0, "w": 0.2}, {"method": "uniform"})
+    with pytest.raises(ModelError, match="hopping integrals have 2 parameters each"):
+        poly.init_from("nnsk", sp.state_dict(), _config(sp, True))
+
+
+def sk_names(basis):
+    from eqtb.models.assembly import sk_integral_names
+
+    return sk_integral_names(basis)

@@ -115,6 +115,17 @@ def check_hidden_irreps(hidden: str, basis: Basis) -> o3.Irreps:
     return irreps
 
 
+def state_mismatch(model: nn.Module, saved: dict) -> list[str]:
+    """What keeps ``saved`` (a state dict) from loading into ``model``: missing, unexpected and
+    differently shaped entries."""
+    own = model.state_dict()
+    out = [f"{k} is missing" for k in own if k not in saved]
+    out += [f"{k} is not in the configured model" for k in saved if k not in own]
+    out += [f"{k} has shape {tuple(saved[k].shape)}, the configured model {tuple(v.shape)}"
+            for k, v in own.items() if k in saved and tuple(saved[k].shape) != tuple(v.shape)]
+    return out
+
+
 #: registry name -> family class
 FAMILIES: dict[str, type["OperatorModel"]] = {}
 
@@ -249,12 +260,24 @@ class OperatorModel(nn.Module):
         """Called by the trainer after optimizer step ``iteration`` (counted from 1), for families
         whose options change during training (e.g. nnsk ``push``). Default: nothing."""
 
-    def init_from(self, family: str, state_dict: dict) -> None:
-        """Start from the weights ``state_dict`` of a trained model of another family ``family``
-        (``eqtb train -i``), for a family built on another (``mix`` on ``nnsk``). Default:
-        :class:`ModelError`."""
-        raise ModelError(f"eqtb initialises a {self.family} model only from one of its own family, "
-                         f"not from a {family!r} model")
+    def init_from(self, family: str, state_dict: dict, config: dict | None = None) -> None:
+        """Start from the weights ``state_dict`` of a trained model of family ``family`` (``eqtb
+        train -i``); ``config``: the trained model's ``common_options`` and ``model_options``.
+        Default: a model of this family, basis and parameter shapes, loaded as saved, else
+        :class:`ModelError`; families override it to start from another family (``mix`` from
+        ``nnsk``) or from other options (``nnsk``: another basis or onsite mode, as DeePTB)."""
+        if family != self.family:
+            raise ModelError(f"eqtb initialises a {self.family} model only from one of its own family, "
+                             f"not from a {family!r} model")
+        if config is not None and Basis(config["common_options"]["basis"]) != self.basis:
+            raise ModelError(f"the model's basis {Basis(config['common_options']['basis']).spec} differs from "
+                             f"the config's {self.basis.spec}")
+        problems = state_mismatch(self, state_dict)
+        if problems:
+            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+            raise ModelError(f"the checkpoint's weights do not fit the configured {self.family} model: "
+                             f"{'; '.join(problems[:5])}{more}")
+        self.load_state_dict(state_dict)
 
     def forward(self, inputs: ModelInputs, edge_chunk: int | None = None,
                 progress=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

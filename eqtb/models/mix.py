@@ -132,10 +132,13 @@ class Mix(OperatorModel):
                               "n_axis": 4},
                 "prediction": {"method": "sktb", "neurons": [8, 8, 8]}}
 
-    def init_from(self, family: str, state_dict: dict) -> None:
-        """Start from a trained nnsk model (``family`` ``"nnsk"``: its weights fill the nnsk part;
-        the correction networks keep their initial, near-zero outputs), as DeePTB's ``-i`` does with
-        an nnsk checkpoint; :class:`ModelError` for another family or weights that do not fit."""
+    def init_from(self, family: str, state_dict: dict, config: dict | None = None) -> None:
+        """Start from a trained mix model (loaded as saved) or nnsk model (``family`` ``"nnsk"``: its
+        weights fill the nnsk part, which must have the same shape, as in DeePTB's ``MIX.from_reference``;
+        the correction networks keep their initial, near-zero outputs); :class:`ModelError` for
+        another family or weights that do not fit."""
+        if family == "mix":
+            return super().init_from(family, state_dict, config)
         if family != "nnsk":
             raise ModelError(f"a mix model starts from a mix or an nnsk model, not from a {family!r} model")
         try:

@@ -199,6 +199,7 @@ class IntegralTable(nn.Module):
                     sign[x * T + y, n] = s
         index[index < 0] = len(rows)
         self.keys: list[tuple] = list(rows)
+        self.entries: list[tuple] = entries  # the sk integrals (a, b, m) of the 'all' pair layout
         self.params = nn.Parameter(torch.empty(len(rows), n_params).normal_(0.0, std))
         self.register_buffer("index", torch.as_tensor(index), persistent=False)
         self.register_buffer("sign", torch.as_tensor(sign, dtype=torch.get_default_dtype()), persistent=False)
@@ -215,6 +216,25 @@ def onsite_pairs(basis: Basis) -> list[tuple]:
     order of onsite energies (by l, then row-major over the upper triangle)."""
     shells = basis.full_shells
     return [(a, b) for k, a in enumerate(shells) for b in shells[k:] if a.l == b.l]
+
+
+def _shell_map(new: Basis, old: Basis) -> dict[tuple[str, object], object]:
+    """``(symbol, shell of new) -> shell of old`` for the elements both bases have: shells matched by
+    label when both elements have labels (``"3s"`` of ``["3s", "3p"]`` is ``"3s"`` of ``["3s", "3p",
+    "d*"]``), else the k-th shell of each l to the k-th of the same l."""
+    out = {}
+    old_elements = {e.symbol: e for e in old.elements}
+    for e in new.elements:
+        o = old_elements.get(e.symbol)
+        if o is None:
+            continue
+        if e.labels is not None and o.labels is not None:
+            by_label = dict(zip(o.labels, o.shells))
+            out.update({(e.symbol, s): by_label[lab] for lab, s in zip(e.labels, e.shells) if lab in by_label})
+        else:
+            have = set(o.shells)
+            out.update({(e.symbol, s): s for s in e.shells if s in have})
+    return out
 
 
 # ===================================================================== options
@@ -290,6 +310,8 @@ class SlaterKoster(OperatorModel):
         self.basis = Basis(basis)
         self.quantity, self.has_overlap = quantity, overlap
         self.onsite_options = dict(onsite)
+        self.hopping_options = dict(hopping)
+        self.atomic_radius = atomic_radius
         self.form = HOPPING_FORMS[hopping["method"]]
         self.onsite_mode = onsite["method"]
         self.push = self._check_push(push, hopping)
@@ -499,6 +521,114 @@ class SlaterKoster(OperatorModel):
         thr = self.push["ovp_thr"]
         if thr and self.has_overlap and self.ovp_factor >= abs(thr):
             self.ovp_factor += thr
+
+    # ------------------------------------------------------------------ starting from a trained model
+    def init_from(self, family: str, state_dict: dict, config: dict | None = None) -> None:
+        """Start from a trained nnsk model (``eqtb train -i``) as DeePTB's ``NNSK.from_reference``
+        does: with the same basis, hopping and onsite options (and overlap switch) the weights load as
+        saved; otherwise (DeePTB's tutorials extend an sp model to sp + d*, change the onsite mode or
+        the cutoff) every parameter of the new model whose element(s) and shells the saved model has
+        takes the saved value -- hopping and overlap integrals, onsite energies (when both models
+        have the same kind), strain parameters (both strain), onsite overlaps of different shells --
+        and the rest keep their initial values. Shells are matched by their labels (``"3s"``) when both
+        bases have labels, else by angular momentum and order. ``config``: the saved model's
+        ``common_options`` and ``model_options``. Either way the push counter starts at zero: the
+        config's ``rs`` and ``w`` are the starting ones (DeePTB writes the pushed values into its
+        checkpoint's config); the overlap factor is kept (DeePTB resets it to 1 when the options
+        differ). :class:`ModelError` for another family, or integrals of a different number of
+        parameters (another hopping form)."""
+        if family != "nnsk":
+            raise ModelError(f"an nnsk model starts from an nnsk model, not from a {family!r} model")
+        if config is None:
+            raise ModelError("the checkpoint has no config")
+        saved_basis = Basis(config["common_options"]["basis"])
+        nnsk = config["model_options"]["nnsk"]
+        saved_overlap = bool(config["common_options"].get("overlap", False))
+        keys = ("method", "rs", "w")
+        same = (saved_basis == self.basis and saved_overlap == self.has_overlap
+                and all(nnsk["hopping"].get(k) == self.hopping_options.get(k) for k in keys)
+                and dict(nnsk["onsite"]) == self.onsite_options)
+        if same:
+            try:
+                self.load_state_dict(state_dict)
+            except RuntimeError as err:
+                raise ModelError(f"the checkpoint's weights do not fit the configured nnsk model: {err}") from None
+        else:
+            self._map_from(saved_basis, nnsk, saved_overlap, state_dict)
+        self.pushes.zero_()
+
+    def _map_from(self, basis: Basis, nnsk: dict, overlap: bool, state_dict: dict) -> None:
+        """Fill the parameters the saved model (``basis``, ``nnsk`` options, ``overlap``, weights
+        ``state_dict``) shares with this one (:meth:`init_from`)."""
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            old = SlaterKoster(basis, nnsk["hopping"], nnsk["onsite"], atomic_radius=nnsk.get("atomic_radius", "v1"),
+                               quantity=self.quantity, overlap=overlap)
+        finally:
+            torch.set_default_dtype(default)
+        try:
+            old.load_state_dict({k: torch.as_tensor(v).double() if torch.is_floating_point(torch.as_tensor(v))
+                                 else v for k, v in state_dict.items()})
+        except RuntimeError as err:
+            raise ModelError(f"the checkpoint's weights do not fit its own nnsk options: {err}") from None
+        shells = _shell_map(self.basis, basis)
+        with torch.no_grad():
+            self._map_table(self.hopping, old.hopping, basis, shells, "hopping")
+            if self.onsite_mode == "strain" and old.onsite_mode == "strain":
+                self._map_table(self.strain, old.strain, basis, shells, "strain")
+            if self.onsite_params is not None and old.onsite_params is not None:
+                if self.onsite_params.shape[-1] != old.onsite_params.shape[-1]:
+                    raise ModelError(f"onsite {old.onsite_mode!r} has {old.onsite_params.shape[-1]} parameters per "
+                                     f"energy, the config's {self.onsite_mode!r} {self.onsite_params.shape[-1]}")
+                self._map_onsite(self.onsite_params, old.onsite_params, basis, shells, diagonal=True)
+            if self.has_overlap and old.has_overlap:
+                self._map_table(self.overlap_hopping, old.overlap_hopping, basis, shells, "overlap")
+                self._map_onsite(self.overlap_onsite, old.overlap_onsite, basis, shells, diagonal=False)
+                self.ovp_factor.copy_(old.ovp_factor)
+
+    def _map_table(self, new: IntegralTable, old: IntegralTable, basis: Basis, shells: dict, what: str) -> None:
+        """Copy into ``new`` the integrals ``old`` (a table of the saved ``basis``) has, as the
+        integral of the directed edge (value with its sign), not as the raw row."""
+        if new.params.shape[1] != old.params.shape[1]:
+            raise ModelError(f"the checkpoint's {what} integrals have {old.params.shape[1]} parameters each, the "
+                             f"config's hopping method {self.form.name!r} takes {new.params.shape[1]}")
+        sym, old_sym = self.basis.symbols, basis.symbols
+        T, To = len(sym), len(old_sym)
+        new_entry = {e: n for n, e in enumerate(new.entries)}
+        old_entry = {e: n for n, e in enumerate(old.entries)}
+        strain = what == "strain"
+        for row, (x, y, a, b, m) in enumerate(new.keys):
+            if sym[x] not in old_sym or sym[y] not in old_sym:
+                continue
+            a0, b0 = shells.get((sym[x], a)), shells.get((sym[x] if strain else sym[y], b))
+            if a0 is None or b0 is None or (a0, b0, m) not in old_entry:
+                continue
+            ox, oy = old_sym.index(sym[x]), old_sym.index(sym[y])
+            k = int(old.index[ox * To + oy, old_entry[a0, b0, m]])
+            s_old = float(old.sign[ox * To + oy, old_entry[a0, b0, m]])
+            s_new = float(new.sign[x * T + y, new_entry[a, b, m]])
+            if k >= len(old.keys) or s_old == 0 or s_new == 0:
+                continue
+            new.params[row] = old.params[k].to(new.params) * (s_old / s_new)
+
+    def _map_onsite(self, new: torch.Tensor, old: torch.Tensor, basis: Basis, shells: dict, diagonal: bool) -> None:
+        """Copy per-element values of same-l shell pairs ((T, K, ...) onsite energies, (T, K)
+        onsite overlaps: ``diagonal`` False copies pairs of different shells only)."""
+        pairs, old_pairs = onsite_pairs(self.basis), onsite_pairs(basis)
+        old_sym = basis.symbols
+        for t, element in enumerate(self.basis.elements):
+            if element.symbol not in old_sym:
+                continue
+            own = set(element.shells)
+            for k, (a, b) in enumerate(pairs):
+                if a not in own or b not in own or (a == b and not diagonal):
+                    continue
+                a0, b0 = shells.get((element.symbol, a)), shells.get((element.symbol, b))
+                if a0 is None or b0 is None:
+                    continue
+                k0 = old_pairs.index((a0, b0)) if (a0, b0) in old_pairs else old_pairs.index((b0, a0))
+                new[t, k] = old[old_sym.index(element.symbol), k0].to(new)
 
     # ------------------------------------------------------------------ integrals
     def bond_integrals(self, table: IntegralTable, r: torch.Tensor, pair: torch.Tensor,

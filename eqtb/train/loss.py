@@ -35,6 +35,17 @@ DeePTB (``dptb/nnops/loss.py``), with the frame's ``bandinfo`` (:class:`eqtb.dat
 ``band_mae_meV`` is the mean absolute error of the aligned band energies inside the window (all
 kept ones without a window), in meV.
 
+``skints`` (:class:`SkintsLoss`) fits an nnsk model's Slater-Koster integrals to the tables of a
+DFTB parameter set (``skdata``: a folder of ``.skf`` files or DeePTB's ``.pth``, read as
+:mod:`eqtb.models.dftbsk` reads it), on the bonds of the training structures (no reference
+energies or blocks needed): the mean-square error of the onsite energies (one per atom and same-l
+shell pair) plus that of the two-centre integrals of every directed bond (plus that of the overlap
+integrals with ``common_options.overlap``). Unit: eV^2. DeePTB compares the same three groups, but
+its tables enter its blocks as ``P B P`` (``P = (-1)^l``, :mod:`eqtb.models.dftbsk`): eqtb compares
+the integrals as they enter the blocks, so the fitted model has the blocks of eqtb's dftbsk, and
+its parameters of shell pairs with odd ``l_a + l_b`` have the opposite sign of DeePTB's fit of the
+same tables (the same bands).
+
 Departures from DeePTB v2: its ``diff_on`` term indexes the band arrays with one axis too many and
 fills the in-window energies with zeros before differencing; eqtb differences the in-window
 energies, which is what the option is documented to do.
@@ -48,7 +59,8 @@ from eqtb.basis import Basis
 from eqtb.quantities import HAMILTONIAN, OVERLAP
 from eqtb.tb.bloch import BlochError, eigvalsh
 
-__all__ = ["BLOCK_METHODS", "BAND_METHODS", "BlockLoss", "EigHamLoss", "EigvalsLoss", "LossError", "build_loss"]
+__all__ = ["BLOCK_METHODS", "BAND_METHODS", "BlockLoss", "EigHamLoss", "EigvalsLoss", "LossError", "SkintsLoss",
+           "build_loss"]
 
 #: loss methods on blocks only, and those that need reference band energies
 BLOCK_METHODS = ("hamil_abs", "hamil_blas", "hamil_wt")
@@ -318,8 +330,83 @@ class EigHamLoss(torch.nn.Module):
         return self.evaluate(pred, batch)[0]
 
 
+class SkintsLoss(torch.nn.Module):
+    """DeePTB's ``skints`` (module docstring): an nnsk model's integrals and onsite energies against
+    the tables of ``options["skdata"]`` (a relative path from the current directory, as DeePTB).
+    :meth:`predict` replaces the model's forward: it returns the integrals of the model and of the
+    tables for the same bonds."""
+
+    needs_blocks, needs_bands = False, False
+
+    def __init__(self, basis: Basis, options: dict, quantity: str = HAMILTONIAN, overlap: bool = False):
+        super().__init__()
+        from eqtb.models.base import ModelError
+        from eqtb.models.dftbsk import DftbSlaterKoster
+        from eqtb.models.sk import onsite_pairs
+
+        if quantity != HAMILTONIAN:
+            raise LossError(f"loss method 'skints' fits Hamiltonian integrals, but the model predicts the {quantity}")
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            self.tables = DftbSlaterKoster(basis, options["skdata"], overlap=overlap)
+        except ModelError as err:
+            raise LossError(f"loss method 'skints': {err}") from None
+        finally:
+            torch.set_default_dtype(default)
+        self.basis, self.overlap = basis, overlap
+        pairs = onsite_pairs(basis)
+        F = basis.full_norb
+        place = torch.zeros(len(pairs), F, F, dtype=torch.float64)
+        mask = torch.zeros(basis.n_types, len(pairs), dtype=torch.bool)
+        for k, (a, b) in enumerate(pairs):
+            oa, ob = basis.shell_offset[a], basis.shell_offset[b]
+            place[k, oa:oa + a.dim, ob:ob + b.dim] = torch.eye(a.dim, dtype=torch.float64) / a.dim
+            for t, e in enumerate(basis.elements):
+                mask[t, k] = a in e.shells and b in e.shells
+        self.register_buffer("place", place, persistent=False)  # block -> energy of each same-l shell pair
+        self.register_buffer("pair_mask", mask, persistent=False)
+
+    def _energies(self, model, parts, inputs) -> torch.Tensor:
+        """(N, K) onsite energies (eV) of every atom and same-l shell pair of a model's features."""
+        onsite = next(p.onsite[HAMILTONIAN] for p in parts if HAMILTONIAN in p.onsite)
+        blocks = model.heads()[HAMILTONIAN].onsite(onsite, inputs.types)
+        return torch.einsum("nij,kij->nk", blocks, self.place.to(blocks))
+
+    def predict(self, model, inputs) -> dict:
+        """{"hopping": (model, tables) (2E, n_integrals) integrals of the directed bonds [fwd; rev],
+        "onsite": (model, tables, mask) (N, K) onsite energies, ["overlap": (model, tables)]}."""
+        from eqtb.models.sk import SlaterKoster
+
+        if not isinstance(model, SlaterKoster):
+            raise LossError(f"loss method 'skints' fits the integrals of an nnsk model, not of a {model.family} model")
+        parts = list(model.features(inputs))
+        with torch.no_grad():
+            ref = list(self.tables.features(inputs))
+        out = {"hopping": tuple(torch.cat([p.offsite[HAMILTONIAN] for p in ps]) for ps in (parts, ref)),
+               "onsite": (self._energies(model, parts, inputs), self._energies(self.tables, ref, inputs).detach(),
+                          self.pair_mask[inputs.types])}
+        if self.overlap:
+            out["overlap"] = tuple(torch.cat([p.offsite[OVERLAP] for p in ps]) for ps in (parts, ref))
+        return out
+
+    def evaluate(self, pred: dict, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """(loss in eV^2, {"onsite_mae", "hopping_mae"[, "overlap_mae"]}) of one batch."""
+        e, e_ref, mask = pred["onsite"]
+        terms = {"onsite": (e[mask], e_ref[mask].to(e)), "hopping": pred["hopping"]}
+        if "overlap" in pred:
+            terms["overlap"] = pred["overlap"]
+        loss = sum(((p - r.to(p)) ** 2).mean() for p, r in terms.values())
+        with torch.no_grad():
+            info = {f"{k}_mae": float((p - r.to(p)).abs().mean()) for k, (p, r) in terms.items()}
+        return loss, info
+
+    def forward(self, pred: dict, batch) -> torch.Tensor:
+        return self.evaluate(pred, batch)[0]
+
+
 def build_loss(basis: Basis, options: dict, quantity: str = HAMILTONIAN,
-               overlap: bool = False) -> BlockLoss | EigvalsLoss | EigHamLoss:
+               overlap: bool = False) -> BlockLoss | EigvalsLoss | EigHamLoss | SkintsLoss:
     """The loss of a ``loss_options.train`` dict (validated, defaults filled) for a model
     predicting ``quantity`` and, when ``overlap``, the overlap. Its ``needs_blocks`` /
     ``needs_bands`` say which references the data must provide."""
@@ -330,5 +417,7 @@ def build_loss(basis: Basis, options: dict, quantity: str = HAMILTONIAN,
         return EigvalsLoss(basis, options, quantity, overlap)
     if method == "eig_ham":
         return EigHamLoss(basis, options, quantity, overlap)
+    if method == "skints":
+        return SkintsLoss(basis, options, quantity, overlap)
     raise LossError(f"loss method {method!r} is not supported yet (supported: "
-                    f"{', '.join(BLOCK_METHODS + BAND_METHODS)})")
+                    f"{', '.join(BLOCK_METHODS + BAND_METHODS)}, skints)")

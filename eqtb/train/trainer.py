@@ -18,9 +18,15 @@ Epochs and iterations are counted from 1, like DeePTB. The order of the training
 records the batches already done, so a run restarted from any checkpoint (``restart``) continues
 with exactly the losses the uninterrupted run would have had. ``init_model`` starts a new run from
 the weights of a checkpoint (DeePTB's ``-i``, e.g. its tutorials' chains input_1 -> input_2 ->
-input_3, whose hopping cutoffs may differ): the configured model is built and the checkpoint's
-weights are loaded when every parameter matches in name and shape, else :class:`TrainError` lists
-what differs.
+input_3, whose hopping cutoffs, bases and onsite modes may differ): the configured model is built
+and starts from the checkpoint as its family decides (:meth:`eqtb.models.base.OperatorModel.init_from`:
+the same model loads as saved; nnsk takes what it shares with a model of another basis or onsite
+mode, as DeePTB; mix starts from nnsk), else :class:`TrainError` says what differs.
+
+A reference set (``data_options.reference``), as in DeePTB: every optimizer step adds to the
+batch's loss the loss (``loss_options.reference``, else ``loss_options.train``) of
+``ref_batch_size`` reference frames drawn afresh for that step (DeePTB 2.2.1 builds the reference
+loss but evaluates reference batches with the training loss; the two are the same in its examples).
 
 Outputs in ``out_dir``: ``train_config.json`` (the configuration with defaults filled),
 ``checkpoint/<name>.latest.pth`` (every ``save_freq`` iterations, at the end, on Ctrl-C and on the
@@ -63,7 +69,7 @@ from eqtb.config import (
 from eqtb.data.stats import operator_stats
 from eqtb.models import ModelError, build_model
 from eqtb.models.assembly import to_operators
-from eqtb.models.base import family_class, family_name
+from eqtb.models.base import family_class, family_name, state_mismatch
 from eqtb.operator import Operator
 from eqtb.quantities import DATA_FLAGS, DENSITY_MATRIX, HAMILTONIAN, OVERLAP
 from eqtb.train.checkpoint import (
@@ -88,11 +94,13 @@ class TrainError(ValueError):
 def quantities_of(cfg: TrainConfig) -> tuple[str, list[str], bool]:
     """(main quantity the model predicts, quantities whose target blocks are loaded, whether
     reference band energies are loaded) from ``data_options.train`` and ``common_options.overlap``.
-    Band energies alone make the Hamiltonian the main quantity, with no target blocks."""
+    Band energies alone make the Hamiltonian the main quantity, with no target blocks; so does the
+    ``skints`` loss, which needs the structures only."""
     flags = cfg.data_options.train
     wanted = [q for q, f in DATA_FLAGS.items() if getattr(flags, f)]
     bands = bool(flags.get_eigenvalues)
-    if HAMILTONIAN in wanted or (bands and DENSITY_MATRIX not in wanted):
+    skints = cfg.train_options is not None and cfg.train_options.loss_options.train.method == "skints"
+    if HAMILTONIAN in wanted or ((bands or skints) and DENSITY_MATRIX not in wanted):
         main = HAMILTONIAN
     elif DENSITY_MATRIX in wanted:
         main = DENSITY_MATRIX
@@ -108,17 +116,6 @@ def sample_operator(s: Sample, basis: Basis, quantity: str) -> Operator:
     """The aligned targets of a sample as an Operator (bonds within the cutoff only)."""
     inp = s.inputs
     return to_operators(s.structure, basis, inp.i, inp.j, inp.R, {quantity: s.targets[quantity]})[quantity]
-
-
-def _state_mismatch(model: torch.nn.Module, saved: dict) -> list[str]:
-    """What keeps ``saved`` (a state dict) from loading into ``model``: missing, unexpected and
-    differently shaped entries."""
-    own = model.state_dict()
-    out = [f"{k} is missing" for k in own if k not in saved]
-    out += [f"{k} is not in the configured model" for k in saved if k not in own]
-    out += [f"{k} has shape {tuple(saved[k].shape)}, the configured model {tuple(v.shape)}"
-            for k, v in own.items() if k in saved and tuple(saved[k].shape) != tuple(v.shape)]
-    return out
 
 
 def _trim_history(path: Path, epoch: int) -> None:
@@ -179,9 +176,17 @@ class Trainer:
         except LossError as exc:
             raise ConfigError(cfg.source, "train_options.loss_options.train", str(exc)) from None
         self._check_data_for_loss(loss_options["method"])
+        self.ref_loss_fn = None
+        if cfg.data_options.reference is not None:  # DeePTB: a reference batch's loss joins every step
+            ref_options = plain["train_options"]["loss_options"].get("reference") or loss_options
+            try:
+                self.ref_loss_fn = build_loss(self.basis, ref_options, self.quantity, common.overlap).to(self.device)
+            except LossError as exc:
+                raise ConfigError(cfg.source, "train_options.loss_options.reference", str(exc)) from None
 
         self.train_set = self._load("train")
         self.val_set = self._load("validation") if cfg.data_options.validation is not None else []
+        self.ref_set = self._load("reference", self.ref_loss_fn) if self.ref_loss_fn is not None else []
         stats = None
         if self.restart_state is None and init_state is None and self.quantities:
             stats = {q: operator_stats((sample_operator(s, self.basis, q) for s in self.train_set), self.basis)
@@ -222,11 +227,12 @@ class Trainer:
         if self.loss_fn.needs_bands and not self.bands:
             raise TrainError(f"{key} fits band energies: set data_options.train.get_eigenvalues to true")
 
-    def _load(self, which: str) -> list[Sample]:
+    def _load(self, which: str, loss_fn=None) -> list[Sample]:
         ds = getattr(self.cfg.data_options, which)
         root = resolve_root(ds.root, self.cfg.path, f"data_options.{which}.root")
+        loss_fn = loss_fn or self.loss_fn
         samples = load_samples(root, ds.prefix, self.basis, self.r_max, self.quantities, ds.separator, ds.type,
-                               eigenvalues=self.bands and self.loss_fn.needs_bands, dtype=self.dtype,
+                               eigenvalues=self.bands and loss_fn.needs_bands, dtype=self.dtype,
                                progress=self.progress)
         if not samples:
             raise TrainError(f"{self.cfg.source}: data_options.{which}: no frames found under {root} "
@@ -238,19 +244,24 @@ class Trainer:
                 s.bands = s.bands.to(self.device, self.dtype)
         return samples
 
-    def _load_weights(self, state: dict, path) -> None:
+    def _load_weights(self, state: dict, path, init: bool = True) -> None:
+        """The checkpoint's weights into the model: ``init`` (``-i``) lets the model decide how it
+        starts from them (:meth:`eqtb.models.base.OperatorModel.init_from`: nnsk from another basis or
+        onsite mode as DeePTB, mix from nnsk); a restart (``-r``) needs the same model."""
+        family = state.get("model_family") or family_name(state["config"]["model_options"])
+        if init:
+            try:
+                self.model.init_from(family, state["model_state_dict"], state["config"])
+            except ModelError as err:
+                if family != self.family:
+                    raise TrainError(f"{path}: the checkpoint holds a {family!r} model but the config builds a "
+                                     f"{self.family!r} model: {err}") from None
+                raise TrainError(f"{path}: {err}") from None
+            return
         saved = Basis(state["config"]["common_options"]["basis"])
         if saved != self.basis:
             raise TrainError(f"{path}: the model's basis {saved.spec} differs from the config's {self.basis.spec}")
-        family = state.get("model_family") or family_name(state["config"]["model_options"])
-        if family != self.family:
-            try:
-                self.model.init_from(family, state["model_state_dict"])
-            except ModelError as err:
-                raise TrainError(f"{path}: the checkpoint holds a {family!r} model but the config builds a "
-                                 f"{self.family!r} model: {err}") from None
-            return
-        problems = _state_mismatch(self.model, state["model_state_dict"])
+        problems = state_mismatch(self.model, state["model_state_dict"])
         if problems:
             more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
             raise TrainError(f"{path}: the checkpoint's weights do not fit the configured {self.family} model: "
@@ -258,7 +269,7 @@ class Trainer:
         self.model.load_state_dict(state["model_state_dict"])
 
     def _restore(self, state: dict, path) -> None:
-        self._load_weights(state, path)
+        self._load_weights(state, path, init=False)
         try:
             self.optimizer.load_state_dict(state["optimizer_state_dict"])
             self.scheduler.load_state_dict(state["lr_scheduler_state_dict"])
@@ -290,18 +301,31 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def _step(self, samples: list[Sample]) -> tuple[float, dict]:
+        """One optimizer step on ``samples``; with a reference set, plus the loss of a batch of
+        ``ref_batch_size`` reference frames drawn afresh for every step (DeePTB's semantics), from
+        ``seed`` and the iteration alone (so that a restart draws the same ones)."""
         batch = make_batch(samples)
         self.model.train()
-        pred = self.model(batch.inputs)
-        loss, info = self._loss(pred, batch)
+        loss, info = self._loss(batch)
+        if self.ref_set:
+            rng = np.random.default_rng([self.seed % 2**32, self.iteration])
+            pick = rng.permutation(len(self.ref_set))[:self.opts.ref_batch_size]
+            ref_loss, _ = self._loss(make_batch([self.ref_set[k] for k in pick]), self.ref_loss_fn)
+            loss = loss + ref_loss
+            info = {**info, "ref_loss": float(ref_loss.detach())}
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         return float(loss.detach()), info
 
-    def _loss(self, pred, batch: Batch):
+    def _loss(self, batch: Batch, loss_fn=None):
+        """(loss, info) of the model on ``batch``: the loss's own ``predict`` (``skints``: integrals)
+        where it has one, else the model's blocks."""
+        loss_fn = loss_fn or self.loss_fn
         try:
-            return self.loss_fn.evaluate(pred, batch)
+            predict = getattr(loss_fn, "predict", None)
+            pred = predict(self.model, batch.inputs) if predict is not None else self.model(batch.inputs)
+            return loss_fn.evaluate(pred, batch)
         except LossError as exc:
             raise TrainError(str(exc)) from None
 
@@ -315,7 +339,7 @@ class Trainer:
         losses, infos = [], []
         for k in range(0, len(sets), self.opts.val_batch_size):
             batch = make_batch(sets[k:k + self.opts.val_batch_size])
-            loss, info = self._loss(self.model(batch.inputs), batch)
+            loss, info = self._loss(batch)
             losses.append(float(loss))
             infos.append(info)
         return float(np.mean(losses)), {k: float(np.mean([i[k] for i in infos])) for k in infos[0]}
