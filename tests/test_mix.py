@@ -153,6 +153,34 @@ def test_corrections_are_factors_of_the_integrals(gaas_displaced):
     torch.testing.assert_close(onsite, sk["hamiltonian"][0], rtol=0, atol=1e-12)
 
 
+def test_dftbsk_tables_corrected(gaas_displaced):
+    """A mix of dftbsk tables (DeePTB's dftbsk + environment correction): constant factors 1 + c
+    scale the tables' Hamiltonian bonds and onsite energies; the overlap is the tables'; the graph
+    reaches rc; it does not start from an nnsk model."""
+    from eqtb.models.dftbsk import DftbSlaterKoster
+
+    basis = {"Ga": "1s1p1d", "As": "1s1p1d"}
+    options = {**DftbSlaterKoster.example_options(basis),
+               "embedding": {"method": "se2", "rs": 2.0, "rc": 5.0, "radial_net": {"neurons": [4, 8]}},
+               "prediction": {"method": "sktb", "neurons": [8]}}
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = model_from_options(options, basis, overlap=True)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert model.sk is model.dftbsk and model.r_max == pytest.approx(5.0)
+    sk = _blocks(model.dftbsk, gaas_displaced, r_max=4.45)
+    _constant_factors(model, 0.3, -0.4)
+    mix = _blocks(model, gaas_displaced, r_max=4.45)
+    assert sk["hamiltonian"][1].abs().max() > 0.1
+    torch.testing.assert_close(mix["hamiltonian"][1], 0.6 * sk["hamiltonian"][1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(mix["hamiltonian"][0], 1.3 * sk["hamiltonian"][0], rtol=1e-12, atol=1e-12)
+    for a, b in zip(mix["overlap"], sk["overlap"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ModelError, match="corrects dftbsk tables: it starts from a mix model"):
+        model.init_from("nnsk", {}, None)
+
+
 def test_environment_reaches_rc_not_beyond(si64_displaced):
     """The graph cutoff is rc when rc exceeds the nnsk cutoff; bonds beyond the hopping cutoff have
     zero blocks; the descriptor sees neighbours within rc only."""
@@ -184,7 +212,7 @@ def test_option_errors(change, message):
         model_from_options(options, {"Si": "1s1p"})
 
 
-def test_dftbsk_mix_is_refused(examples):
+def test_deeptb_dftbsk_mix_is_refused(examples):
     state = torch.load(examples / "silicon/tutorial_v2.2/ref_ckpt/mix.md100.pth", map_location="cpu",
                        weights_only=False)
     state["config"]["model_options"]["dftbsk"] = {"skdata": "slakos"}

@@ -43,7 +43,9 @@ omits it and fails DeePTB's argcheck); without it eqtb takes, per bond type A-B,
 distance of ``A-B.skf`` and ``B-A.skf``, beyond which the integrals are zero anyway.
 
 The model has no trainable parameters: it predicts the Hamiltonian (not a density matrix) and is
-two-centre (:class:`eqtb.models.base.Locality` 0).
+two-centre (:class:`eqtb.models.base.Locality` 0). With an se2 environment (``embedding``,
+``prediction``) it is the base of a :mod:`mix <eqtb.models.mix>` model, which multiplies its
+integrals and onsite energies by learned factors (DeePTB's dftbsk + environment correction).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from eqtb.data.skf import INTEGRALS, SHELL_LETTERS, SKFError, SKTable, read_skda
 from eqtb.models.assembly import SKAssembler
 from eqtb.models.base import Features, Locality, ModelError, OperatorModel, bond_chunks, register
 from eqtb.models.inputs import ModelInputs
+from eqtb.models.sk import onsite_pairs
 from eqtb.nn.so2 import directed_frames
 from eqtb.quantities import OVERLAP
 from eqtb.structure import pair_cutoffs
@@ -148,8 +151,9 @@ class DftbSlaterKoster(OperatorModel):
         index, sign = self._gather_tables(T)
         self.register_buffer("gather_index", torch.as_tensor(index), persistent=False)
         self.register_buffer("gather_sign", torch.as_tensor(sign, dtype=f32), persistent=False)
-        onsite, identity = self._onsite_features(tables)
-        self.register_buffer("onsite_energies", onsite, persistent=False)
+        energies, place, identity = self._onsite_features(tables)
+        self.register_buffer("onsite_energies", energies, persistent=False)
+        self.register_buffer("pair_features", place, persistent=False)
         if overlap:
             self.register_buffer("onsite_identity", identity, persistent=False)
 
@@ -184,22 +188,28 @@ class DftbSlaterKoster(OperatorModel):
                     sign[x * T + y, n] = 1.0 if a.l <= b.l else (-1.0) ** (a.l + b.l)
         return index, sign
 
-    def _onsite_features(self, tables) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T, onsite_dim) features of the onsite Hamiltonian (the free atom's energies on the
-        diagonal) and of the onsite overlap (identity) of each element."""
+    def _onsite_features(self, tables) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(T, K) onsite energies of each element's shells (the free atom's levels; K: the shells of
+        the full basis, :func:`eqtb.models.sk.onsite_pairs`, one per l here), (K, onsite_dim) the
+        features of a unit energy on each shell, and (T, onsite_dim) those of the onsite overlap
+        (identity) of each element."""
         F = self.basis.full_norb
         T = self.basis.n_types
-        energies, identity = np.zeros((T, F, F)), np.zeros((T, F, F))
+        pairs = onsite_pairs(self.basis)
+        energies, place, identity = np.zeros((T, len(pairs))), np.zeros((len(pairs), F, F)), np.zeros((T, F, F))
+        for k, (a, _) in enumerate(pairs):
+            o = self.basis.shell_offset[a]
+            place[k, o:o + a.dim, o:o + a.dim] = np.eye(a.dim)
         for t, element in enumerate(self.basis.elements):
             levels = tables[element.symbol, element.symbol].onsite
             for shell in element.shells:
                 o = self.basis.shell_offset[shell]
-                idx = np.arange(o, o + shell.dim)
-                energies[t, idx, idx] = levels[shell.l]
-                identity[t, idx, idx] = 1.0
+                energies[t, pairs.index((shell, shell))] = levels[shell.l]
+                identity[t, o:o + shell.dim, o:o + shell.dim] = np.eye(shell.dim)
         tr = self.assembler.onsite_transform
         f32 = torch.get_default_dtype()
-        return (tr.to_features(torch.as_tensor(energies)).to(f32), tr.to_features(torch.as_tensor(identity)).to(f32))
+        return (torch.as_tensor(energies, dtype=f32), tr.to_features(torch.as_tensor(place)).to(f32),
+                tr.to_features(torch.as_tensor(identity)).to(f32))
 
     # ------------------------------------------------------------------ declarations
     @classmethod
@@ -268,9 +278,12 @@ class DftbSlaterKoster(OperatorModel):
         inside = (r <= self.pair_cutoff.to(r)[pair])[:, None]
         return torch.gather(columns, 1, self.gather_index[pair]) * self.gather_sign.to(r)[pair] * inside
 
-    def features(self, inputs: ModelInputs, edge_chunk: int | None = None, progress=None):
+    def features(self, inputs: ModelInputs, edge_chunk: int | None = None, progress=None,
+                 onsite_factor: torch.Tensor | None = None):
         """Interpolated integrals of every directed edge, chunk by chunk (any chunking is exact:
-        two-centre); the onsite features in the last part."""
+        two-centre); the onsite features in the last part. ``onsite_factor``: (N, K) factors of every
+        atom's onsite energies (K: :func:`eqtb.models.sk.onsite_pairs`; the environment correction
+        of :mod:`eqtb.models.mix`), None for none."""
         T = self.basis.n_types
         types = inputs.types
         chunks = bond_chunks(inputs.n_edges, edge_chunk)
@@ -286,7 +299,10 @@ class DftbSlaterKoster(OperatorModel):
             if self.has_overlap:
                 part.offsite[OVERLAP] = self.bond_integrals(self.s_table, r, pair)
             if n == len(chunks) - 1:
-                part.onsite[self.quantity] = self.onsite_energies.to(vec)[types]
+                energies = self.onsite_energies.to(vec)[types]
+                if onsite_factor is not None:
+                    energies = energies * onsite_factor
+                part.onsite[self.quantity] = energies @ self.pair_features.to(vec)
                 if self.has_overlap:
                     part.onsite[OVERLAP] = self.onsite_identity.to(vec)[types]
             if progress is not None:

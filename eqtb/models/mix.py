@@ -1,7 +1,8 @@
 """``mix``: DeePTB's Slater-Koster model corrected by each bond's and atom's environment -- an
-:mod:`nnsk <eqtb.models.sk>` model whose integrals are multiplied by factors that networks read off
-the se2 descriptors of the atoms (DeePTB 2.2.1's ``MIX`` of ``dptb/nn/deeptb.py``: an ``nnsk`` with
-an ``se2`` embedding and an ``sktb`` prediction). A DeePTB mix checkpoint gives DeePTB's numbers here
+:mod:`nnsk <eqtb.models.sk>` model, or the fixed tables of a :mod:`dftbsk <eqtb.models.dftbsk>`
+model, whose integrals are multiplied by factors that networks read off the se2 descriptors of the
+atoms (DeePTB 2.2.1's ``MIX`` of ``dptb/nn/deeptb.py``: an ``nnsk`` or ``dftbsk`` with an ``se2``
+embedding and an ``sktb`` prediction). A DeePTB nnsk mix checkpoint gives DeePTB's numbers here
 (:mod:`eqtb.models.deeptb`).
 
 Units: Angstrom, eV; the factors are dimensionless.
@@ -21,8 +22,8 @@ starts near zero, so that a new mix model starts as its nnsk model):
 * every onsite energy ``E_i`` of a same-l shell pair (the nnsk mode's energy, before strain blocks
   are added; :func:`eqtb.models.sk.onsite_pairs`) becomes ``E_i (1 + c^i)``, ``c^i = onsite_head(d_i)``.
 
-Strain blocks and the overlap are nnsk's, uncorrected: DeePTB 2.2.1's mix builds an overlap head
-too (``edge_prediction_s``) but discards its output, and eqtb does not build it.
+Strain blocks and the overlap are nnsk's (dftbsk's), uncorrected: DeePTB 2.2.1's mix builds an
+overlap head too (``edge_prediction_s``) but discards its output, and eqtb does not build it.
 
 **Locality.** A bond's factors read the atoms within rc of either end, an onsite block those within
 rc of the atom: strictly local (:class:`eqtb.models.base.Locality` 1) with the graph cutoff the
@@ -33,10 +34,12 @@ chunk: any chunking is exact.
 
 **Options.** ``model_options`` ``{"nnsk": {...}, "embedding": {"method": "se2", "rs", "rc",
 "radial_net": {"neurons", "activation"}, "n_axis"}, "prediction": {"method": "sktb", "neurons",
-"activation"}}``. As in DeePTB, nnsk's ``push`` cannot be used in a mix model; its ``freeze`` (DeePTB's
-tutorials freeze the whole nnsk part) acts as in nnsk. Refused with a :class:`ModelError`: batch
-normalisation (``if_batch_normalized``), and a ``dftbsk`` model in place of nnsk (not supported yet).
-A mix model can start from a trained nnsk model (:meth:`Mix.init_from`), as DeePTB's tutorials do.
+"activation"}}``, or ``"dftbsk": {"skdata", "r_max"}`` in place of ``"nnsk"`` (the tables are read
+from ``skdata`` whenever the model is built, a checkpoint included: a relative path is taken from the
+working folder, as DeePTB does; only the networks are trained). As in DeePTB, nnsk's ``push`` cannot
+be used in a mix model; its ``freeze`` (DeePTB's tutorials freeze the whole nnsk part) acts as in
+nnsk. Refused with a :class:`ModelError`: batch normalisation (``if_batch_normalized``). A mix model
+can start from a trained nnsk model (:meth:`Mix.init_from`), as DeePTB's tutorials do.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import torch
 
 from eqtb.basis import Basis
 from eqtb.models.base import Locality, ModelError, OperatorModel, bond_chunks, register
+from eqtb.models.dftbsk import DftbSlaterKoster
 from eqtb.models.inputs import ModelInputs
 from eqtb.models.sk import SlaterKoster, onsite_pairs
 from eqtb.nn.se2 import ACTIVATIONS, ResNet, Se2Descriptor
@@ -74,14 +78,16 @@ def _raise_to(cut, rc: float):
 
 @register
 class Mix(OperatorModel):
-    """The ``mix`` family; see the module docstring. ``nnsk``: the Slater-Koster model it corrects;
+    """The ``mix`` family; see the module docstring. ``nnsk``: the Slater-Koster model it corrects
+    (a :class:`~eqtb.models.sk.SlaterKoster`, held as ``nnsk``, or a
+    :class:`~eqtb.models.dftbsk.DftbSlaterKoster`, held as ``dftbsk``);
     ``rs``, ``rc`` (Angstrom), ``radial_neurons``, ``radial_activation``, ``n_axis``: the se2
     descriptor (:class:`eqtb.nn.se2.Se2Descriptor`); ``neurons``, ``activation``: the hidden widths
     and activation of the two correction heads (DeePTB's ``prediction``)."""
 
     family = "mix"
 
-    def __init__(self, nnsk: SlaterKoster, *, rs: float, rc: float, radial_neurons: list[int],
+    def __init__(self, nnsk: SlaterKoster | DftbSlaterKoster, *, rs: float, rc: float, radial_neurons: list[int],
                  radial_activation: str = "tanh", n_axis: int | None = None, neurons: list[int],
                  activation: str = "tanh"):
         super().__init__()
@@ -89,10 +95,13 @@ class Mix(OperatorModel):
                           ("prediction.activation", activation)):
             if name not in ACTIVATIONS:
                 raise ModelError(f"model_options.{key} {name!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
-        if nnsk.push is not None:
+        if getattr(nnsk, "push", None) is not None:
             raise ModelError("model_options.nnsk.push cannot be used in a mix model (nor can it in DeePTB): "
                              "push the nnsk model alone, then start the mix model from it")
-        self.nnsk = nnsk
+        if isinstance(nnsk, DftbSlaterKoster):
+            self.dftbsk = nnsk
+        else:
+            self.nnsk = nnsk
         self.basis, self.quantity, self.has_overlap = nnsk.basis, nnsk.quantity, nnsk.has_overlap
         try:
             self.descriptor = Se2Descriptor(self.basis.n_types, rs, rc, list(radial_neurons), n_axis, radial_activation)
@@ -113,7 +122,8 @@ class Mix(OperatorModel):
         _check_options(options)
         emb, pred = options["embedding"], options["prediction"]
         radial = emb["radial_net"]
-        nnsk = SlaterKoster.from_options(options, basis, stats, quantity=quantity, overlap=overlap)
+        base = DftbSlaterKoster if options.get("dftbsk") else SlaterKoster
+        nnsk = base.from_options(options, basis, stats, quantity=quantity, overlap=overlap)
         return cls(nnsk, rs=float(emb["rs"]), rc=float(emb["rc"]), radial_neurons=radial["neurons"],
                    radial_activation=radial["activation"], n_axis=emb.get("n_axis"), neurons=pred["neurons"],
                    activation=pred["activation"])
@@ -121,7 +131,8 @@ class Mix(OperatorModel):
     @classmethod
     def cutoff_of(cls, options: dict):
         _check_options(options)
-        return _raise_to(SlaterKoster.cutoff_of(options), float(options["embedding"]["rc"]))
+        base = DftbSlaterKoster if options.get("dftbsk") else SlaterKoster
+        return _raise_to(base.cutoff_of(options), float(options["embedding"]["rc"]))
 
     @classmethod
     def example_options(cls, basis: Basis) -> dict:
@@ -141,6 +152,9 @@ class Mix(OperatorModel):
             return super().init_from(family, state_dict, config)
         if family != "nnsk":
             raise ModelError(f"a mix model starts from a mix or an nnsk model, not from a {family!r} model")
+        if not hasattr(self, "nnsk"):
+            raise ModelError("this mix model corrects dftbsk tables: it starts from a mix model of the same "
+                             "tables, not from an nnsk model")
         try:
             self.nnsk.load_state_dict(state_dict)
         except RuntimeError as err:
@@ -148,16 +162,21 @@ class Mix(OperatorModel):
 
     # ------------------------------------------------------------------ declarations
     @property
+    def sk(self) -> SlaterKoster | DftbSlaterKoster:
+        """The Slater-Koster model the networks correct (nnsk or dftbsk)."""
+        return self.nnsk if hasattr(self, "nnsk") else self.dftbsk
+
+    @property
     def locality(self) -> Locality:
         return Locality(1)
 
     @property
     def r_max(self):
-        """Graph cutoff (Angstrom): the nnsk cutoff raised to the environment radius rc."""
-        return _raise_to(self.nnsk.r_max, self.descriptor.rc)
+        """Graph cutoff (Angstrom): the nnsk (dftbsk) cutoff raised to the environment radius rc."""
+        return _raise_to(self.sk.r_max, self.descriptor.rc)
 
     def heads(self) -> dict:
-        return self.nnsk.heads()
+        return self.sk.heads()
 
     # ------------------------------------------------------------------ evaluation
     def descriptors(self, inputs: ModelInputs, chunks: list[slice], progress=None) -> torch.Tensor:
@@ -180,7 +199,7 @@ class Mix(OperatorModel):
         chunks = bond_chunks(inputs.n_edges, edge_chunk)
         desc = self.descriptors(inputs, chunks, progress)
         onsite_factor = 1.0 + self.onsite_head(desc)
-        for part in self.nnsk.features(inputs, edge_chunk, progress, onsite_factor=onsite_factor):
+        for part in self.sk.features(inputs, edge_chunk, progress, onsite_factor=onsite_factor):
             i, j = inputs.i[part.bonds], inputs.j[part.bonds]
             r = inputs.vectors[part.bonds].norm(dim=1, keepdim=True)
             factor = 1.0 + self.bond_head(torch.cat([desc[i] + desc[j], 1.0 / r], 1))[:, self.slot_index]
@@ -188,14 +207,11 @@ class Mix(OperatorModel):
             yield part
 
     def chunk_steps(self, inputs: ModelInputs, edge_chunk: int | None) -> int:
-        return len(bond_chunks(inputs.n_edges, edge_chunk)) + self.nnsk.chunk_steps(inputs, edge_chunk)
+        return len(bond_chunks(inputs.n_edges, edge_chunk)) + self.sk.chunk_steps(inputs, edge_chunk)
 
 
 def _check_options(options: dict) -> None:
     """:class:`ModelError` for mix options eqtb does not implement."""
-    if options.get("dftbsk"):
-        raise ModelError("model_options: a mix model of dftbsk with an se2 environment is not supported yet "
-                         "(eqtb's mix corrects an nnsk model)")
     for key, value in (("embedding.radial_net", options["embedding"]["radial_net"]),
                        ("prediction", options["prediction"])):
         if value.get("if_batch_normalized"):
