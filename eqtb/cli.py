@@ -1248,8 +1248,18 @@ def _add_train(sub) -> None:
 
 def run_train(args) -> int:
     from eqtb.config import load_config
+    from eqtb.train.skf2nnsk import fit_skf, is_skf2nnsk_input
     from eqtb.train.trainer import Trainer
 
+    if is_skf2nnsk_input(args.config):  # DeePTB's `dptb skf2nnsk` input: fit nnsk to .skf tables
+        if args.restart:
+            raise CLIError(f"{args.config}: a DeePTB skf2nnsk input does not resume (-r); start it with -i")
+        summary = fit_skf(args.config, args.output, nstep=args.num_epoch, init_model=args.init_model,
+                          max_time=args.max_time, progress=not args.quiet)
+        if not args.quiet:
+            print(f"fitted {summary['epochs']} steps ({summary['stop']}) in {summary['seconds']:.1f} s; "
+                  f"nnsk checkpoints in {Path(args.output) / 'checkpoint'}")
+        return 130 if summary["stop"] == "interrupted" else 0
     overrides = {}
     if args.num_epoch is not None:
         overrides["train_options.num_epoch"] = args.num_epoch

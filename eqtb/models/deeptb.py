@@ -41,7 +41,7 @@ from eqtb.models.base import ModelError, family_class
 from eqtb.models.mix import Mix
 from eqtb.models.sk import SlaterKoster, onsite_pairs
 
-__all__ = ["DeePTBLayout", "deeptb_kind", "from_deeptb", "is_deeptb_json", "model_from_deeptb"]
+__all__ = ["DeePTBLayout", "deeptb_kind", "from_deeptb", "is_deeptb_json", "load_nnsk_state", "model_from_deeptb"]
 
 
 class DeePTBLayout:
@@ -184,6 +184,14 @@ def _load_state(model: SlaterKoster, state: dict) -> SlaterKoster:
             if "ovp_factor" in state:  # absent from checkpoints older than the overlap factor: 1
                 model.ovp_factor.fill_(float(state["ovp_factor"]))
     return model.eval()
+
+
+def load_nnsk_state(model: SlaterKoster, state: dict) -> SlaterKoster:
+    """Fill an eqtb nnsk ``model`` from DeePTB's nnsk parameter tensors ``state`` (``hopping_param``,
+    ``onsite_param``, ``strain_param``, ``overlap_param``, ... in DeePTB's layout, module docstring)
+    -- also those of DeePTB's fits of DFTB tables (``dptb skf2nnsk``), whose basis and layout are an
+    nnsk model's. Returns the model in eval mode; :class:`ModelError` for tensors that do not fit."""
+    return _load_state(model, state)
 
 
 def _json_state(model_json: dict, model: SlaterKoster) -> dict:

@@ -221,14 +221,16 @@ def onsite_pairs(basis: Basis) -> list[tuple]:
 def _shell_map(new: Basis, old: Basis) -> dict[tuple[str, object], object]:
     """``(symbol, shell of new) -> shell of old`` for the elements both bases have: shells matched by
     label when both elements have labels (``"3s"`` of ``["3s", "3p"]`` is ``"3s"`` of ``["3s", "3p",
-    "d*"]``), else the k-th shell of each l to the k-th of the same l."""
+    "d*"]``), else -- a basis string, or bare letters ``["s", "p", "d"]`` as in DeePTB's parameter
+    sets fitted to DFTB tables -- the k-th shell of each l to the k-th of the same l."""
     out = {}
     old_elements = {e.symbol: e for e in old.elements}
     for e in new.elements:
         o = old_elements.get(e.symbol)
         if o is None:
             continue
-        if e.labels is not None and o.labels is not None:
+        bare = o.labels is not None and all(len(lab) == 1 for lab in o.labels)
+        if e.labels is not None and o.labels is not None and not bare:
             by_label = dict(zip(o.labels, o.shells))
             out.update({(e.symbol, s): by_label[lab] for lab, s in zip(e.labels, e.shells) if lab in by_label})
         else:
@@ -528,8 +530,10 @@ class SlaterKoster(OperatorModel):
         does: with the same basis, hopping and onsite options (and overlap switch) the weights load as
         saved; otherwise (DeePTB's tutorials extend an sp model to sp + d*, change the onsite mode or
         the cutoff) every parameter of the new model whose element(s) and shells the saved model has
-        takes the saved value -- hopping and overlap integrals, onsite energies (when both models
-        have the same kind), strain parameters (both strain), onsite overlaps of different shells --
+        takes the saved value -- hopping and overlap integrals, onsite energies (both ``uniform`` or
+        ``uniform_noref``: the same energies, converted between the two as DeePTB's ``dptb esk`` does;
+        DeePTB's ``-i`` copies the raw parameter; both ``NRL``), strain parameters (both strain),
+        onsite overlaps of different shells --
         and the rest keep their initial values. Shells are matched by their labels (``"3s"``) when both
         bases have labels, else by angular momentum and order. ``config``: the saved model's
         ``common_options`` and ``model_options``. Either way the push counter starts at zero: the
@@ -577,10 +581,13 @@ class SlaterKoster(OperatorModel):
             self._map_table(self.hopping, old.hopping, basis, shells, "hopping")
             if self.onsite_mode == "strain" and old.onsite_mode == "strain":
                 self._map_table(self.strain, old.strain, basis, shells, "strain")
-            if self.onsite_params is not None and old.onsite_params is not None:
-                if self.onsite_params.shape[-1] != old.onsite_params.shape[-1]:
-                    raise ModelError(f"onsite {old.onsite_mode!r} has {old.onsite_params.shape[-1]} parameters per "
-                                     f"energy, the config's {self.onsite_mode!r} {self.onsite_params.shape[-1]}")
+            uniform = ("uniform", "uniform_noref")
+            if self.onsite_mode in uniform and old.onsite_mode in uniform:  # the energies, whatever the reference
+                absolute = old.onsite_params[..., 0] + (old.onsite_ref if old.onsite_mode == "uniform" else 0.0)
+                ref = self.onsite_ref.to(absolute) if self.onsite_mode == "uniform" else torch.zeros_like(self.onsite_ref)
+                for t, k in self._map_onsite(self.onsite_params[..., 0], absolute, basis, shells, diagonal=True):
+                    self.onsite_params[t, k, 0] -= ref[t, k]
+            elif self.onsite_mode == old.onsite_mode == "NRL":
                 self._map_onsite(self.onsite_params, old.onsite_params, basis, shells, diagonal=True)
             if self.has_overlap and old.has_overlap:
                 self._map_table(self.overlap_hopping, old.overlap_hopping, basis, shells, "overlap")
@@ -612,11 +619,14 @@ class SlaterKoster(OperatorModel):
                 continue
             new.params[row] = old.params[k].to(new.params) * (s_old / s_new)
 
-    def _map_onsite(self, new: torch.Tensor, old: torch.Tensor, basis: Basis, shells: dict, diagonal: bool) -> None:
+    def _map_onsite(self, new: torch.Tensor, old: torch.Tensor, basis: Basis, shells: dict,
+                    diagonal: bool) -> list[tuple[int, int]]:
         """Copy per-element values of same-l shell pairs ((T, K, ...) onsite energies, (T, K)
-        onsite overlaps: ``diagonal`` False copies pairs of different shells only)."""
+        onsite overlaps: ``diagonal`` False copies pairs of different shells only); returns the
+        (type, pair) entries written."""
         pairs, old_pairs = onsite_pairs(self.basis), onsite_pairs(basis)
         old_sym = basis.symbols
+        written = []
         for t, element in enumerate(self.basis.elements):
             if element.symbol not in old_sym:
                 continue
@@ -629,6 +639,8 @@ class SlaterKoster(OperatorModel):
                     continue
                 k0 = old_pairs.index((a0, b0)) if (a0, b0) in old_pairs else old_pairs.index((b0, a0))
                 new[t, k] = old[old_sym.index(element.symbol), k0].to(new)
+                written.append((t, k))
+        return written
 
     # ------------------------------------------------------------------ integrals
     def bond_integrals(self, table: IntegralTable, r: torch.Tensor, pair: torch.Tensor,
