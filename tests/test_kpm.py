@@ -165,10 +165,11 @@ def test_fermi_estimate_and_rule(si64, kpm):
     c = resolve_fermi_level(st, ref.fermi_solver(), nel_atom={"Si": 4}, task_e_fermi=0.0)
     assert c.value == f.mu and c.source == "nel_atom, middle of the KPM gap at Gamma" and c.result.gap == f.gap
     assert c.warnings == ["task E_fermi = 0.0 ignored: the Fermi level is computed from nel_atom"]
-    # a count inside a band: no gap there, the crossing is the level
-    g = res.fermi_estimate(200)
+    # a count inside a band, no gap within the noise of N(E) (the nearest gaps of the discrete
+    # Si64 spectrum hold ~316 and ~492 states): the crossing is the level
+    g = res.fermi_estimate(400)
     assert g.gap is None and g.mu == g.crossing
-    assert resolve_fermi_level(st, res.fermi_solver("at k"), nel_atom={"Si": 3.125}).source == "nel_atom, KPM at k"
+    assert resolve_fermi_level(st, res.fermi_solver("at k"), nel_atom={"Si": 6.25}).source == "nel_atom, KPM at k"
 
 
 def test_orthogonal_path(si64):
@@ -323,3 +324,73 @@ def test_bad_input_raises_clear_errors(si64):
         eigenvalues_near((2.0 * S).tocsr(), S, 2.0, k=4)
     with pytest.raises(SpectrumError, match="k = 300"):
         eigenvalues_near(H, S, 0.0, k=300)
+
+
+def test_supercell_gamma_folds_the_primitive_cell(si64):
+    """eqtb.tb.supercell: the Gamma matrix of a supercell assembled from O(R), and its exact
+    eigenvalues by folding (the primitive cell on the supercell's k-mesh)."""
+    from eqtb.tb.supercell import folded_eigenvalues, supercell_gamma
+
+    fr = si64["frame"]
+    H1 = supercell_gamma(fr.hamiltonian, (1, 1, 1))
+    assert abs(H1 - si64["H"]).max() < 1e-12
+    H, S = supercell_gamma(fr.hamiltonian, (2, 1, 1)), supercell_gamma(fr.overlap, (2, 1, 1))
+    assert H.shape == (512, 512) and abs(H - H.T).max() < 1e-12
+    w = sla.eigh(H.toarray(), S.toarray(), eigvals_only=True)
+    np.testing.assert_allclose(w, folded_eigenvalues(fr.hamiltonian, fr.overlap, (2, 1, 1)), atol=1e-9)
+    with pytest.raises(ValueError, match="three positive integers"):
+        supercell_gamma(fr.hamiltonian, (0, 1, 1))
+
+
+def test_fermi_estimate_in_the_gap_for_every_seed(si64):
+    """The N(E) = n crossing of Si64 (8 vectors) wanders across the gap edges with the stochastic
+    error of N(E) (8 states); the level of fermi_estimate is in the gap for every seed."""
+    w = si64["w"]
+    vbm, cbm = w[127], w[128]
+    crossing_in_gap = 0
+    for seed in range(5):
+        res = kpm_dos(si64["H"], si64["S"], n_moments=256, n_random=8, seed=seed, solve_tol=1e-5)
+        f = res.fermi_estimate(256)
+        crossing_in_gap += vbm < f.crossing < cbm
+        assert vbm < f.mu < cbm and abs(f.mu - 0.5 * (vbm + cbm)) < 0.1, (seed, f)
+        assert vbm - res.resolution < f.gap[0] < f.gap[1] < cbm + res.resolution
+        assert f.gap[1] - f.gap[0] > 0.6 * (cbm - vbm)
+        assert abs(f.states_below - 256) <= 4 * res.count_sigma(f.mu)
+        assert f.states_below_error == pytest.approx(res.integrated_error(f.mu))
+    assert crossing_in_gap <= 2  # the old level (measured: 1 of these 5)
+    d = f.as_dict()
+    assert json.loads(json.dumps(d))["gap"] == list(f.gap) and d["crossing"] == f.crossing
+
+
+def test_sparse_route_supercell_fermi_level_and_band_edges(data_dir):
+    """The reported bug: the 3x3x3 supercell of Si64 (1728 atoms, 6912 orbitals, the sparse route
+    of eqtb run) with the sparse route's KPM settings (but 128 moments); N(E) across the gap holds ~7000 states for
+    6912 electrons (stochastic error ~42 states), so the crossing is in the valence band. The
+    Fermi level must be in the gap, the gap interval reported and the band edges exact (against
+    the folded exact eigenvalues: Si64 on the 3x3x3 k-mesh)."""
+    from eqtb.cli import DENSE_MAX_NORB
+    from eqtb.tb.supercell import folded_eigenvalues, supercell_gamma
+    from eqtb.tb.spectrum import resolve_fermi_level
+
+    fr = TrajectoryFolder(data_dir / "si64_abacus" / "Si64.0").frame(0)
+    reps = (3, 3, 3)
+    H, S = supercell_gamma(fr.hamiltonian, reps), supercell_gamma(fr.overlap, reps)
+    assert H.shape[0] == 6912 > DENSE_MAX_NORB
+    w = folded_eigenvalues(fr.hamiltonian, fr.overlap, reps)
+    n_el = 4 * 64 * 27
+    vbm, cbm = w[n_el // G - 1], w[n_el // G]
+    # 128 moments (the route's default is 256) halve the time; the stochastic error is the same
+    res = kpm_dos(H, S, n_moments=128, n_random=8, solve_tol=1e-5, dtype="auto", seed=0)
+    f = res.fermi_estimate(n_el)
+    # the bug: the count across the gap is off by ~2 standard errors and the crossing is in a band
+    assert abs(res.integrated(0.5 * (vbm + cbm)) - n_el) > 50 and not vbm < f.crossing < cbm
+    # the fix
+    assert vbm < f.mu < cbm and abs(f.mu - 0.5 * (vbm + cbm)) < 0.1
+    assert f.gap is not None and vbm - 0.1 < f.gap[0] < vbm + 0.3 and cbm - 0.3 < f.gap[1] < cbm + 0.1
+    assert abs(f.states_below - n_el) <= 4 * res.count_sigma(f.mu)
+    st = fr.structure.repeat(reps)
+    choice = resolve_fermi_level(st, res.fermi_solver(), nel_atom={"Si": 4})
+    assert choice.value == f.mu and choice.source == "nel_atom, middle of the KPM gap at Gamma"
+    edges = band_edges(H, S, choice.value, k=8)
+    assert edges["bracketed"] and edges["gap_is_largest_spacing"]
+    assert edges["vbm"] == pytest.approx(vbm, abs=1e-8) and edges["cbm"] == pytest.approx(cbm, abs=1e-8)
