@@ -1246,11 +1246,25 @@ def _add_train(sub) -> None:
     p.set_defaults(run=run_train)
 
 
+def _is_esk_input(path) -> bool:
+    """True for a DeePTB ``dptb esk`` input: a JSON object holding only ``common_options``."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(obj, dict) and set(obj) == {"common_options"}
+
+
 def run_train(args) -> int:
     from eqtb.config import load_config
     from eqtb.train.skf2nnsk import fit_skf, is_skf2nnsk_input
     from eqtb.train.trainer import Trainer
 
+    if _is_esk_input(args.config):
+        raise CLIError(f"{args.config}: an input of DeePTB's `dptb esk` (DeePTB's built-in empirical Slater-Koster "
+                       f"parameters, its base models poly2/poly4, for the basis of common_options): eqtb does not "
+                       f"ship these parameter sets; fit an nnsk model to DFTB tables with a DeePTB skf2nnsk input "
+                       f"(eqtb train) and start from it with -i")
     if is_skf2nnsk_input(args.config):  # DeePTB's `dptb skf2nnsk` input: fit nnsk to .skf tables
         if args.restart:
             raise CLIError(f"{args.config}: a DeePTB skf2nnsk input does not resume (-r); start it with -i")

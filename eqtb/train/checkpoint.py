@@ -249,6 +249,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     """
     path = Path(path)
     if not path.exists():
+        if str(path) in ("poly2", "poly4"):
+            raise CheckpointError(f"{path}: checkpoint file not found ({path} names one of DeePTB's built-in "
+                                  f"empirical Slater-Koster parameter sets, which eqtb does not ship)")
         raise CheckpointError(f"{path}: checkpoint file not found")
     if not path.is_file():
         raise CheckpointError(f"{path}: not a checkpoint file (is it a directory?)")
