@@ -831,6 +831,22 @@ def _add_run(sub) -> None:
     p.add_argument("--moments", type=int, default=256, help="KPM moments (sparse DOS; resolution ~ 1.6 width / moments)")
     p.add_argument("--random-vectors", type=int, default=8, help="KPM random vectors (stochastic trace)")
     p.add_argument("--title", default=None, help="figure title")
+    t = p.add_argument_group("trajectories", "a STRUCTURE with several frames (an ASE .traj, a multi-frame "
+                             ".xyz/.extxyz) or a folder of structure files runs frame by frame: per-frame Fermi "
+                             "level, band edges, gap and DOS, their averages and distributions, trajectory.png; "
+                             "per-frame results in OUT/frames/ as they complete, a rerun skips frames done with "
+                             "the same settings (eqtb.trajectory)")
+    t.add_argument("--trajectory", action="store_true",
+                   help="run every frame of STRUCTURE (any ASE format, e.g. XDATCAR); automatic for .traj and "
+                        "multi-frame .xyz/.extxyz files and for folders")
+    t.add_argument("--frames", default=None, metavar="SLICE", help="frames to run: an index or START:STOP[:STEP]")
+    t.add_argument("--timestep", type=float, default=None, metavar="FS",
+                   help="time between frames of the file (fs) for the plot and tables (default: ASE's "
+                        "atoms.info['time'] if present, else frame numbers)")
+    t.add_argument("--workers", type=int, default=1, help="frames in parallel processes (default 1)")
+    t.add_argument("--threads", type=int, default=None,
+                   help="threads per worker (default: CPU count / workers)")
+    t.add_argument("--recompute", action="store_true", help="do not reuse frames of an earlier run in OUT")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(run=run_run, path=None, frame=0, basis=None)
 
@@ -849,8 +865,8 @@ def run_run(args) -> int:
     top = _task_top_level(task_path)
     if args.structure:
         stu = Path(args.structure)
-        if not stu.is_file():
-            raise FileNotFoundError(f"{stu}: structure file does not exist")
+        if not (stu.is_file() or stu.is_dir()):
+            raise FileNotFoundError(f"{stu}: structure file (or trajectory folder) does not exist")
     elif top.get("structure"):
         stu = resolve_task_path(top["structure"], task_path, "structure")
     else:
@@ -859,6 +875,8 @@ def run_run(args) -> int:
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         warn(args.command, f"device {device!r} requested but CUDA is not available; using the CPU")
         device = "cpu"
+    if args.trajectory or _is_trajectory(stu):
+        return _run_trajectory(args, opts, stu, device)
     structure = as_structure(stu)
     if args.supercell:
         if any(n < 1 for n in args.supercell):
@@ -1009,7 +1027,9 @@ def _run_sparse(args, opts: dict, task: str) -> int:
                "fermi_level": _round(e_f), "fermi_level_source": e_f_source, "n_electrons": n_el,
                "fermi_level_nel_atom": _round(float(choice.result)) if choice.result is not None else None,
                "fermi_level_nel_atom_source": (choice.estimate_source or e_f_source) if choice.result is not None else None,
-               "kpm_gap_interval": gap, "band_edges": edges, "energy_unit": "eV", "warnings": messages}
+               "kpm_gap_interval": gap,
+               "kpm_fermi": choice.result.as_dict() if hasattr(choice.result, "as_dict") else None,
+               "band_edges": edges, "energy_unit": "eV", "warnings": messages}
     np.save(out / "dos.npy", np.column_stack([energies, dos_values]))
     plot_dos(energies, dos_values, None, e_f, out / "dos.png",
              args.title or f"{structure.formula} ({ops.label}), KPM at Gamma")
@@ -1023,10 +1043,97 @@ def _run_sparse(args, opts: dict, task: str) -> int:
         if e_f is not None:
             print(f"Fermi level {_fermi_text(choice, None)}")
         if gap is not None:
-            print(f"KPM gap estimate [{gap[0]:.3f}, {gap[1]:.3f}] eV (edges blurred by {res.resolution:.3f} eV)")
+            kf = choice.result
+            count = (f"; KPM counts {kf.states_below:.0f} +- {kf.states_below_error:.0f} states below it"
+                     if kf.states_below_error is not None else "")
+            print(f"KPM gap estimate [{gap[0]:.3f}, {gap[1]:.3f}] eV (edges blurred by {res.resolution:.3f} eV{count})")
         if edges and edges.get("bracketed", True):
             print(f"band edges at Gamma: VBM {edges['vbm']:.4f} eV, CBM {edges['cbm']:.4f} eV, gap {edges['gap']:.4f} eV")
         print(f"wrote dos.png, dos.npy, {name} to {out}")
+    return 0
+
+
+def _is_trajectory(stu: Path) -> bool:
+    """A folder of frames, or a .traj / .xyz / .extxyz file holding more than one frame."""
+    if stu.is_dir():
+        return True
+    if stu.suffix.lower() not in (".traj", ".xyz", ".extxyz"):
+        return False
+    from eqtb.trajectory import count_frames
+
+    return count_frames(stu) > 1
+
+
+def _run_trajectory(args, opts: dict, stu: Path, device: str) -> int:
+    """band / dos / pdos / fermi over the frames of a trajectory (eqtb.trajectory.run_trajectory)."""
+    import os
+
+    from eqtb.tb.trajectory import DEFAULT_WINDOW
+    from eqtb.trajectory import read_frames, run_trajectory
+
+    task = opts["task"]
+    if task == "export":
+        raise CLIError("the export task takes one structure, not a trajectory: give -stu one frame")
+    if args.workers < 1:
+        raise CLIError(f"--workers must be at least 1, got {args.workers}")
+    if args.supercell and any(n < 1 for n in args.supercell):
+        raise CLIError(f"--supercell: three positive integers expected, got {args.supercell}")
+    if args.chunk is not None and args.chunk < 2:
+        raise CLIError(f"--chunk must be at least 2, got {args.chunk}")
+    messages = []
+    if task == "pdos":
+        messages.append("pdos of a trajectory: the total DOS of every frame is computed")
+    frames = read_frames(stu, args.frames, args.timestep)
+    nel_cli, nel_task = _nel_atoms(args, opts)
+    if args.mesh:
+        if any(m < 1 for m in args.mesh):
+            raise CLIError(f"--mesh: three positive integers expected, got {args.mesh}")
+        mesh = tuple(args.mesh)
+    else:
+        mesh = tuple(opts["mesh_grid"]) if opts.get("mesh_grid") else None
+    sigma = args.sigma if args.sigma is not None else (opts.get("sigma") or 0.05)
+    if not sigma > 0:
+        raise CLIError(f"--sigma must be positive, got {sigma}")
+    width = opts.get("width") or [None, None]
+    emin = args.emin if args.emin is not None else (width[0] if width[0] is not None else DEFAULT_WINDOW[0])
+    emax = args.emax if args.emax is not None else (width[1] if width[1] is not None else DEFAULT_WINDOW[1])
+    npts = args.npts or opts.get("npoints") or DEFAULT_WINDOW[2]
+    if not emax > emin or npts < 2:
+        raise CLIError(f"DOS window: need emin < emax and at least 2 points, got {emin}, {emax}, {npts}")
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    res = run_trajectory(args.init_model, frames, args.output, workers=args.workers, threads=threads, device=device,
+                         chunk=args.chunk, supercell=args.supercell, resume=not args.recompute,
+                         nel_atom=nel_cli, e_fermi=args.e_fermi, task_e_fermi=opts.get("E_fermi"),
+                         task_nel_atom=nel_task, mesh=mesh, window=(emin, emax, npts), sigma=sigma,
+                         method=args.method, dense_max_norb=DENSE_MAX_NORB, n_moments=args.moments,
+                         n_random=args.random_vectors, nbands=args.nbands, title=args.title,
+                         progress=_progress(args))
+    for m in messages:
+        warn(args.command, m)
+    failed = res.summary["failed"]
+    if failed:
+        first = next(f for f in res.frames if f.get("error"))
+        if len(failed) == len(res.frames):
+            raise CLIError(f"every frame failed; frame {first['index']}: {first['error']}")
+        warn(args.command, f"{len(failed)} of {len(res.frames)} frames failed (a rerun retries them): frame "
+                           f"{first['index']}: {first['error']}")
+    if not args.quiet:
+        s = res.summary
+        new = len(res.computed)
+        rate = f", {res.seconds / new:.2f} s/frame with {args.workers} worker(s)" if new else ""
+        print(f"{len(res.frames)} frames of {stu}: {new} computed, {len(res.skipped)} reused from {args.output}{rate}")
+
+        def line(key, name):
+            st = s[key]
+            if st.get("n"):
+                print(f"  {name:<12} {st['mean']:.4f} +- {st['std']:.4f} eV (min {st['min']:.4f}, median "
+                      f"{st['median']:.4f}, max {st['max']:.4f}; {st['n']} frames)")
+
+        for key, name in (("fermi_level", "Fermi level"), ("vbm", "VBM"), ("cbm", "CBM"), ("gap", "gap")):
+            line(key, name)
+        if s.get("insulating_fraction") is not None:
+            print(f"  insulating in {100 * s['insulating_fraction']:.0f} % of the frames")
+        print(f"wrote {', '.join(res.files)} to {res.out}")
     return 0
 
 

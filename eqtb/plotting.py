@@ -200,3 +200,70 @@ def plot_dos(energies, dos, pdos: Mapping[str, np.ndarray] | None = None, e_ferm
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def plot_trajectory(frames, summary: Mapping, path: str | Path = "trajectory.png", title: str | None = None,
+                    dpi: int = 150) -> Path:
+    """Write a trajectory PNG and return its path: band edges (VBM, CBM) and Fermi level against
+    frame (or time, fs, when every frame has one), the gap against frame with its mean and the
+    5-95 % band, and the DOS averaged over frames (relative to each frame's Fermi level) with its
+    spread (mean +- std, and min..max). ``frames``: per-frame dicts of
+    :func:`eqtb.tb.trajectory.frame_spectrum` with ``index`` / ``time``; ``summary``:
+    :func:`eqtb.tb.trajectory.aggregate`. Energies in eV, DOS in states / eV / cell."""
+    plt = _pyplot()
+    ok = [f for f in frames if not f.get("error")]
+    use_time = bool(ok) and all(f.get("time") is not None for f in ok)
+    x = np.array([f["time"] if use_time else f["index"] for f in ok], dtype=np.float64)
+    xlabel = "time (fs)" if use_time else "frame"
+
+    def col(key):
+        return np.array([np.nan if f.get(key) is None else f[key] for f in ok], dtype=np.float64)
+
+    fig, axes = plt.subplots(1, 3, figsize=(14.0, 4.2), gridspec_kw={"width_ratios": [1.0, 1.0, 1.3]})
+    ax = axes[0]
+    for key, label, color in (("cbm", "CBM", "tab:red"), ("fermi_level", "$E_F$", "0.4"), ("vbm", "VBM", "tab:blue")):
+        y = col(key)
+        if np.isfinite(y).any():
+            ax.plot(x, y, "o-" if len(x) <= 60 else "-", ms=3, lw=1.0, color=color, label=label)
+    ax.set_xlabel(xlabel, fontsize=11)
+    ax.set_ylabel("energy (eV)", fontsize=11)
+    ax.set_title("band edges", fontsize=11)
+    if ax.lines:
+        ax.legend(fontsize=9, framealpha=0.9)
+    ax = axes[1]
+    gap = col("gap")
+    st = summary.get("gap") or {}
+    if np.isfinite(gap).any():
+        ax.plot(x, gap, "o-" if len(x) <= 60 else "-", ms=3, lw=1.0, color="tab:purple")
+        if st.get("n"):
+            ax.axhline(st["mean"], color="0.2", lw=1.0, ls="--", label=f"mean {st['mean']:.3f} eV (std {st['std']:.3f})")
+            ax.axhspan(st["p05"], st["p95"], color="tab:purple", alpha=0.12, lw=0, label="5-95 %")
+            ax.legend(fontsize=9, framealpha=0.9)
+    else:
+        ax.text(0.5, 0.5, "no gap (no electron count, or metallic)", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel(xlabel, fontsize=11)
+    ax.set_ylabel("gap (eV)" if not (gap < 0).any() else "gap (eV; < 0: bands overlap)", fontsize=11)
+    ax.set_title("gap", fontsize=11)
+    ax = axes[2]
+    if summary.get("dos_mean") is not None:
+        e = np.asarray(summary["energies"], dtype=np.float64)
+        m, s = np.asarray(summary["dos_mean"]), np.asarray(summary["dos_std"])
+        ax.fill_between(e, summary["dos_min"], summary["dos_max"], color="0.88", lw=0, label="min..max")
+        ax.fill_between(e, np.maximum(m - s, 0.0), m + s, color="tab:blue", alpha=0.3, lw=0, label="mean $\\pm$ std")
+        ax.plot(e, m, color="0.1", lw=1.0, label=f"mean of {summary.get('n_ok', len(ok))} frames")
+        has_ef = any(f.get("fermi_level") is not None for f in ok)
+        if has_ef:
+            ax.axvline(0.0, color="0.3", ls=(0, (5, 4)), lw=0.9)
+        ax.set_xlim(e[0], e[-1])
+        ax.set_ylim(0, None)
+        ax.set_xlabel("$E - E_F$ (eV)" if has_ef else "energy (eV)", fontsize=11)
+        ax.set_ylabel("DOS (states / eV / cell)", fontsize=11)
+        ax.legend(fontsize=9, framealpha=0.9, loc="upper left")
+    ax.set_title("DOS averaged over frames", fontsize=11)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

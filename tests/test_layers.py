@@ -15,7 +15,7 @@ LAYERS = {
     "eqtb.operator": 0, "eqtb.quantities": 0, "eqtb.hints": 0,
     "eqtb.nn": 1, "eqtb.data": 1, "eqtb.tb": 1, "eqtb.metrics": 1, "eqtb.plotting": 1, "eqtb.config": 1,
     "eqtb.models": 2,
-    "eqtb.train": 3, "eqtb.predict": 3,
+    "eqtb.train": 3, "eqtb.predict": 3, "eqtb.trajectory": 3,
     "eqtb.cli": 4, "eqtb.demo": 4, "eqtb": 4,
 }
 
