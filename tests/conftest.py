@@ -4,13 +4,30 @@
 import os
 from pathlib import Path
 
-import matplotlib
-import pytest
+# One thread for every library, set before numpy/torch load: the suite's matrices are small, and on a
+# shared 2-core machine a second BLAS / OpenMP thread per process spins against the other jobs
+# (a 144-k-point band test took 418 s instead of 2 s with a busy core). Subprocesses inherit it.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import matplotlib  # noqa: E402
+import pytest  # noqa: E402
 
 matplotlib.use("Agg")
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("EQTB_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_progress_lines_on_a_loaded_machine():
+    """Progress lines (printed to a non-terminal stderr every PROGRESS_LINE_S seconds of long work)
+    would depend on the machine's load; tests that check them set their own interval."""
+    from eqtb.tb import spectrum
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(spectrum, "PROGRESS_LINE_S", 1e9)
+        yield
 
 
 @pytest.fixture(scope="session")
