@@ -1,5 +1,6 @@
 """The MD-trajectory workflow of ``eqtb run`` (eqtb.trajectory.run_trajectory): seconds per frame
-with 1 and 2 worker processes, and the cost of a resumed rerun. Prints JSON.
+with 1 and 2 worker processes (wall time, and per frame once the workers run: the compute time
+of a frame / workers), and the cost of a resumed rerun. Prints JSON.
 
 Frames: the 20 MD frames of Si8 in silicon_bands/kpathmd25.0 and kpathmd100.0, each copied with
 random displacements (0.03 A rms, seeded) up to ``--frames`` (default 120); or ``--cell si64``:
@@ -100,7 +101,12 @@ def main():
                 "wall_s": round(wall, 2), "s_per_frame": round(wall / len(frames), 4),
                 "frame_compute_s_mean": round(float(np.mean(per)), 4),
                 "predict_s_mean": round(float(np.mean([f["seconds"]["predict"] for f in res.frames])), 4),
-                "spectrum_s_mean": round(float(np.mean([f["seconds"]["spectrum"] for f in res.frames])), 4)}
+                "spectrum_s_mean": round(float(np.mean([f["seconds"]["spectrum"] for f in res.frames])), 4),
+                # frames in flight side by side: compute time per frame / workers; the rest of the
+                # wall time is start-up (spawning workers, importing torch, loading the model) and I/O
+                "steady_s_per_frame": round(float(np.mean(per)) / w, 4),
+                "startup_and_io_s": round(wall - float(np.sum(per)) / w, 2),
+                "load_average": [round(x, 2) for x in os.getloadavg()]}
             gaps = [f["gap"] for f in res.frames]
             if ref is None:
                 ref = gaps

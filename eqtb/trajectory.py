@@ -265,8 +265,9 @@ def run_trajectory(model, frames: Sequence[Frame], out: str | Path, *, workers: 
                    sigma: float = 0.05, method: str = "auto", dense_max_norb: int = 6000,
                    n_moments: int = 256, n_random: int = 8, nbands: int = 16, bins: int = 20,
                    plot: bool = True, title: str | None = None, progress: bool | None = False) -> TrajectoryResult:
-    """Run ``model`` (a checkpoint path, or a :class:`eqtb.predict.Predictor` loaded from one) over
-    ``frames`` (:func:`read_frames`) and write the files of the module docstring to ``out``.
+    """Run ``model`` (a checkpoint path, or a :class:`eqtb.predict.Predictor` loaded from one: its
+    file is what the settings fingerprint and worker processes read) over ``frames``
+    (:func:`read_frames`) and write the files of the module docstring to ``out``.
 
     ``workers`` processes with ``threads`` torch threads each; ``supercell`` (n1, n2, n3) repeats
     every frame first; the Fermi-level, mesh, DOS-window and sparse-route arguments are those of
@@ -325,12 +326,18 @@ def run_trajectory(model, frames: Sequence[Frame], out: str | Path, *, workers: 
     bar = progress_reporter(len(todo), "frames", progress, unit="frame") if todo else None
     try:
         if todo and int(workers) == 1:
+            import torch
+
+            before = torch.get_num_threads()
             _set_threads(threads)
-            pred = predictor if predictor is not None else Predictor.load(model_path, device)
-            for f in todo:
-                results[f.index] = _compute(f, pred, settings, out)
-                if bar is not None:
-                    bar.update(1)
+            try:
+                pred = predictor if predictor is not None else Predictor.load(model_path, device)
+                for f in todo:
+                    results[f.index] = _compute(f, pred, settings, out)
+                    if bar is not None:
+                        bar.update(1)
+            finally:
+                torch.set_num_threads(before)
         elif todo:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
