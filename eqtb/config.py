@@ -279,8 +279,30 @@ class DeephE3Embedding(_Options):
     n_layer: PosInt = 3
 
 
+class ElctEmbedding(_Options):
+    """ELCT, eqtb's equivariant local-coordinate transformer (DeepH-2's architecture,
+    :mod:`eqtb.models.elct`). ``r_max`` (Angstrom, one radius or per element / bond type) is the
+    model's and the data's cutoff; ``n_layers`` ELCT blocks of ``n_heads`` attention heads with
+    ``head_dim`` invariant features each; ``latent_dim`` edge scalars from ``n_radial_basis`` radial
+    functions cut off smoothly (``cutoff_type``, polynomial order ``PolynomialCutoff_p``).
+    ``strictly_local``: vertex attention reads no neighbour's hidden features (receptive field r_max,
+    chunked inference); default: semi-local, ``n_layers`` x r_max."""
+
+    method: Literal["elct"] = "elct"
+    irreps_hidden: Irreps
+    r_max: Cutoff
+    n_layers: PosInt = 3
+    n_heads: PosInt = 4
+    head_dim: PosInt = 16
+    strictly_local: bool = False
+    latent_dim: PosInt = 64
+    n_radial_basis: PosInt = 10
+    cutoff_type: Literal["polynomial", "cosine"] = "polynomial"
+    PolynomialCutoff_p: PosInt = 6
+
+
 Embedding = _variant("method", Se2Embedding, SlemEmbedding, LemEmbedding, TrinityEmbedding,
-                     DeephE3Embedding, default="se2")
+                     DeephE3Embedding, ElctEmbedding, default="se2")
 
 
 class SktbPrediction(_Options):
@@ -873,8 +895,15 @@ def _ignored_lem(mo: ModelOptions, overlap: bool) -> list[tuple[str, str]]:
     return [(key, why.replace("eqtb's SLEM", "eqtb's LEM")) for key, why in _ignored_slem(mo, overlap)]
 
 
+def _ignored_elct(mo: ModelOptions, overlap: bool) -> list[tuple[str, str]]:
+    """Every elct embedding key acts (PolynomialCutoff_p with a polynomial cutoff); the e3tb
+    prediction keys as for slem."""
+    return [(key, why) for key, why in _ignored_slem(mo, overlap)
+            if not key.startswith("model_options.embedding.") or key.endswith(".PolynomialCutoff_p")]
+
+
 #: model family -> the ignored keys of its model_options (families eqtb can build)
-_MODEL_CHECKS = {"slem": _ignored_slem, "lem": _ignored_lem,
+_MODEL_CHECKS = {"slem": _ignored_slem, "lem": _ignored_lem, "elct": _ignored_elct,
                  "nnsk": lambda mo, overlap: [], "dftbsk": lambda mo, overlap: [],  # every key of these acts
                  "mix": lambda mo, overlap: []}
 

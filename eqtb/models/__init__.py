@@ -10,6 +10,9 @@ rebuilds a trained model from a checkpoint's contents (reading the file is
 * ``nnsk`` -- :mod:`eqtb.models.sk`, Slater-Koster two-centre integrals;
 * ``mix`` -- :mod:`eqtb.models.mix`, nnsk integrals corrected by the se2 environment of bonds and atoms;
 * ``dftbsk`` -- :mod:`eqtb.models.dftbsk`, the Slater-Koster tables of DFTB ``.skf`` files.
+* ``elct`` -- :mod:`eqtb.models.elct`, the equivariant local-coordinate transformer (DeepH-2's
+  architecture: SO(2) convolutions in bond frames, multi-head vertex attention; semi-local, or
+  strictly local with ``strictly_local``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from eqtb.basis import Basis
-from eqtb.models import dftbsk, lem, mix, sk, slem  # noqa: F401  (registers the families)
+from eqtb.models import dftbsk, elct, lem, mix, sk, slem  # noqa: F401  (registers the families)
 from eqtb.models.base import FAMILIES, ModelError, OperatorModel, family_class, family_name
 
 __all__ = ["FAMILIES", "ModelError", "OperatorModel", "build_model", "family_name", "from_checkpoint",
