@@ -212,15 +212,21 @@ def test_option_errors(change, message):
         model_from_options(options, {"Si": "1s1p"})
 
 
-def test_deeptb_dftbsk_mix_is_refused(examples):
-    state = torch.load(examples / "silicon/tutorial_v2.2/ref_ckpt/mix.md100.pth", map_location="cpu",
-                       weights_only=False)
-    state["config"]["model_options"]["dftbsk"] = {"skdata": "slakos"}
-    del state["config"]["model_options"]["nnsk"]
-    from eqtb.models.deeptb import from_deeptb
-
-    with pytest.raises(ModelError, match="dftbsk model with an environment correction"):
-        from_deeptb(state)
+def test_deeptb_dftbsk_mix_checkpoint(examples, monkeypatch):
+    """A DeePTB dftbsk + environment-correction checkpoint (hBN_dftb/input_dftb_env.json's model,
+    random networks with order-one corrections; benchmarks/deeptb_dftbsk_mix_reference.py) gives
+    DeePTB's bands to 1e-9 eV, loaded from the folder whose slakos it names (as DeePTB); from
+    another folder, an error naming the tables."""
+    ref = np.load(REFERENCE / "dftbsk_mix_hbn.npz")
+    structure = Structure(ref["numbers"], ref["positions"], ref["cell"], np.ones(3, dtype=bool))
+    monkeypatch.chdir(examples / "hBN_dftb")
+    model = eqtb.load(REFERENCE / "dftbsk_mix_hbn.pth")
+    assert isinstance(model.model, Mix) and model.model.sk is model.model.dftbsk
+    _, bands = model.predict(structure).bands(ref["kpoints"])
+    assert np.abs(bands - ref["eigenvalues"]).max() < 1e-9
+    monkeypatch.chdir(REFERENCE)
+    with pytest.raises(Exception, match="slakos"):
+        eqtb.load(REFERENCE / "dftbsk_mix_hbn.pth")
 
 
 # ------------------------------------------------------------------------------- eqtb train

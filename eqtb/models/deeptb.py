@@ -15,7 +15,9 @@ Formats (DeePTB 2.2):
   "model_options", "model_params": {"hopping", "onsite", "overlap", "overlaponsite"}}`` with keys
   ``"A-B-3s-3p-0"`` (elements, shells by their basis labels, index of the integral), ``"A-3s-0"`` /
   ``"A-3s-4s-0"`` (onsite energies) and ``"A-B-3s-3p-0"`` for strain parameters;
-* mix checkpoint: ``model_options`` with ``nnsk``, ``embedding`` (se2) and ``prediction`` (sktb); the
+* mix checkpoint: ``model_options`` with ``nnsk`` (or ``dftbsk``), ``embedding`` (se2) and
+  ``prediction`` (sktb); a dftbsk mix reads its tables from its ``skdata`` (relative to the working
+  folder, as DeePTB), not from the ``dftbsk.*`` entries of its state; the
   state holds the nnsk state under ``nnsk.`` and the networks under ``nnenv.``: the radial network
   ``embedding.descriptor.embedding_net``, the onsite head ``node_prediction_h`` and the bond head
   ``edge_prediction_h`` (residual blocks ``layers.K.layer.{in,out}_layer``, final ``out_layer``), whose
@@ -26,7 +28,7 @@ Formats (DeePTB 2.2):
 :func:`from_deeptb` reads either into ``(options, state_dict)`` of eqtb -- validated
 ``common_options`` and ``model_options`` and the state of the eqtb model --, which is what an eqtb
 checkpoint holds (:func:`eqtb.train.checkpoint.load_checkpoint` calls it). DeePTB's dftbsk models
-(alone or with an environment correction) and E3 models are refused with a :class:`ModelError`
+alone (nothing trained in them: use eqtb's dftbsk) and E3 models are refused with a :class:`ModelError`
 saying so.
 """
 
@@ -108,12 +110,11 @@ def _dtype_name(dtype) -> str:
 
 def _options(config: dict) -> dict:
     """eqtb ``{"common_options", "model_options"}`` (validated, defaults filled) of a DeePTB config."""
-    from eqtb.config import CommonOptions, ModelOptions
-
     common, model = config["common_options"], config["model_options"]
-    if model.get("dftbsk"):
-        raise ModelError("this is a DeePTB dftbsk model with an environment correction: eqtb's mix models "
-                         "correct nnsk models only")
+    if model.get("dftbsk"):  # dftbsk tables with an environment correction (a mix model)
+        dftbsk = {k: v for k, v in model["dftbsk"].items() if k in ("skdata", "r_max")}
+        options = {"dftbsk": dftbsk, "embedding": model["embedding"], "prediction": model["prediction"]}
+        return _validated(common, options)
     nnsk = dict(model["nnsk"])
     if nnsk.get("soc"):
         raise ModelError("the DeePTB model has spin-orbit coupling (soc), which eqtb does not support yet")
@@ -122,6 +123,12 @@ def _options(config: dict) -> dict:
     options = {"nnsk": nnsk}
     if model.get("embedding"):  # mix
         options.update(embedding=model["embedding"], prediction=model["prediction"])
+    return _validated(common, options)
+
+
+def _validated(common: dict, options: dict) -> dict:
+    from eqtb.config import CommonOptions, ModelOptions
+
     try:
         return {"common_options": CommonOptions.model_validate({
                     "basis": common["basis"], "overlap": bool(common.get("overlap", False)),
@@ -260,15 +267,17 @@ _MIX_LAYERS = [(r"layers\.(\d+)\.layer\.in_layer\.", r"blocks.\1.fc1."),
                (r"layers\.(\d+)\.layer\.out_layer\.", r"blocks.\1.fc2."),
                (r"out_layer\.linear\.", "out."), (r"out_layer\.in_layer\.", "out.fc1."),
                (r"out_layer\.out_layer\.", "out.fc2."), (r"out_layer\.", "out.")]
-#: DeePTB mix state entries that DeePTB 2.2.1 computes with but discards (module docstring)
-_MIX_UNUSED = ("nnenv.edge_prediction_s.", "nnenv.overlaponsite_param")
+#: DeePTB mix state entries that DeePTB 2.2.1 computes with but discards (module docstring), and the
+#: tables of a dftbsk mix, which eqtb reads from its skdata
+_MIX_UNUSED = ("nnenv.edge_prediction_s.", "nnenv.overlaponsite_param", "dftbsk.")
 
 
 def _load_mix_state(model: Mix, state: dict) -> Mix:
     """Fill ``model`` from a DeePTB mix ``model_state_dict`` (module docstring); eval mode."""
-    nnsk = {k[len("nnsk."):]: v for k, v in state.items() if k.startswith("nnsk.")}
-    _load_state(model.nnsk, nnsk)
-    own = {k: v for k, v in model.state_dict().items() if not k.startswith("nnsk.")}
+    if isinstance(model.sk, SlaterKoster):
+        _load_state(model.nnsk, {k[len("nnsk."):]: v for k, v in state.items() if k.startswith("nnsk.")})
+    base = "nnsk." if isinstance(model.sk, SlaterKoster) else "dftbsk."
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(base)}
     mapped = {}
     for key, value in state.items():
         prefix = next((p for p in _MIX_NETWORKS if key.startswith(p)), None)
@@ -293,7 +302,7 @@ def _load_mix_state(model: Mix, state: dict) -> Mix:
     columns = [layout.integral(a, b, m) for a, b, m in model.slots]
     for key in ("bond_head.out.weight", "bond_head.out.bias"):
         mapped[key] = mapped[key][columns]
-    model.load_state_dict({**model.nnsk.state_dict(prefix="nnsk."), **mapped})
+    model.load_state_dict({**model.sk.state_dict(prefix=base), **mapped})
     return model.eval()
 
 
