@@ -434,7 +434,7 @@ class ModelOptions(_Options):
                 raise _fail(("embedding.method", "with nnsk/dftbsk the embedding must be \"se2\""))
         elif pred == "e3tb" and emb == "se2":
             raise _fail(("embedding.method",
-                         "an e3tb prediction cannot use the se2 embedding (use slem, lem or trinity)"))
+                         "an e3tb prediction cannot use the se2 embedding (use slem, lem or elct)"))
         elif pred == "sktb" and emb != "se2":
             raise _fail(("embedding.method", f"an sktb prediction needs the se2 embedding, got {emb!r}"))
         return self
@@ -737,7 +737,7 @@ class TrainConfig(_Config):
         if self.common_options.overlap and isinstance(pred, E3tbPrediction) and pred.neurons is None:
             pred.neurons = [64, 64]  # the SK-style overlap head needs an MLP
         emb = mo.embedding
-        if isinstance(emb, SlemEmbedding) and isinstance(emb.r_max, dict) \
+        if isinstance(emb, (SlemEmbedding, ElctEmbedding)) and isinstance(emb.r_max, dict) \
                 and not any("-" in k for k in emb.r_max):
             missing = [e for e in Basis(self.common_options.basis).symbols if e not in emb.r_max]
             if missing:

@@ -115,7 +115,7 @@ CYCLIC = {"type": "cyclic", "base_lr": 1e-4, "max_lr": 1e-2}
     ({T + "update_lr_per_iter": False, T + "use_tensorboard": False, T + "max_ckpt": 2}, []),
     # data_options
     ({"data_options.r_max": 5.0, "data_options.oer_max": None}, ["data_options.r_max"]),
-    ({"data_options.reference": {"root": "./data", "prefix": "Si64"}}, ["data_options.reference"]),
+    ({"data_options.reference": {"root": "./data", "prefix": "Si64"}}, []),  # reference sets act
     ({"data_options.train.get_eigenvalues": True, "data_options.train.get_DM": True},
      ["data_options.train.get_DM", "data_options.train.get_eigenvalues"]),
     ({"data_options.train.get_eigenvalues": True, T + "loss_options.train": {"method": "eig_ham"}}, []),
