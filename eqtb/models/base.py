@@ -200,6 +200,14 @@ class OperatorModel(nn.Module):
         shell per angular momentum)."""
         return basis
 
+    def _declare(self, basis: Basis, r_max, quantity: str, overlap: bool) -> None:
+        """Set the declared attributes every family has (``basis``, ``r_max``, ``quantity``,
+        ``has_overlap``) and the (T, T) buffer ``cutoffs`` of pair cutoffs in Angstrom."""
+        self.check_quantity(quantity)
+        self.basis, self.r_max, self.quantity, self.has_overlap = Basis(basis), r_max, quantity, overlap
+        self.register_buffer("cutoffs", torch.as_tensor(pair_cutoffs(r_max, self.basis.symbols),
+                                                        dtype=torch.get_default_dtype()), persistent=False)
+
     @staticmethod
     def check_quantity(quantity: str) -> None:
         if quantity not in MAIN_QUANTITIES:

@@ -76,7 +76,6 @@ from eqtb.nn.irreps import IrrepsLinear, gate_frame, gate_parts, n_gates
 from eqtb.nn.norm import EquivariantLayerNorm
 from eqtb.nn.radial import MLP, BesselBasis, cosine_cutoff, polynomial_cutoff
 from eqtb.nn.so2 import IrrepsLayout, SO2Linear, directed_frames
-from eqtb.structure import pair_cutoffs
 
 
 def _add(a: list, b: list) -> list:
@@ -108,16 +107,10 @@ class ELCT(OperatorModel):
                  strictly_local: bool, n_radial_basis: int, cutoff_type: str, cutoff_p: float, latent_dim: int,
                  overlap: bool, overlap_neurons: list[int] | None, quantity: str, stats: dict | None = None):
         super().__init__()
-        self.check_quantity(quantity)
-        self.basis = Basis(basis)
-        self.r_max = r_max
-        self.quantity = quantity
-        self.has_overlap = overlap
+        self._declare(basis, r_max, quantity, overlap)
         self.n_layers = n_layers
         self.strict = bool(strictly_local)
         T = self.basis.n_types
-        self.register_buffer("cutoffs", torch.as_tensor(pair_cutoffs(r_max, self.basis.symbols),
-                                                        dtype=torch.get_default_dtype()), persistent=False)
         hidden = check_hidden_irreps(irreps_hidden, self.basis)
         H = self.hidden = IrrepsLayout(hidden)
         self.flip = H.flip_signs()

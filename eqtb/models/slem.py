@@ -48,7 +48,6 @@ from eqtb.models.inputs import ModelInputs
 from eqtb.nn.irreps import IrrepsLinear, gate_frame, gate_parts, n_gates
 from eqtb.nn.radial import MLP, BesselBasis
 from eqtb.nn.so2 import IrrepsLayout, SO2Linear, directed_frames
-from eqtb.structure import pair_cutoffs
 
 
 class _EdgeModulation(nn.Module):
@@ -85,15 +84,9 @@ class SLEM(OperatorModel):
                  n_radial_basis: int, cutoff_type: str, cutoff_p: float, latent_dim: int, res_update_ratio: float,
                  overlap: bool, overlap_neurons: list[int] | None, quantity: str, stats: dict | None = None):
         super().__init__()
-        self.check_quantity(quantity)
-        self.basis = Basis(basis)
-        self.r_max = r_max
-        self.quantity = quantity
-        self.has_overlap = overlap
+        self._declare(basis, r_max, quantity, overlap)
         self.n_layers = n_layers
         T = self.basis.n_types
-        self.register_buffer("cutoffs", torch.as_tensor(pair_cutoffs(r_max, self.basis.symbols),
-                                                        dtype=torch.get_default_dtype()), persistent=False)
         hidden = check_hidden_irreps(irreps_hidden, self.basis)
         self.hidden = IrrepsLayout(hidden)
         self.flip = self.hidden.flip_signs()  # see _bond_frames
