@@ -681,8 +681,10 @@ class DataSetOptions(_Options):
 
 
 class DataOptions(_Options):
-    """``data_options``: the training set and optional validation / reference sets. ``r_max``,
-    ``er_max``, ``oer_max`` (Angstrom) override the model-derived cutoffs (nnsk ``push`` only)."""
+    """``data_options``: the training set and optional validation / reference sets. ``r_max``
+    (Angstrom): nnsk only, the training graphs hold the bonds up to the larger of it and the model's
+    cutoff (so that a ``push`` that grows ``rs`` or ``w`` finds the longer bonds; DeePTB builds its
+    graphs at ``r_max``); ``er_max``, ``oer_max`` are ignored (eqtb takes cutoffs from model_options)."""
 
     r_max: Cutoff | None = None
     er_max: Cutoff | None = None
@@ -856,9 +858,10 @@ def _ignored_train(to: TrainOptions, validation: bool, reference: bool = False) 
     return out
 
 
-def _ignored_data(do: DataOptions, overlap: bool, loss: str | None) -> list[tuple[str, str]]:
+def _ignored_data(do: DataOptions, overlap: bool, loss: str | None, family: str | None) -> list[tuple[str, str]]:
+    acting = ("r_max",) if family == "nnsk" else ()  # nnsk: builds the graphs out to it (a growing push)
     out = [(f"data_options.{key}", "eqtb takes the cutoff from model_options")
-           for key in ("r_max", "er_max", "oer_max") if getattr(do, key) is not None]
+           for key in ("r_max", "er_max", "oer_max") if getattr(do, key) is not None and key not in acting]
     train = do.train
     if train.get_overlap and not overlap and _given(train, "get_overlap"):
         out.append(("data_options.train.get_overlap",
@@ -927,7 +930,7 @@ def ignored_keys(cfg: TrainConfig | TestConfig) -> list[tuple[str, str]]:
     if isinstance(cfg, TestConfig):
         return _ignored_test(cfg)
     mo, overlap = cfg.model_options, cfg.common_options.overlap
-    out = []
+    out, family = [], None
     if mo is not None:
         family = mo.embedding.method if mo.family == "nnenv" else mo.family
         if family not in _MODEL_CHECKS:
@@ -937,7 +940,7 @@ def ignored_keys(cfg: TrainConfig | TestConfig) -> list[tuple[str, str]]:
         out += _ignored_train(cfg.train_options, cfg.data_options.validation is not None,
                               cfg.data_options.reference is not None)
     loss = cfg.train_options.loss_options.train.method if cfg.train_options is not None else None
-    return out + _ignored_data(cfg.data_options, overlap, loss)
+    return out + _ignored_data(cfg.data_options, overlap, loss, family)
 
 
 # ============================================================================ error translation

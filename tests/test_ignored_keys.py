@@ -130,12 +130,13 @@ NNSK = {"onsite": {"method": "uniform"}, "hopping": {"method": "powerlaw", "rs":
 
 
 @pytest.mark.parametrize("nnsk, expected", [
-    ({}, ["data_options.r_max"]),
-    ({"atomic_radius": "cov", "std": 0.1, "freeze": False, "soc": {}}, ["data_options.r_max"]),
-    ({"atomic_radius": "v1"}, ["data_options.r_max"]),  # DeePTB's v1 radii table is eqtb's too
+    ({}, ["data_options.er_max"]),  # r_max acts for nnsk: the training graphs' radius
+    ({"atomic_radius": "cov", "std": 0.1, "freeze": False, "soc": {}}, ["data_options.er_max"]),
+    ({"atomic_radius": "v1"}, ["data_options.er_max"]),  # DeePTB's v1 radii table is eqtb's too
 ])
 def test_ignored_keys_of_an_nnsk_config(base, nnsk, expected):
-    assert keys(base, {"model_options": {"nnsk": {**NNSK, **nnsk}}, "data_options.r_max": 5.0}) == expected
+    assert keys(base, {"model_options": {"nnsk": {**NNSK, **nnsk}}, "data_options.r_max": 5.0,
+                       "data_options.er_max": 5.0}) == expected
 
 
 def test_models_eqtb_cannot_build_list_nothing_and_built_ones_their_ignored_keys(base):

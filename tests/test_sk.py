@@ -13,10 +13,12 @@ import torch
 import eqtb
 from eqtb.basis import Basis
 from eqtb.cli import main
+from eqtb.config import ignored_keys, load_config
 from eqtb.models.base import ModelError
 from eqtb.models.inputs import ModelInputs
 from eqtb.models.sk import SlaterKoster
 from eqtb.structure import build_graph
+from eqtb.train.trainer import Trainer
 from toy_models import silicon_primitive
 
 
@@ -278,6 +280,36 @@ def test_strain_push_and_freeze_through_eqtb_train(nnsk_run):
     assert (int(early["pushes"]), int(late["pushes"])) == (1, 3)
     model = eqtb.load(nnsk_run / "run" / "checkpoint" / "nnsk.latest.pth").model
     assert model.locality.hops == 1 and model.w == pytest.approx(0.1 - 3 * 0.001)
+
+
+def test_growing_push_trains_on_graphs_out_to_data_r_max(nnsk_run, capsys):
+    """A push that grows rs reaches bonds beyond the starting cutoff (rs + 8 w = 4.0 here): the
+    training graphs are built out to data_options.r_max (DeePTB's graph radius), the bonds beyond
+    the current cutoff get zero integrals until the push reaches them; without r_max it is an error."""
+    cfg = json.loads((nnsk_run / "nnsk.json").read_text())
+    cfg["model_options"]["nnsk"]["push"] = {"rs_thr": 0.4, "period": 1}
+    cfg["train_options"].update(num_epoch=2, save_freq=1)
+    (nnsk_run / "grow.json").write_text(json.dumps(cfg))
+    assert main(["train", "grow.json", "-o", "bad", "-q"]) != 0
+    assert "data_options.r_max" in capsys.readouterr().err
+    cfg["data_options"]["r_max"] = 5.0
+    (nnsk_run / "grow.json").write_text(json.dumps(cfg))
+    trainer = Trainer(load_config(nnsk_run / "grow.json"), nnsk_run / "run", progress=False)
+    inputs = trainer.train_set[0].inputs
+    r = inputs.vectors.norm(dim=1)
+    assert trainer.r_max == 5.0 and 4.5 < float(r.max()) <= 5.0
+    far = (r > 4.0) & (r <= 4.4)
+    assert far.any()
+
+    def far_blocks():
+        off = trainer.model(inputs)["hamiltonian"][1]
+        return off[: inputs.n_edges][far].abs().amax()
+
+    with torch.no_grad():
+        assert float(far_blocks()) == 0.0  # beyond the starting cutoff: no integrals yet
+        trainer.model.after_iteration(1)  # one push: rs 3.6, cutoff 4.4
+        assert float(far_blocks()) > 1e-6
+    assert not [k for k, _ in ignored_keys(load_config(nnsk_run / "grow.json")) if "r_max" in k]  # it acts
 
 
 def _config(model: SlaterKoster, overlap: bool) -> dict:

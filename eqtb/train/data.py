@@ -64,6 +64,7 @@ class Sample:
     kpoints: np.ndarray | None = None
     eigenvalues: np.ndarray | None = None
     bands: BandTarget | None = None
+    bandinfo: BandInfo | None = None  # of the folder the eigenvalues come from (eqtb test's band window)
 
 
 @dataclass

@@ -128,6 +128,7 @@ def load_test_samples(folders: Sequence[str | Path], basis: Basis, r_max, quanti
             if eigenvalues:
                 s.kpoints = kpts if kpts.ndim == 2 else kpts[k]
                 s.eigenvalues = eigs[k]
+                s.bandinfo = tf.info.bandinfo
             samples.append(s)
             fermis.append(fermi)
     return samples, fermis
@@ -263,6 +264,20 @@ def reference_fermi(structure, eigenvalues, nel_atom: Mapping[str, float]) -> fl
     return float(res.midgap if res.midgap is not None else res.mu)
 
 
+def band_window(sample, n_reference: int, n_predicted: int) -> tuple[int, int]:
+    """Bands ``[lo, hi)`` of a sample that ``eqtb test`` compares: its folder's ``bandinfo``
+    ``[band_min, band_max)`` (the bands an eigenvalue loss fits; DeePTB's band datasets hold many
+    more conduction bands than a minimal basis describes), clipped to the bands both sides have;
+    the lowest ``min(n_reference, n_predicted)`` when the folder has no ``bandinfo``."""
+    hi = min(n_reference, n_predicted)
+    info = getattr(sample, "bandinfo", None)
+    if info is None:
+        return 0, hi
+    if info.band_max is not None:
+        hi = min(hi, info.band_max)
+    return min(info.band_min, hi), hi
+
+
 class _BandAccumulator:
     """Sums of band errors over frames (exact means over all (frame, k, band) entries)."""
 
@@ -345,8 +360,9 @@ def evaluate(model, samples: Sequence[Sample], progress: bool | None = False, ba
     samples must be built in its basis at its cutoff (:func:`load_test_samples`). Blocks of a quantity
     a sample has no targets for are skipped.
 
-    ``bands``: also compare eigenvalues on samples with ``kpoints`` and ``eigenvalues``: the lowest
-    ``min(nb_reference, norb)`` bands of the predicted H with the predicted S (the model's overlap
+    ``bands``: also compare eigenvalues on samples with ``kpoints`` and ``eigenvalues``: the bands
+    :func:`band_window` chooses (the folder's ``bandinfo`` window, else the lowest
+    ``min(nb_reference, norb)``) of the predicted H with the predicted S (the model's overlap
     head; else the sample's overlap targets; else S = 1) against the reference, aligned with
     ``"none"`` and ``"mean"`` (:data:`BAND_ALIGNS`). ``window`` (eV): errors also over the entries
     whose reference energy is within E_F +- window, E_F from ``fermi_levels`` (one per sample, None
@@ -403,7 +419,9 @@ def evaluate(model, samples: Sequence[Sample], progress: bool | None = False, ba
             except SpectrumError as exc:
                 failed.append({"frame": s.name, "error": str(exc)})
                 continue
-            nb = min(ref.shape[1], eigs.shape[1])
+            lo, nb = band_window(s, ref.shape[1], eigs.shape[1])
+            ref, eigs = ref[:, lo:], eigs[:, lo:]
+            nb -= lo
             nbands = nb if nbands is None else max(nbands, nb)
             fermi = fermi_levels[n] if fermi_levels is not None else None
             if fermi is None and nel_atom:

@@ -72,6 +72,7 @@ from eqtb.models.assembly import to_operators
 from eqtb.models.base import family_class, family_name, state_mismatch
 from eqtb.operator import Operator
 from eqtb.quantities import DATA_FLAGS, DENSITY_MATRIX, HAMILTONIAN, OVERLAP
+from eqtb.structure import pair_cutoffs
 from eqtb.train.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -169,6 +170,7 @@ class Trainer:
             self.r_max = family_class(plain["model_options"]).cutoff_of(plain["model_options"])
         except ModelError as exc:
             raise ConfigError(cfg.source, "model_options", str(exc)) from None
+        self.r_max = self._graph_cutoff(plain["model_options"])
         self.quantity, self.quantities, self.bands = quantities_of(cfg)
         loss_options = plain["train_options"]["loss_options"]["train"]
         try:
@@ -215,6 +217,30 @@ class Trainer:
             self._restore(self.restart_state, restart)
 
     # ------------------------------------------------------------------ setup
+    def _graph_cutoff(self, model_options: dict):
+        """The cutoff (Angstrom; a number or ``{"A-B": radius}``) of the training graphs: the model's,
+        and for nnsk raised to ``data_options.r_max`` where that is larger. An nnsk ``push`` that grows
+        ``rs`` or ``w`` reaches bonds beyond the starting cutoff, which only a graph built out to
+        ``data_options.r_max`` holds (the model zeroes bonds beyond its current cutoff itself)."""
+        r_max = self.cfg.data_options.r_max
+        if self.family != "nnsk":
+            return self.r_max
+        push = model_options["nnsk"].get("push")
+        if r_max is None:
+            if isinstance(push, dict) and (push.get("rs_thr", 0) > 0 or push.get("w_thr", 0) > 0):
+                raise ConfigError(self.cfg.source, "data_options.r_max",
+                                  "model_options.nnsk.push grows rs or w: give data_options.r_max, the longest "
+                                  f"bond the pushed model will reach (it starts at {self.r_max} Angstrom)")
+            return self.r_max
+        sym = self.basis.symbols
+        try:
+            cut = np.maximum(pair_cutoffs(self.r_max, sym), pair_cutoffs(r_max, sym))
+        except ValueError as exc:
+            raise ConfigError(self.cfg.source, "data_options.r_max", str(exc)) from None
+        if np.allclose(cut, cut.flat[0], rtol=0, atol=1e-12):
+            return float(cut.flat[0])
+        return {f"{a}-{b}": float(cut[x, y]) for x, a in enumerate(sym) for y, b in enumerate(sym) if x <= y}
+
     def _check_data_for_loss(self, method: str) -> None:
         """The training data provide what the loss compares."""
         key = f"{self.cfg.source}: train_options.loss_options.train.method {method!r}"
