@@ -14,8 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import shortest_path
 
 from eqtb.basis import Basis
 from eqtb.cli import main
@@ -28,6 +26,7 @@ from eqtb.models.testing import (
     locality_errors,
     predict_blocks,
     randomize,
+    receptive_field_in_bonds,
     rel,
     reversal_errors,
 )
@@ -96,12 +95,6 @@ class TestStrictlyLocal:
         assert chunk_errors(model, gaas_displaced, chunk=7) < 1e-10
 
 
-def bond_hops(graph, n: int) -> np.ndarray:
-    """(n, n) number of bonds on the shortest path between atoms (periodic images are one atom)."""
-    adjacency = coo_matrix((np.ones(graph.n_edges), (graph.i, graph.j)), shape=(n, n))
-    return shortest_path(adjacency, directed=False, unweighted=True)
-
-
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("n_layers, strict", [(1, False), (2, False), (3, False), (2, True)],
                          ids=["default-1", "default-2", "default-3", "strict-2"])
@@ -113,30 +106,10 @@ def test_receptive_field_in_bonds(n_layers, strict, si64_displaced):
     model = elct(SI, n_layers=n_layers, strictly_local=strict)
     hops = model.locality.hops
     assert hops == (1 if strict else n_layers)
-    s = si64_displaced
-    g, out = predict_blocks(model, s)
-    on, off = out["hamiltonian"]
-    dist = bond_hops(g, s.natoms)
-    e = int(np.argmin(np.where(g.i != g.j, g.lengths, np.inf)))
-    i, j = int(g.i[e]), int(g.j[e])
-    rng = np.random.default_rng(7)
-    seen = {"onsite": set(), "offsite": set()}
-    for depth in range(1, hops + 3):
-        for which, d in (("onsite", dist[i]), ("offsite", np.minimum(dist[i], dist[j]))):
-            k = next(int(k) for k in rng.permutation(s.natoms) if k not in (i, j) and d[k] == depth)
-            pos = s.positions.copy()
-            step = rng.normal(size=3)
-            pos[k] += 0.1 * step / np.linalg.norm(step)
-            g2, out2 = predict_blocks(model, Structure(s.numbers, pos, s.cell, s.pbc))
-            assert np.array_equal(g2.i, g.i) and np.array_equal(g2.j, g.j) and np.array_equal(g2.R, g.R)
-            on2, off2 = out2["hamiltonian"]
-            change = rel(on2[i], on[i]) if which == "onsite" else rel(off2[e], off[e])
-            if depth <= hops:
-                assert change > 1e-9, (which, depth, change)
-                seen[which].add(depth)
-            else:
-                assert change < 1e-13, (which, depth, change)
-    assert seen["onsite"] == seen["offsite"] == set(range(1, hops + 1))
+    seen = receptive_field_in_bonds(model, si64_displaced, range(1, hops + 3))
+    for which in ("onsite", "offsite"):
+        for depth, change in seen[which].items():
+            assert (change > 1e-9) if depth <= hops else (change < 1e-13), (which, depth, change)
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -9,16 +9,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import shortest_path
 
 from eqtb.basis import Basis
 from eqtb.cli import main
 from eqtb.config import config_from_dict, ignored_keys
 from eqtb.models import model_from_options
 from eqtb.models.lem import LEM
-from eqtb.models.testing import predict_blocks, randomize, rel
-from eqtb.structure import Structure
+from eqtb.models.testing import predict_blocks, randomize, receptive_field_in_bonds
 
 SI = Basis({"Si": "1s1p"})
 EXAMPLES = ["clr_per_epoch_test", "clr_per_iter_test", "exp_per_epoch_test", "exp_per_iter_test"]
@@ -33,12 +30,6 @@ def lem(n_layers: int, basis: Basis = SI, seed: int = 0) -> LEM:
     return randomize(model, seed).double().eval()
 
 
-def bond_hops(graph, n: int) -> np.ndarray:
-    """(n, n) number of bonds on the shortest path between atoms (periodic images are one atom)."""
-    adjacency = coo_matrix((np.ones(graph.n_edges), (graph.i, graph.j)), shape=(n, n))
-    return shortest_path(adjacency, directed=False, unweighted=True)
-
-
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("n_layers", [1, 2])
 def test_receptive_field_is_n_layers_plus_one_bonds(n_layers, si64_displaced):
@@ -48,30 +39,10 @@ def test_receptive_field_is_n_layers_plus_one_bonds(n_layers, si64_displaced):
     the declared Locality(n_layers + 1), and no wider or narrower."""
     model = lem(n_layers)
     assert model.locality.hops == n_layers + 1
-    s = si64_displaced
-    g, out = predict_blocks(model, s)
-    on, off = out["hamiltonian"]
-    hops = bond_hops(g, s.natoms)
-    e = int(np.argmin(np.where(g.i != g.j, g.lengths, np.inf)))
-    i, j = int(g.i[e]), int(g.j[e])
-    rng = np.random.default_rng(7)
-    seen = {"onsite": set(), "offsite": set()}
-    for depth in range(1, n_layers + 4):
-        for which, dist in (("onsite", hops[i]), ("offsite", np.minimum(hops[i], hops[j]))):
-            k = next(int(k) for k in rng.permutation(s.natoms) if k not in (i, j) and dist[k] == depth)
-            pos = s.positions.copy()
-            step = rng.normal(size=3)
-            pos[k] += 0.1 * step / np.linalg.norm(step)
-            g2, out2 = predict_blocks(model, Structure(s.numbers, pos, s.cell, s.pbc))
-            assert np.array_equal(g2.i, g.i) and np.array_equal(g2.j, g.j) and np.array_equal(g2.R, g.R)
-            on2, off2 = out2["hamiltonian"]
-            change = rel(on2[i], on[i]) if which == "onsite" else rel(off2[e], off[e])
-            if depth <= n_layers + 1:
-                assert change > 1e-9, (which, depth, change)  # ~1e-7 at the far end, else 0
-                seen[which].add(depth)
-            else:
-                assert change < 1e-13, (which, depth, change)
-    assert seen["onsite"] == seen["offsite"] == set(range(1, n_layers + 2))
+    seen = receptive_field_in_bonds(model, si64_displaced, range(1, n_layers + 4))
+    for which in ("onsite", "offsite"):
+        for depth, change in seen[which].items():  # ~1e-7 at the far end inside, else exactly 0
+            assert (change > 1e-9) if depth <= n_layers + 1 else (change < 1e-13), (which, depth, change)
 
 
 def test_edge_chunk_is_ignored(gaas_displaced):

@@ -8,6 +8,7 @@ not zero; a rotation does change them; the moved atom is seen where it should be
 
 * :func:`equivariance_errors` -- blocks of a rotated / reflected structure are ``D B D^T``;
 * :func:`locality_errors` -- an atom outside the declared receptive field does not change a block;
+* :func:`receptive_field_in_bonds` -- the receptive field counted in bonds (how far a moved atom is seen);
 * :func:`chunk_errors` -- chunked evaluation equals unchunked (where the locality allows chunks);
 * :func:`reversal_errors` -- the raw predicted blocks are Hermitian: onsite blocks symmetric, and the
   bond fed in the opposite direction (j, i, -R) yields the transposed block.
@@ -27,7 +28,7 @@ from eqtb.so3 import wigner_D
 from eqtb.structure import Structure, build_graph
 
 __all__ = ["chunk_errors", "displaced", "equivariance_errors", "full_D", "locality_errors", "predict_blocks", "randomize",
-           "random_orthogonal", "rel", "reversal_errors"]
+           "random_orthogonal", "receptive_field_in_bonds", "rel", "reversal_errors"]
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -153,6 +154,36 @@ def locality_errors(model: OperatorModel, structure: Structure, seed: int = 0) -
 
     bond_out, onsite_out = change(k_out)
     return {"outside": max(bond_out, onsite_out), "inside": max(change(k_in))}
+
+
+def receptive_field_in_bonds(model: OperatorModel, structure: Structure, depths, seed: int = 7) -> dict:
+    """The receptive field counted in bonds, exactly: with the bonds of ``model``'s graph on
+    ``structure`` (periodic images are one atom), for a shortest bond (i, j) and each ``depth``, move
+    one atom k at ``depth`` bonds from i (for the off-site block: from the nearer of i and j) by 0.1 A
+    and measure the relative change of i's onsite block and of the bond's block. Returns
+    ``{"onsite": {depth: change}, "offsite": {depth: change}}``; a model of locality ``hops`` (counted
+    in bonds when r_max spans one bond shell) changes them exactly for depth <= hops."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import shortest_path
+
+    g, out = predict_blocks(model, structure)
+    on, off = out[model.quantity]
+    n = structure.natoms
+    dist = shortest_path(coo_matrix((np.ones(g.n_edges), (g.i, g.j)), shape=(n, n)), directed=False, unweighted=True)
+    e = int(np.argmin(np.where(g.i != g.j, g.lengths, np.inf)))
+    i, j = int(g.i[e]), int(g.j[e])
+    rng = np.random.default_rng(seed)
+    seen = {"onsite": {}, "offsite": {}}
+    for depth in depths:
+        for which, d in (("onsite", dist[i]), ("offsite", np.minimum(dist[i], dist[j]))):
+            k = next(int(k) for k in rng.permutation(n) if k not in (i, j) and d[k] == depth)
+            step = rng.normal(size=3)
+            g2, out2 = predict_blocks(model, _moved(structure, k, 0.1 * step / np.linalg.norm(step)))
+            assert np.array_equal(g2.i, g.i) and np.array_equal(g2.j, g.j) and np.array_equal(g2.R, g.R), \
+                "moving the atom changed the graph: use a smaller step or cutoff"
+            on2, off2 = out2[model.quantity]
+            seen[which][depth] = rel(on2[i], on[i]) if which == "onsite" else rel(off2[e], off[e])
+    return seen
 
 
 def chunk_errors(model: OperatorModel, structure: Structure, chunk: int = 37) -> float:
