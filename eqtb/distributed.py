@@ -147,7 +147,8 @@ def all_reduce_sums(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         keys = [k for k in names if tensors[k].dtype == dtype]
         flat = _SumOverRanks.apply(torch.cat([tensors[k].reshape(-1) for k in keys]))
         for k, part in zip(keys, flat.split([tensors[k].numel() for k in keys])):
-            out[k] = part.view(tensors[k].shape)
+            part = part.view(tensors[k].shape)
+            out[k] = part if tensors[k].requires_grad else part.detach()
     return out
 
 
