@@ -1364,8 +1364,13 @@ def _is_esk_input(path) -> bool:
 
 def run_train(args) -> int:
     from eqtb.config import load_config
+    from eqtb.distributed import is_main, launched
     from eqtb.train.skf2nnsk import fit_skf, is_skf2nnsk_input
     from eqtb.train.trainer import Trainer
+
+    if not is_main():  # a torchrun launch: rank 0 alone prints (errors excepted) and writes
+        args.quiet = True
+        warnings.simplefilter("ignore")
 
     if _is_esk_input(args.config):
         raise CLIError(f"{args.config}: an input of DeePTB's `dptb esk` (DeePTB's built-in empirical Slater-Koster "
@@ -1373,6 +1378,8 @@ def run_train(args) -> int:
                        f"ship these parameter sets; fit an nnsk model to DFTB tables with a DeePTB skf2nnsk input "
                        f"(eqtb train) and start from it with -i")
     if is_skf2nnsk_input(args.config):  # DeePTB's `dptb skf2nnsk` input: fit nnsk to .skf tables
+        if launched():
+            raise CLIError(f"{args.config}: a DeePTB skf2nnsk input trains in one process: run it without torchrun")
         if args.restart:
             raise CLIError(f"{args.config}: a DeePTB skf2nnsk input does not resume (-r); start it with -i")
         summary = fit_skf(args.config, args.output, nstep=args.num_epoch, init_model=args.init_model,

@@ -645,7 +645,9 @@ class TrainOptions(_Options):
     epoch unless ``update_lr_per_iter`` (then once per iteration, ``rop`` on the mean of the last
     ``sliding_win_size`` iteration losses; see :class:`eqtb.train.optim.Scheduler`). ``max_time``
     (seconds or null) is an eqtb extension: stop training cleanly once this wall time is
-    exceeded."""
+    exceeded. ``batch_size``, ``ref_batch_size`` and ``val_batch_size`` count frames of the whole
+    step: with several processes (``torchrun``) they are global batches, shared among the processes
+    (:mod:`eqtb.train.trainer`), so the steps are those of one process."""
 
     num_epoch: PosInt
     batch_size: PosInt = 1

@@ -93,9 +93,11 @@ class CheckpointManager:
 
     ``best_metric`` is the lowest metric saved so far (``None`` before the first); keep it across
     restarts by storing :meth:`state_dict` in the checkpoint and calling :meth:`load_state_dict`.
+    ``write=False`` (the processes other than rank 0 of a ``torchrun`` launch) keeps the same
+    ``best_metric`` and returns the same paths but writes and deletes no file.
     """
 
-    def __init__(self, directory: str | os.PathLike, name: str, max_ckpt: int = 4):
+    def __init__(self, directory: str | os.PathLike, name: str, max_ckpt: int = 4, write: bool = True):
         if not isinstance(name, str) or not name or "/" in name or os.sep in name or name in {".", ".."}:
             raise ValueError(f"checkpoint name must be a plain file-name stem, got {name!r}")
         if isinstance(max_ckpt, bool) or not isinstance(max_ckpt, int) or max_ckpt < 1:
@@ -104,6 +106,7 @@ class CheckpointManager:
         self.name = name
         self.max_ckpt = max_ckpt
         self.best_metric: float | None = None
+        self.write = write
         self._iter_re = re.compile(rf"^{re.escape(name)}\.iter(\d+)\.pth$")
 
     @property
@@ -130,7 +133,7 @@ class CheckpointManager:
 
     def save_latest(self, state: dict) -> Path:
         """Write ``state`` to ``<name>.latest.pth`` (replacing it); returns the path."""
-        return save_atomic(state, self.latest_path)
+        return save_atomic(state, self.latest_path) if self.write else self.latest_path
 
     def is_improvement(self, metric: float) -> bool:
         """True when ``metric`` is finite and lower than :attr:`best_metric` (or none is set)."""
@@ -143,7 +146,8 @@ class CheckpointManager:
         :attr:`best_metric` becomes ``metric`` (only after the file is complete)."""
         if not self.is_improvement(metric):
             return False
-        save_atomic(state, self.best_path)
+        if self.write:
+            save_atomic(state, self.best_path)
         self.best_metric = float(metric)
         return True
 
@@ -157,6 +161,8 @@ class CheckpointManager:
         if isinstance(iteration, bool) or int(iteration) != iteration or iteration < 0:
             raise ValueError(f"iteration must be a non-negative integer, got {iteration!r}")
         iteration = int(iteration)
+        if not self.write:
+            return self.iter_path(iteration)
         path = save_atomic(state, self.iter_path(iteration))
         older = [p for n, p in self.iter_files() if n <= iteration]
         for p in older[: max(0, len(older) - self.max_ckpt)]:

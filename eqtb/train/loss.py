@@ -4,6 +4,14 @@ Every loss takes the Hermitian blocks a model returns and a :class:`~eqtb.train.
 ``evaluate(pred, batch)`` returns the differentiable loss and a dict of plain error figures
 (``*_mae``: eV for H blocks, dimensionless for S; ``band_mae_meV``: meV).
 
+Sums: each loss is a function of sums over the entries, blocks or frames of a batch
+(:meth:`SummedLoss.sums`: e.g. the absolute and squared errors and the entry counts of each element
+pair, or the frames' weighted band losses and their weights), and :meth:`SummedLoss.combine`
+turns sums into the loss and its figures. Sums add over any split of a batch, so frames spread
+over several processes (``torchrun``, :mod:`eqtb.distributed`) give the loss of the whole batch
+exactly: each process sums its frames, the sums are added over the processes, and every process
+combines the totals.
+
 Block losses compare the blocks with the aligned targets, counting only orbital entries that exist
 for the atoms' element types (the full-basis layout pads smaller bases with zeros). Units: eV for H.
 
@@ -60,7 +68,7 @@ from eqtb.quantities import HAMILTONIAN, OVERLAP
 from eqtb.tb.bloch import BlochError, eigvalsh
 
 __all__ = ["BLOCK_METHODS", "BAND_METHODS", "BlockLoss", "EigHamLoss", "EigvalsLoss", "LossError", "SkintsLoss",
-           "build_loss"]
+           "SummedLoss", "build_loss"]
 
 #: loss methods on blocks only, and those that need reference band energies
 BLOCK_METHODS = ("hamil_abs", "hamil_blas", "hamil_wt")
@@ -92,8 +100,49 @@ def _pair_weights(spec, basis: Basis, onsite: bool) -> torch.Tensor:
     return w
 
 
-class BlockLoss(torch.nn.Module):
-    """Block loss for a model predicting ``quantity`` (and optionally the overlap)."""
+class SummedLoss(torch.nn.Module):
+    """A loss computed from sums over a batch (module docstring, *Sums*). Subclasses define
+    :meth:`sum_shapes`, :meth:`sums` and :meth:`combine`."""
+
+    def sum_shapes(self) -> dict[str, tuple[int, ...]]:
+        """{name: shape} of the tensors :meth:`sums` returns (the same for every batch)."""
+        raise NotImplementedError
+
+    def sums(self, pred: dict, batch) -> dict[str, torch.Tensor]:
+        """Additive sums of ``batch`` (differentiable where the loss depends on the prediction)."""
+        raise NotImplementedError
+
+    def combine(self, sums: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """(loss, figures) from the sums of one batch, or of its parts added together."""
+        raise NotImplementedError
+
+    def zero_sums(self, dtype: torch.dtype, device=None) -> dict[str, torch.Tensor]:
+        """The sums of no frames (a process whose share of a batch is empty)."""
+        return {k: torch.zeros(shape, dtype=dtype, device=device) for k, shape in self.sum_shapes().items()}
+
+    def evaluate(self, pred: dict, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """(loss, figures) of one batch."""
+        return self.combine(self.sums(pred, batch))
+
+    def forward(self, pred: dict, batch) -> torch.Tensor:
+        return self.evaluate(pred, batch)[0]
+
+
+def _group_sums(pred, target, mask, groups, n_groups: int, prefix: str) -> dict[str, torch.Tensor]:
+    """{prefix_ae, prefix_se, prefix_n}: sums of |error|, error^2 and of the entries counted, per
+    group of rows (``groups`` (B,) of rows (B, ...), ``mask`` the entries that exist)."""
+    diff = (pred - target) * mask
+    dims = tuple(range(1, diff.dim()))
+    zeros = torch.zeros(n_groups, dtype=pred.dtype, device=pred.device)
+    return {f"{prefix}_ae": zeros.index_add(0, groups, diff.abs().sum(dim=dims)),
+            f"{prefix}_se": zeros.index_add(0, groups, (diff ** 2).sum(dim=dims)),
+            f"{prefix}_n": zeros.index_add(0, groups, mask.sum(dim=dims).to(pred.dtype))}
+
+
+class BlockLoss(SummedLoss):
+    """Block loss for a model predicting ``quantity`` (and optionally the overlap). Sums: per term
+    (``onsite``, ``hopping``[, ``overlap``]) the absolute errors, squared errors and entry counts of
+    each element (onsite) or element pair (off-site, overlap)."""
 
     needs_blocks, needs_bands = True, False
 
@@ -117,76 +166,69 @@ class BlockLoss(torch.nn.Module):
         off = m[types[i]][:, :, None] & m[types[j]][:, None, :]
         return on, off
 
-    def _term(self, pred, target, mask, groups, weights, n_groups):
-        diff = (pred - target) * mask
-        n = mask.sum(dim=(1, 2)).to(pred.dtype)
-        if self.method == "hamil_abs":
-            total = n.sum().clamp(min=1)
-            mae = diff.abs().sum() / total
-            mse = (diff**2).sum() / total
-            return 0.5 * (mae + (mse + 1e-30).sqrt())
-        ae = torch.zeros(n_groups, dtype=pred.dtype, device=pred.device).index_add_(0, groups, diff.abs().sum(dim=(1, 2)))
-        se = torch.zeros_like(ae).index_add_(0, groups, (diff**2).sum(dim=(1, 2)))
-        cnt = torch.zeros_like(ae).index_add_(0, groups, n)
-        seen = cnt > 0
-        w = weights.to(pred)[seen]
-        mae = (w * ae[seen] / cnt[seen]).sum() / seen.sum()
-        mse = (w * se[seen] / cnt[seen]).sum() / seen.sum()
-        return 0.5 * (mae + (mse + 1e-30).sqrt())
+    def _groups(self) -> dict[str, int]:
+        """{term: number of groups}: elements (onsite), element pairs (hopping, overlap)."""
+        T = self.basis.n_types
+        return {"onsite": T, "hopping": T * T, **({"overlap": T * T} if self.overlap else {})}
 
-    def terms(self, pred: dict, batch) -> dict[str, torch.Tensor]:
-        """Loss terms {"onsite", "hopping"[, "overlap"]} for one batch."""
+    def sum_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {f"{t}_{k}": (g,) for t, g in self._groups().items() for k in ("ae", "se", "n")}
+
+    def sums(self, pred: dict, batch) -> dict[str, torch.Tensor]:
         types, i, j, targets = batch.inputs.types, batch.inputs.i, batch.inputs.j, batch.targets
         T = self.basis.n_types
         on_mask, off_mask = self._masks(types, i, j)
         a, b = types[i], types[j]
         on_groups, off_groups = types, torch.minimum(a, b) * T + torch.maximum(a, b)
-        on_w, off_w = self.onsite_weight, self.hopping_weight.flatten()
         q = self.quantity
-        out = {"onsite": self._term(pred[q][0], targets[q][0], on_mask, on_groups, on_w, T),
-               "hopping": self._term(pred[q][1], targets[q][1], off_mask, off_groups, off_w, T * T)}
+        out = {**_group_sums(pred[q][0], targets[q][0], on_mask, on_groups, T, "onsite"),
+               **_group_sums(pred[q][1], targets[q][1], off_mask, off_groups, T * T, "hopping")}
         if self.overlap:
             ps, ts = pred[OVERLAP], targets[OVERLAP]
             p = torch.cat([ps[0].flatten(1), ps[1].flatten(1)])
             t = torch.cat([ts[0].flatten(1), ts[1].flatten(1)])
             m = torch.cat([on_mask.flatten(1), off_mask.flatten(1)])
             g = torch.cat([on_groups * (T + 1), off_groups])  # onsite type t -> pair (t, t)
-            w = torch.ones(T * T)
-            out["overlap"] = self._term(p.unsqueeze(1), t.unsqueeze(1), m.unsqueeze(1), g, w, T * T)
+            out.update(_group_sums(p, t, m, g, T * T, "overlap"))
+        return out
+
+    def terms(self, sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Loss terms {"onsite", "hopping"[, "overlap"]}, each ``(MAE + RMSE) / 2`` (``hamil_abs``:
+        over all entries; ``hamil_blas``/``hamil_wt``: per group, then the weighted mean over the
+        groups present)."""
+        weights = {"onsite": self.onsite_weight, "hopping": self.hopping_weight.flatten()}
+        out = {}
+        for t in self._groups():
+            ae, se, n = sums[f"{t}_ae"], sums[f"{t}_se"], sums[f"{t}_n"]
+            if self.method == "hamil_abs":
+                total = n.sum().clamp(min=1)
+                mae, mse = ae.sum() / total, se.sum() / total
+            else:
+                seen = n > 0
+                w = weights[t].to(ae)[seen] if t in weights else 1.0
+                mae = (w * ae[seen] / n[seen]).sum() / seen.sum()
+                mse = (w * se[seen] / n[seen]).sum() / seen.sum()
+            out[t] = 0.5 * (mae + (mse + 1e-30).sqrt())
         return out
 
     @torch.no_grad()
-    def mae(self, pred: dict, batch) -> dict[str, float]:
+    def figures(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
         """Plain MAE over existing entries (eV for H): {"onsite_mae", "hopping_mae"[, "overlap_mae"]}."""
-        inp, targets = batch.inputs, batch.targets
-        on_mask, off_mask = self._masks(inp.types, inp.i, inp.j)
-        q = self.quantity
+        return {f"{t}_mae": float(sums[f"{t}_ae"].sum() / sums[f"{t}_n"].sum().clamp(min=1)) for t in self._groups()}
 
-        def mae(p, t, m):
-            return float(((p - t).abs() * m).sum() / m.sum().clamp(min=1))
-
-        out = {"onsite_mae": mae(pred[q][0], targets[q][0], on_mask),
-               "hopping_mae": mae(pred[q][1], targets[q][1], off_mask)}
-        if self.overlap:
-            ps, ts = pred[OVERLAP], targets[OVERLAP]
-            n_on, n_off = on_mask.sum(), off_mask.sum()
-            out["overlap_mae"] = (mae(ps[0], ts[0], on_mask) * float(n_on) + mae(ps[1], ts[1], off_mask)
-                                  * float(n_off)) / max(float(n_on + n_off), 1.0)
-        return out
-
-    def forward(self, pred: dict, batch) -> torch.Tensor:
-        terms = self.terms(pred, batch)
-        return sum(terms.values()) / len(terms)
-
-    def evaluate(self, pred: dict, batch) -> tuple[torch.Tensor, dict[str, float]]:
-        """(loss, block MAEs) of one batch."""
-        return self(pred, batch), self.mae(pred, batch)
+    def combine(self, sums: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """(mean of the terms, block MAEs)."""
+        terms = self.terms(sums)
+        return sum(terms.values()) / len(terms), self.figures(sums)
 
 
-class EigvalsLoss(torch.nn.Module):
+class EigvalsLoss(SummedLoss):
     """DeePTB's ``eigvals`` loss (module docstring) for a model predicting H (and optionally S).
     ``options``: the ``loss_options.train`` dict (``diff_on``, ``eout_weight``, ``diff_weight``,
-    ``diff_valence``, ``spin_deg``); ``overlap``: solve ``H c = E S c`` with the predicted S."""
+    ``diff_valence``, ``spin_deg``); ``overlap``: solve ``H c = E S c`` with the predicted S.
+    Sums: the frames' losses times their ``loss_weight``, the weights, the absolute band errors and
+    their count. ``diff_on`` draws its k-point pairs from torch's global generator, frame after
+    frame: frames split over processes draw other pairs than one process does."""
 
     needs_blocks, needs_bands = False, True
 
@@ -286,26 +328,33 @@ class EigvalsLoss(torch.nn.Module):
             err = (p - r).abs()[inside]
         return loss, err.sum(), int(err.numel())
 
-    def evaluate(self, pred: dict, batch) -> tuple[torch.Tensor, dict[str, float]]:
-        """(loss, {"band_mae_meV"}) of one batch: the frames' losses averaged with their
-        ``bandinfo.loss_weight``."""
-        total, weights, abs_err, count = 0.0, 0.0, 0.0, 0
+    def sum_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"band_loss": (), "band_weight": (), "band_abs": (), "band_count": ()}
+
+    def sums(self, pred: dict, batch) -> dict[str, torch.Tensor]:
+        out = None
         for eig, s in zip(self.band_energies(pred, batch), batch.samples):
             loss, err, n = self.sample_loss(eig, s)
             lw = s.bands.info.loss_weight
-            total = total + lw * loss
-            weights += lw
-            abs_err += float(err)
-            count += n
-        return total / (weights or 1.0), {"band_mae_meV": 1e3 * abs_err / max(count, 1)}
+            if out is None:
+                out = self.zero_sums(eig.dtype, eig.device)
+            out["band_loss"] = out["band_loss"] + lw * loss
+            out["band_weight"] += lw
+            out["band_abs"] += err
+            out["band_count"] += n
+        return out
 
-    def forward(self, pred: dict, batch) -> torch.Tensor:
-        return self.evaluate(pred, batch)[0]
+    def combine(self, sums: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """(the frames' losses averaged with their ``bandinfo.loss_weight``, {"band_mae_meV"})."""
+        w = sums["band_weight"]
+        loss = sums["band_loss"] / torch.where(w == 0, torch.ones_like(w), w)
+        return loss, {"band_mae_meV": 1e3 * float(sums["band_abs"]) / max(float(sums["band_count"]), 1.0)}
 
 
-class EigHamLoss(torch.nn.Module):
+class EigHamLoss(SummedLoss):
     """DeePTB's ``eig_ham``: ``coeff_ham * hamil_abs + (1 - coeff_ham) * eigvals`` (module
-    docstring), the overlap term of ``hamil_abs`` weighted ``coeff_ovp / coeff_ham``."""
+    docstring), the overlap term of ``hamil_abs`` weighted ``coeff_ovp / coeff_ham``. Sums: those
+    of both losses."""
 
     needs_blocks, needs_bands = True, True
 
@@ -317,24 +366,28 @@ class EigHamLoss(torch.nn.Module):
         self.coeff_ham = float(options.get("coeff_ham", 1.0))
         self.coeff_ovp = float(options.get("coeff_ovp", 1.0))
 
-    def evaluate(self, pred: dict, batch) -> tuple[torch.Tensor, dict[str, float]]:
-        """(loss, block MAEs and band MAE) of one batch."""
-        terms = self.blocks.terms(pred, batch)
+    def sum_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {**self.blocks.sum_shapes(), **self.bands.sum_shapes()}
+
+    def sums(self, pred: dict, batch) -> dict[str, torch.Tensor]:
+        return {**self.blocks.sums(pred, batch), **self.bands.sums(pred, batch)}
+
+    def combine(self, sums: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """(loss, block MAEs and band MAE)."""
+        terms = self.blocks.terms(sums)
         ham = self.coeff_ham * (terms["onsite"] + terms["hopping"]) / len(terms)
         if "overlap" in terms:
             ham = ham + self.coeff_ovp * terms["overlap"] / len(terms)
-        eig, info = self.bands.evaluate(pred, batch)
-        return ham + (1.0 - self.coeff_ham) * eig, {**self.blocks.mae(pred, batch), **info}
-
-    def forward(self, pred: dict, batch) -> torch.Tensor:
-        return self.evaluate(pred, batch)[0]
+        eig, info = self.bands.combine(sums)
+        return ham + (1.0 - self.coeff_ham) * eig, {**self.blocks.figures(sums), **info}
 
 
-class SkintsLoss(torch.nn.Module):
+class SkintsLoss(SummedLoss):
     """DeePTB's ``skints`` (module docstring): an nnsk model's integrals and onsite energies against
     the tables of ``options["skdata"]`` (a relative path from the current directory, as DeePTB).
     :meth:`predict` replaces the model's forward: it returns the integrals of the model and of the
-    tables for the same bonds."""
+    tables for the same bonds. Sums: per group (``onsite``, ``hopping``[, ``overlap``]) the squared
+    and absolute errors and their count."""
 
     needs_blocks, needs_bands = False, False
 
@@ -390,19 +443,27 @@ class SkintsLoss(torch.nn.Module):
             out["overlap"] = tuple(torch.cat([p.offsite[OVERLAP] for p in ps]) for ps in (parts, ref))
         return out
 
-    def evaluate(self, pred: dict, batch) -> tuple[torch.Tensor, dict[str, float]]:
-        """(loss in eV^2, {"onsite_mae", "hopping_mae"[, "overlap_mae"]}) of one batch."""
+    def sum_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {f"{t}_{k}": () for t in ("onsite", "hopping", "overlap")[:2 + self.overlap] for k in ("se", "ae", "n")}
+
+    def sums(self, pred: dict, batch) -> dict[str, torch.Tensor]:
         e, e_ref, mask = pred["onsite"]
         terms = {"onsite": (e[mask], e_ref[mask].to(e)), "hopping": pred["hopping"]}
         if "overlap" in pred:
             terms["overlap"] = pred["overlap"]
-        loss = sum(((p - r.to(p)) ** 2).mean() for p, r in terms.values())
-        with torch.no_grad():
-            info = {f"{k}_mae": float((p - r.to(p)).abs().mean()) for k, (p, r) in terms.items()}
-        return loss, info
+        out = {}
+        for t, (p, r) in terms.items():
+            d = p - r.to(p)
+            out.update({f"{t}_se": (d ** 2).sum(), f"{t}_ae": d.detach().abs().sum(),
+                        f"{t}_n": torch.tensor(float(d.numel()), dtype=p.dtype, device=p.device)})
+        return out
 
-    def forward(self, pred: dict, batch) -> torch.Tensor:
-        return self.evaluate(pred, batch)[0]
+    def combine(self, sums: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """(loss in eV^2: the sum of the groups' mean-square errors, {"onsite_mae", "hopping_mae"[,
+        "overlap_mae"]})."""
+        groups = [t for t in ("onsite", "hopping", "overlap") if f"{t}_se" in sums]
+        loss = sum(sums[f"{t}_se"] / sums[f"{t}_n"] for t in groups)
+        return loss, {f"{t}_mae": float(sums[f"{t}_ae"] / sums[f"{t}_n"]) for t in groups}
 
 
 def build_loss(basis: Basis, options: dict, quantity: str = HAMILTONIAN,

@@ -39,6 +39,26 @@ figures as JSON lines: losses in the loss's unit -- eV for block losses, eV^2 fo
 meV; a restart drops the lines of epochs after its checkpoint). All checkpoints are written
 atomically.
 
+Several processes (``torchrun --nproc_per_node N -m eqtb.cli train ...``, :mod:`eqtb.distributed`):
+every process loads the datasets and builds the same model (rank 0's weights are broadcast), and
+each batch of ``batch_size`` frames (the *global* batch, so that N processes take the same
+optimizer steps as one) is split into N contiguous shares (:func:`eqtb.distributed.share`), one
+per process. Each process computes the loss sums of its share (:class:`eqtb.train.loss.SummedLoss`);
+the sums are added over the processes, every process combines the totals into the batch's loss,
+and the gradients are summed over the processes before the optimizer step. The losses, figures
+and weights are then those of one process (up to the order of floating-point additions) for the
+block, ``eigvals``, ``eig_ham`` and ``skints`` losses (``diff_on`` excepted: its random k-point
+pairs are drawn per process). Reference and validation batches are split the same way, so the
+logged validation figures are those of the whole validation set. Rank 0 alone writes the
+configuration, logs, TensorBoard files and checkpoints and shows progress; a restart (``-r``) reads
+the checkpoint in every process. A process whose share of a batch is empty (fewer frames than
+processes) adds zero sums. The gradients are summed by :func:`eqtb.distributed.all_reduce_grads`
+after the backward pass rather than by ``DistributedDataParallel``: the loss of a batch depends on
+sums over every process's frames, ``skints`` calls the model's features and heads and not its
+forward, and which parameters receive gradients differs between the shares (the bond types present),
+all of which DDP's per-forward bookkeeping and gradient averaging do not fit; the models are small,
+so overlapping the reduction with the backward pass gains little.
+
 The ``rop`` scheduler (stepped per epoch) steps on the validation loss when there is a validation
 set -- the latest one, computed every ``validation_freq`` epochs and once at the end of the first
 epoch of a run that has none yet -- and on the epoch's training loss otherwise, never on a mix.
@@ -67,6 +87,16 @@ from eqtb.config import (
     resolve_root,
 )
 from eqtb.data.stats import operator_stats
+from eqtb.distributed import (
+    all_reduce_grads,
+    all_reduce_sums,
+    broadcast_flag,
+    broadcast_module,
+    is_main,
+    setup,
+    share,
+    world_size,
+)
 from eqtb.models import ModelError, build_model
 from eqtb.models.assembly import to_operators
 from eqtb.models.base import family_class, family_name, state_mismatch
@@ -81,7 +111,7 @@ from eqtb.train.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from eqtb.train.data import Batch, Sample, load_samples, make_batch
+from eqtb.train.data import Sample, load_samples, make_batch
 from eqtb.train.loss import LossError, build_loss
 from eqtb.train.optim import Scheduler, build_optimizer
 
@@ -137,7 +167,6 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, restart: str | Path | None = None,
                  init_model: str | Path | None = None, progress: bool = True):
         self.out = Path(out_dir)
-        self.progress = progress
         self.restart_state = None
         if restart is not None:
             restart = resume_path(restart)
@@ -155,9 +184,11 @@ class Trainer:
         self.cfg = cfg
         self.opts = cfg.train_options
         common = cfg.common_options
-        self.device = torch.device(common.device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
+        if torch.device(common.device).type == "cuda" and not torch.cuda.is_available():
             raise TrainError(f"{cfg.source}: common_options.device is {common.device!r} but CUDA is not available")
+        self.device = setup(common.device)  # this process's device; joins the group of a torchrun launch
+        self.main = is_main()  # the process that writes files and shows progress
+        self.progress = progress and self.main
         self.dtype = torch.float64 if common.dtype == "float64" else torch.float32
         self.seed = int(common.seed)
         random.seed(self.seed)
@@ -201,6 +232,7 @@ class Trainer:
             self.model.calibrate([s.inputs for s in self.train_set])
         if init_state is not None:
             self._load_weights(init_state, init_model)
+        broadcast_module(self.model)  # the same weights in every process (already so from the seed)
         opts = plain["train_options"]
         if not any(p.requires_grad for p in self.model.parameters()):
             raise TrainError(f"{cfg.source}: model_options: the {self.family} model has no trainable parameters "
@@ -208,7 +240,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model.parameters(), opts["optimizer"])
         self.scheduler = Scheduler(self.optimizer, opts["lr_scheduler"], update_lr_per_iter=opts["update_lr_per_iter"],
                                    sliding_win_size=opts["sliding_win_size"])
-        self.ckpt = CheckpointManager(self.out / "checkpoint", self.family, self.opts.max_ckpt)
+        self.ckpt = CheckpointManager(self.out / "checkpoint", self.family, self.opts.max_ckpt, write=self.main)
         self.epoch = 0
         self.iteration = 0
         self.last_val_loss: float | None = None  # the latest validation loss (the rop metric)
@@ -327,31 +359,40 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def _step(self, samples: list[Sample]) -> tuple[float, dict]:
-        """One optimizer step on ``samples``; with a reference set, plus the loss of a batch of
-        ``ref_batch_size`` reference frames drawn afresh for every step (DeePTB's semantics), from
-        ``seed`` and the iteration alone (so that a restart draws the same ones)."""
-        batch = make_batch(samples)
+        """One optimizer step on the (global) batch ``samples``; with a reference set, plus the loss
+        of a batch of ``ref_batch_size`` reference frames drawn afresh for every step (DeePTB's
+        semantics), from ``seed`` and the iteration alone (so that a restart, and every process,
+        draws the same ones)."""
         self.model.train()
-        loss, info = self._loss(batch)
+        loss, info = self._loss(samples)
         if self.ref_set:
             rng = np.random.default_rng([self.seed % 2**32, self.iteration])
             pick = rng.permutation(len(self.ref_set))[:self.opts.ref_batch_size]
-            ref_loss, _ = self._loss(make_batch([self.ref_set[k] for k in pick]), self.ref_loss_fn)
+            ref_loss, _ = self._loss([self.ref_set[k] for k in pick], self.ref_loss_fn)
             loss = loss + ref_loss
             info = {**info, "ref_loss": float(ref_loss.detach())}
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if loss.requires_grad:  # not in a process whose shares are empty
+            loss.backward()
+        all_reduce_grads(self.model.parameters())
         self.optimizer.step()
         return float(loss.detach()), info
 
-    def _loss(self, batch: Batch, loss_fn=None):
-        """(loss, info) of the model on ``batch``: the loss's own ``predict`` (``skints``: integrals)
-        where it has one, else the model's blocks."""
+    def _loss(self, samples: list[Sample], loss_fn=None):
+        """(loss, info) of the model on the (global) batch ``samples``: this process's share of
+        the frames gives its sums (the loss's own ``predict`` -- ``skints``: integrals -- where it
+        has one, else the model's blocks), the sums of all processes are added and combined."""
         loss_fn = loss_fn or self.loss_fn
+        mine = share(samples)
         try:
-            predict = getattr(loss_fn, "predict", None)
-            pred = predict(self.model, batch.inputs) if predict is not None else self.model(batch.inputs)
-            return loss_fn.evaluate(pred, batch)
+            if mine:
+                batch = make_batch(mine)
+                predict = getattr(loss_fn, "predict", None)
+                pred = predict(self.model, batch.inputs) if predict is not None else self.model(batch.inputs)
+                sums = loss_fn.sums(pred, batch)
+            else:
+                sums = loss_fn.zero_sums(self.dtype, self.device)
+            return loss_fn.combine(all_reduce_sums(sums))
         except LossError as exc:
             raise TrainError(str(exc)) from None
 
@@ -364,8 +405,7 @@ class Trainer:
         sets = self.val_set[:self.opts.val_batch_size] if fast else self.val_set
         losses, infos = [], []
         for k in range(0, len(sets), self.opts.val_batch_size):
-            batch = make_batch(sets[k:k + self.opts.val_batch_size])
-            loss, info = self._loss(batch)
+            loss, info = self._loss(sets[k:k + self.opts.val_batch_size])
             losses.append(float(loss))
             infos.append(info)
         return float(np.mean(losses)), {k: float(np.mean([i[k] for i in infos])) for k in infos[0]}
@@ -379,20 +419,23 @@ class Trainer:
     def run(self) -> dict:
         from tqdm import tqdm
 
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "log").mkdir(exist_ok=True)
-        save_atomic_json(config_to_dict(self.cfg), self.out / "train_config.json")
-        handler = logging.FileHandler(self.out / "log" / "log.txt")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        _trim_history(self.out / "log" / "history.jsonl", self.epoch)
-        history = open(self.out / "log" / "history.jsonl", "a")
-        writer = self._tensorboard()
+        handler = history = writer = None
+        if self.main:  # one writer: the other processes of a torchrun launch write nothing
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "log").mkdir(exist_ok=True)
+            save_atomic_json(config_to_dict(self.cfg), self.out / "train_config.json")
+            handler = logging.FileHandler(self.out / "log" / "log.txt")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            log.addHandler(handler)
+            log.setLevel(logging.INFO)
+            _trim_history(self.out / "log" / "history.jsonl", self.epoch)
+            history = open(self.out / "log" / "history.jsonl", "a")
+            writer = self._tensorboard()
         o = self.opts
         n_params = sum(p.numel() for p in self.model.parameters())
+        procs = f", {world_size()} processes" if world_size() > 1 else ""
         log.info(f"eqtb {__version__}: {len(self.train_set)} training frames, {len(self.val_set)} validation "
-                 f"frames, {n_params} parameters, device {self.device}, {self.dtype}")
+                 f"frames, {n_params} parameters, device {self.device}{procs}, {self.dtype}")
         start, t0 = self.epoch, time.perf_counter()
         stop_reason = "done"
         best = None
@@ -447,10 +490,10 @@ class Trainer:
                 if save_at_end:
                     self._save_iter()
                 rec["seconds"] = time.perf_counter() - te
-                if epoch % o.display_freq == 0 or epoch == o.num_epoch:
+                if self.main and (epoch % o.display_freq == 0 or epoch == o.num_epoch):
                     self._display(rec, bar, history, writer)
                 bar.update(1)
-                if o.max_time is not None and time.perf_counter() - t0 > o.max_time:
+                if o.max_time is not None and broadcast_flag(time.perf_counter() - t0 > o.max_time):  # rank 0 decides
                     stop_reason = f"time limit {o.max_time:g} s reached"
                     break
         except KeyboardInterrupt:
@@ -459,15 +502,17 @@ class Trainer:
             bar.close()
             if not diverged:
                 self.ckpt.save_latest(self.state())
-            history.close()
+            if history is not None:
+                history.close()
             if writer is not None:
                 writer.close()
         summary = {"epochs": self.epoch, "iterations": self.iteration, "stop": stop_reason,
                    "seconds": time.perf_counter() - t0, "best_metric": self.ckpt.best_metric if best is None else best,
                    "latest": str(self.ckpt.latest_path), "best": str(self.ckpt.best_path)}
         log.info(f"stopped after epoch {self.epoch} ({stop_reason}); latest checkpoint {self.ckpt.latest_path}")
-        log.removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
         return summary
 
     def _display(self, rec: dict, bar, history, writer) -> None:
