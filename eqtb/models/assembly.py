@@ -34,6 +34,7 @@ from torch import nn
 from eqtb.basis import Basis
 from eqtb.blocks import BlockTransform
 from eqtb.operator import Operator
+from eqtb.quantities import HAMILTONIAN, SPIN_ORBIT
 
 __all__ = ["IrrepsAssembler", "SKAssembler", "sk_integral_names", "to_operators", "transpose_map"]
 
@@ -190,11 +191,18 @@ class SKAssembler(IrrepsAssembler):
 
 def to_operators(structure, basis: Basis, i, j, R, blocks: dict) -> dict[str, Operator]:
     """``{quantity: (onsite (N, F, F), offsite (E, F, F))}`` torch or numpy blocks of the canonical
-    bonds ``(i, j, R)`` -> ``{quantity: Operator}`` in float64 on the CPU."""
-    def arr(x):
+    bonds ``(i, j, R)`` -> ``{quantity: Operator}`` in float64 on the CPU. An entry
+    :data:`eqtb.quantities.SPIN_ORBIT` ((N, 2F, 2F) complex) becomes the Hamiltonian's ``soc``
+    (complex128)."""
+    def arr(x, dtype=np.float64):
         if isinstance(x, torch.Tensor):
-            return x.detach().to("cpu", torch.float64).numpy()
-        return np.asarray(x, dtype=np.float64)
+            x = x.detach().cpu().numpy()
+        return np.asarray(x, dtype=dtype)
 
     i, j, R = (np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x) for x in (i, j, R))
-    return {q: Operator(structure, basis, arr(on), i, j, R, arr(off)) for q, (on, off) in blocks.items()}
+    soc = blocks.get(SPIN_ORBIT)
+    out = {q: Operator(structure, basis, arr(on), i, j, R, arr(off)) for q, (on, off) in blocks.items()
+           if q != SPIN_ORBIT}
+    if soc is not None:
+        out[HAMILTONIAN].soc = arr(soc, np.complex128)
+    return out

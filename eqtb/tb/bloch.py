@@ -16,7 +16,12 @@ rounding in float64):
 * the canonical bond e = (i, j, R) contributes ``O_ij(R) e^{-i 2 pi k.R}`` and its Hermitian
   partner ``O_ji(-R) = O_ij(R)^T`` the conjugate transpose; onsite blocks sit on the diagonal.
 
-Blocks must be real (as every eqtb model returns them). Units follow the blocks: H in eV, S
+A spinful Hamiltonian (spin-orbit coupling) adds its onsite spin-orbit blocks with
+:meth:`BlochLayout.spinful`: ``[[H(k) + L_uu, L_ud], [L_du, H(k) + L_dd]]``, all orbitals spin up
+first, as :meth:`eqtb.operator.Operator.dense`; an overlap enters such an eigenproblem on both spins
+(:meth:`BlochLayout.spinful` without blocks).
+
+Blocks must be real (as every eqtb model returns them), spin-orbit blocks complex. Units follow the blocks: H in eV, S
 dimensionless; eigenvalues in eV. The complex dtype follows the blocks' real dtype (float32 ->
 complex64, float64 -> complex128); phases are computed in float64 and then cast.
 """
@@ -71,6 +76,16 @@ class BlochLayout:
         off_src, off_dst = self._tables(types, idx, i, j, r_of_edge, F, n)
         self.on_src, self.on_dst = torch.as_tensor(on_src), torch.as_tensor(on_dst)
         self.off_src, self.off_dst = torch.as_tensor(off_src), torch.as_tensor(off_dst)
+        # spin-orbit blocks (N, 2F, 2F), spin-major -> the spinful compact (2n, 2n) matrix
+        spin_idx = [np.concatenate([x, F + x]) for x in idx]
+        spin_n = [np.concatenate([np.arange(len(x)), n + np.arange(len(x))]) for x in idx]
+        src, dst = [], []
+        for a, t in enumerate(types):
+            rows = self.offsets[a] + spin_n[t]
+            src.append((a * 4 * F * F + spin_idx[t][:, None] * 2 * F + spin_idx[t][None, :]).ravel())
+            dst.append((rows[:, None] * 2 * n + rows[None, :]).ravel())
+        cat = lambda x: np.concatenate(x) if x else np.zeros(0, dtype=np.int64)  # noqa: E731
+        self.soc_src, self.soc_dst = torch.as_tensor(cat(src)), torch.as_tensor(cat(dst))
 
     def _tables(self, types, idx, a_atoms, b_atoms, r_index, F, n):
         """Flat source indices into the (M, F, F) blocks and flat destination indices into the
@@ -93,7 +108,7 @@ class BlochLayout:
 
     def to(self, device) -> "BlochLayout":
         """Move the index tables to ``device`` (in place); returns self."""
-        for name in ("on_src", "on_dst", "off_src", "off_dst"):
+        for name in ("on_src", "on_dst", "off_src", "off_dst", "soc_src", "soc_dst"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -128,6 +143,22 @@ class BlochLayout:
         re = (cos @ M).view(nk, n, n)  # A(k) = sum_R O(R) e^{-i 2 pi k.R} = re - i im
         im = (sin @ M).view(nk, n, n)
         return torch.complex(D + re + re.transpose(1, 2), im.transpose(1, 2) - im)
+
+
+    def spinful(self, Ok: torch.Tensor, soc: torch.Tensor | None = None) -> torch.Tensor:
+        """(nk, 2 norb, 2 norb): ``Ok`` (nk, norb, norb, :meth:`bloch_sum`) on both spins, plus the
+        onsite spin-orbit blocks ``soc`` ((N, 2F, 2F) complex, spin-major; None: none, as for S).
+        Differentiable in both."""
+        nk, n = Ok.shape[0], self.norb
+        zero = torch.zeros_like(Ok)
+        out = torch.cat([torch.cat([Ok, zero], 2), torch.cat([zero, Ok], 2)], 1)
+        if soc is None:
+            return out
+        if soc.shape != (self.n_atoms, 2 * self.full_norb, 2 * self.full_norb):
+            raise BlochError(f"spin-orbit blocks of shape {tuple(soc.shape)} do not fit a layout of {self.n_atoms} "
+                             f"atoms and {self.full_norb} full-basis orbitals")
+        L = soc.new_zeros(4 * n * n).index_add(0, self.soc_dst, soc.reshape(-1)[self.soc_src]).view(2 * n, 2 * n)
+        return out + L.to(out.dtype)[None]
 
 
 def eigvalsh(H: torch.Tensor, S: torch.Tensor | None = None) -> torch.Tensor:
