@@ -348,6 +348,7 @@ class SlaterKoster(OperatorModel):
         self.check_quantity(quantity)
         _check_options(hopping, onsite)
         self.soc_mode = _check_soc(soc, quantity)
+        self.soc_options = dict(soc or {})
         self.basis = Basis(basis)
         self.quantity, self.has_overlap = quantity, overlap
         self.onsite_options = dict(onsite)
@@ -357,7 +358,6 @@ class SlaterKoster(OperatorModel):
         self.onsite_mode = onsite["method"]
         self.push = self._check_push(push, hopping)
         sym = self.basis.symbols
-        T = self.basis.n_types
         f32 = torch.get_default_dtype()
         try:
             radii = np.array([table_radius(s, atomic_radius) for s in sym])
@@ -615,8 +615,8 @@ class SlaterKoster(OperatorModel):
         takes the saved value -- hopping and overlap integrals, onsite energies (both ``uniform`` or
         ``uniform_noref``: the same energies, converted between the two as DeePTB's ``dptb esk`` does;
         DeePTB's ``-i`` copies the raw parameter; both ``NRL``), strain parameters (both strain),
-        onsite overlaps of different shells --
-        and the rest keep their initial values. Shells are matched by their labels (``"3s"``) when both
+        onsite overlaps of different shells, spin-orbit strengths (both with ``soc`` parameters) --
+        and the rest keep their initial values (a spinless model starts a spinful one this way). Shells are matched by their labels (``"3s"``) when both
         bases have labels, else by angular momentum and order. ``config``: the saved model's
         ``common_options`` and ``model_options``. Either way the push counter starts at zero: the
         config's ``rs`` and ``w`` are the starting ones (DeePTB writes the pushed values into its
@@ -633,7 +633,7 @@ class SlaterKoster(OperatorModel):
         keys = ("method", "rs", "w")
         same = (saved_basis == self.basis and saved_overlap == self.has_overlap
                 and all(nnsk["hopping"].get(k) == self.hopping_options.get(k) for k in keys)
-                and dict(nnsk["onsite"]) == self.onsite_options)
+                and dict(nnsk["onsite"]) == self.onsite_options and dict(nnsk.get("soc") or {}) == self.soc_options)
         if same:
             try:
                 self.load_state_dict(state_dict)
@@ -650,7 +650,7 @@ class SlaterKoster(OperatorModel):
         torch.set_default_dtype(torch.float64)
         try:
             old = SlaterKoster(basis, nnsk["hopping"], nnsk["onsite"], atomic_radius=nnsk.get("atomic_radius", "v1"),
-                               quantity=self.quantity, overlap=overlap)
+                               quantity=self.quantity, overlap=overlap, soc=nnsk.get("soc"))
         finally:
             torch.set_default_dtype(default)
         try:
@@ -671,6 +671,13 @@ class SlaterKoster(OperatorModel):
                     self.onsite_params[t, k, 0] -= ref[t, k]
             elif self.onsite_mode == old.onsite_mode == "NRL":
                 self._map_onsite(self.onsite_params, old.onsite_params, basis, shells, diagonal=True)
+            if self.soc_params is not None and old.soc_params is not None:
+                old_shells = {s: k for k, s in enumerate(basis.full_shells)}
+                for t, element in enumerate(self.basis.elements):
+                    for k, shell in enumerate(self.basis.full_shells):
+                        s0 = shells.get((element.symbol, shell))
+                        if s0 is not None and element.symbol in basis.symbols:
+                            self.soc_params[t, k] = old.soc_params[basis.symbols.index(element.symbol), old_shells[s0]]
             if self.has_overlap and old.has_overlap:
                 self._map_table(self.overlap_hopping, old.overlap_hopping, basis, shells, "overlap")
                 self._map_onsite(self.overlap_onsite, old.overlap_onsite, basis, shells, diagonal=False)

@@ -149,7 +149,7 @@ class BlochLayout:
         """(nk, 2 norb, 2 norb): ``Ok`` (nk, norb, norb, :meth:`bloch_sum`) on both spins, plus the
         onsite spin-orbit blocks ``soc`` ((N, 2F, 2F) complex, spin-major; None: none, as for S).
         Differentiable in both."""
-        nk, n = Ok.shape[0], self.norb
+        n = self.norb
         zero = torch.zeros_like(Ok)
         out = torch.cat([torch.cat([Ok, zero], 2), torch.cat([zero, Ok], 2)], 1)
         if soc is None:
