@@ -90,7 +90,8 @@ def angular_momentum(l: int) -> np.ndarray:
 
     Built from the Wigner-D of eqtb's convention: a rotation by theta about axis a acts on the
     orbital coefficients as ``D(Q_a(theta)) = exp(-i theta L_a)``, so ``L_a = i log(D) / theta``
-    (exact for |theta| < pi; theta = 1/2 here). Read-only (cached)."""
+    (exact for |theta| < pi; theta = 1/2 here), made exactly antisymmetric and with the rounding
+    noise of the logarithm (< 1e-12) set to zero. Read-only (cached)."""
     import scipy.linalg as sla
 
     theta = 0.5
@@ -101,6 +102,8 @@ def angular_momentum(l: int) -> np.ndarray:
         K[c, b], K[b, c] = 1.0, -1.0
         D = wigner_D(l, sla.expm(theta * K), parity=1)
         gen = np.real(sla.logm(D)) / theta  # real antisymmetric
+        gen = 0.5 * (gen - gen.T)
+        gen[np.abs(gen) < 1e-12] = 0.0
         out[a] = 1j * gen
     out.setflags(write=False)
     return out

@@ -179,7 +179,7 @@ class SKAssembler(IrrepsAssembler):
                 continue
             axis = frames[ell][:, :, ell]  # (n, 2L+1): Y_L(r)/sqrt(2L+1), unit norm
             idx = self.start[sel][:, None] + torch.arange(2 * ell + 1, device=integrals.device)[None, :]
-            feats[:, idx.flatten()] = (integrals[:, sel, None] * axis[:, None, :]).reshape(len(feats), -1)
+            feats[:, idx.flatten()] = (integrals[:, sel, None] * axis[:, None, :]).reshape(len(feats), idx.numel())
         return feats
 
     def offsite(self, integrals: torch.Tensor, ti: torch.Tensor, tj: torch.Tensor, frames=None) -> torch.Tensor:
@@ -201,8 +201,7 @@ def to_operators(structure, basis: Basis, i, j, R, blocks: dict) -> dict[str, Op
 
     i, j, R = (np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x) for x in (i, j, R))
     soc = blocks.get(SPIN_ORBIT)
-    out = {q: Operator(structure, basis, arr(on), i, j, R, arr(off)) for q, (on, off) in blocks.items()
-           if q != SPIN_ORBIT}
+    out = {q: Operator(structure, basis, arr(b[0]), i, j, R, arr(b[1])) for q, b in blocks.items() if q != SPIN_ORBIT}
     if soc is not None:
         out[HAMILTONIAN].soc = arr(soc, np.complex128)
     return out
