@@ -8,6 +8,10 @@ Consequently the Wigner-D matrix of a lab-frame rotation Q in eqtb's convention 
 conjugated rotation ``P Q P^T`` with ``P`` the permutation (x, y, z) -> (y, z, x). Under a rotation
 (or reflection) Q of a structure, an orbital block transforms as
 ``B_ij -> D_{l_a}(Q) B_ij D_{l_b}(Q)^T`` and a feature of irrep (L, p) as ``v -> p^{[det Q < 0]} D_L(Q) v``.
+
+Spin: :func:`angular_momentum` gives the orbital angular momentum matrices in these harmonics and
+:func:`spin_orbit_matrix` the L.S matrix of a spinful shell (spin-major, DeePTB's order), the onsite
+spin-orbit term of :mod:`eqtb.models.sk`.
 """
 
 from __future__ import annotations

@@ -35,6 +35,10 @@ DeePTB (``dptb/nnops/loss.py``), with the frame's ``bandinfo`` (:class:`eqtb.dat
 ``band_mae_meV`` is the mean absolute error of the aligned band energies inside the window (all
 kept ones without a window), in meV.
 
+A spinful model (nnsk ``soc``, :mod:`eqtb.models.sk`) has 2 norb bands, each one spin state: band
+losses compare them with the reference band by band, as DeePTB does (the reference should then be a
+noncollinear calculation); block losses see its spin-independent blocks only.
+
 ``skints`` (:class:`SkintsLoss`) fits an nnsk model's Slater-Koster integrals to the tables of a
 DFTB parameter set (``skdata``: a folder of ``.skf`` files or DeePTB's ``.pth``, read as
 :mod:`eqtb.models.dftbsk` reads it), on the bonds of the training structures (no reference
