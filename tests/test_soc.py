@@ -242,6 +242,26 @@ def test_single_atom_splitting(basis, l, symbol):
         assert lk > 0.1
 
 
+@pytest.mark.parametrize("family", ["nnsk", "mix"])
+def test_inherited_checks_on_spinful_families(family, gaas_displaced, one_thread):
+    """The families built on nnsk with soc on (example options, random parameters, a displaced GaAs
+    supercell with s/p/d shells): time reversal holds and the spin-independent blocks keep the
+    inherited equivariance and Hermiticity."""
+    from eqtb.models import FAMILIES, model_from_options
+    from eqtb.models.testing import equivariance_errors, randomize, reversal_errors
+
+    basis = Basis({"Ga": "2s2p2d", "As": "2s2p1d"})
+    options = FAMILIES[family].example_options(basis)
+    options["nnsk"]["soc"] = {"method": "uniform"}
+    torch.manual_seed(0)
+    model = randomize(model_from_options(options, basis), 0).to(torch.float64).eval()
+    err = time_reversal_errors(model, gaas_displaced, n_random=2)
+    assert err["matrix"] < 1e-12 and err["even"] < 1e-9 and err["kramers"] < 1e-9, err
+    assert max(equivariance_errors(model, gaas_displaced, -1).values()) < 1e-9
+    rev = reversal_errors(model, gaas_displaced)
+    assert rev["onsite"] < 1e-12 and rev["reversed"] < 1e-12
+
+
 # ------------------------------------------------------------------------ options
 @pytest.mark.parametrize("soc, message", [
     ({"method": "custom"}, "soc.method 'custom' is not supported"),
