@@ -178,7 +178,8 @@ def test_spinful_operator_layout_and_hermiticity(data_dir):
 
 def test_zero_coupling_doubles_every_band(data_dir):
     """soc "none" (DeePTB's reference strengths, zero): a spinful model whose bands are the spinless
-    model's, each twice; DOS and Fermi level count each state once (spin degeneracy 1)."""
+    model's, each twice; DOS, PDOS (both spins of an orbital in its group) and Fermi level count each
+    state once (spin degeneracy 1) and equal the spinless ones."""
     s = _hbn(data_dir)
     spinful, spinless = _model(HBN, {"method": "none"}, seed=3), _model(HBN, {}, seed=3)
     assert spinful.soc_params is None and "soc" not in [n.split(".")[0] for n, _ in spinful.named_parameters()]
@@ -193,6 +194,10 @@ def test_zero_coupling_doubles_every_band(data_dir):
     assert float(f1) == pytest.approx(float(f0), abs=1e-9)
     energies = np.linspace(-20, 5, 50)
     np.testing.assert_allclose(es1.dos((4, 4, 1), energies), es0.dos((4, 4, 1), energies), atol=1e-9)
+    (t1, lab1, p1), (t0, lab0, p0) = es1.pdos((4, 4, 1), energies, kind="shell"), es0.pdos((4, 4, 1), energies,
+                                                                                          kind="shell")
+    assert lab1 == lab0 and np.abs(p0).max() > 0.1
+    np.testing.assert_allclose(p1, p0, atol=1e-9)
 
 
 def test_rotations_leave_spinful_bands_and_transform_h(data_dir):
