@@ -76,16 +76,7 @@ class BlochLayout:
         off_src, off_dst = self._tables(types, idx, i, j, r_of_edge, F, n)
         self.on_src, self.on_dst = torch.as_tensor(on_src), torch.as_tensor(on_dst)
         self.off_src, self.off_dst = torch.as_tensor(off_src), torch.as_tensor(off_dst)
-        # spin-orbit blocks (N, 2F, 2F), spin-major -> the spinful compact (2n, 2n) matrix
-        spin_idx = [np.concatenate([x, F + x]) for x in idx]
-        spin_n = [np.concatenate([np.arange(len(x)), n + np.arange(len(x))]) for x in idx]
-        src, dst = [], []
-        for a, t in enumerate(types):
-            rows = self.offsets[a] + spin_n[t]
-            src.append((a * 4 * F * F + spin_idx[t][:, None] * 2 * F + spin_idx[t][None, :]).ravel())
-            dst.append((rows[:, None] * 2 * n + rows[None, :]).ravel())
-        cat = lambda x: np.concatenate(x) if x else np.zeros(0, dtype=np.int64)  # noqa: E731
-        self.soc_src, self.soc_dst = torch.as_tensor(cat(src)), torch.as_tensor(cat(dst))
+        self._types, self._idx, self._soc_index = types, idx, None
 
     def _tables(self, types, idx, a_atoms, b_atoms, r_index, F, n):
         """Flat source indices into the (M, F, F) blocks and flat destination indices into the
@@ -108,7 +99,7 @@ class BlochLayout:
 
     def to(self, device) -> "BlochLayout":
         """Move the index tables to ``device`` (in place); returns self."""
-        for name in ("on_src", "on_dst", "off_src", "off_dst", "soc_src", "soc_dst"):
+        for name in ("on_src", "on_dst", "off_src", "off_dst"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -145,6 +136,23 @@ class BlochLayout:
         return torch.complex(D + re + re.transpose(1, 2), im.transpose(1, 2) - im)
 
 
+    def soc_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat source indices into (N, 2F, 2F) spin-orbit blocks (spin-major) and flat destination
+        indices into the spinful compact (2n, 2n) matrix; built on first use (spinful models only)."""
+        if self._soc_index is None:
+            F, n, types = self.full_norb, self.norb, self._types
+            src, dst = [], []
+            for t in np.unique(types):
+                atoms = np.flatnonzero(types == t)
+                x = self._idx[t]
+                spin_idx = np.concatenate([x, F + x])
+                rows = self.offsets[atoms][:, None] + np.concatenate([np.arange(len(x)), n + np.arange(len(x))])[None]
+                src.append((atoms[:, None, None] * 4 * F * F + spin_idx[None, :, None] * 2 * F
+                            + spin_idx[None, None, :]).ravel())
+                dst.append((rows[:, :, None] * 2 * n + rows[:, None, :]).ravel())
+            self._soc_index = (torch.as_tensor(np.concatenate(src)), torch.as_tensor(np.concatenate(dst)))
+        return self._soc_index
+
     def spinful(self, Ok: torch.Tensor, soc: torch.Tensor | None = None) -> torch.Tensor:
         """(nk, 2 norb, 2 norb): ``Ok`` (nk, norb, norb, :meth:`bloch_sum`) on both spins, plus the
         onsite spin-orbit blocks ``soc`` ((N, 2F, 2F) complex, spin-major; None: none, as for S).
@@ -157,7 +165,8 @@ class BlochLayout:
         if soc.shape != (self.n_atoms, 2 * self.full_norb, 2 * self.full_norb):
             raise BlochError(f"spin-orbit blocks of shape {tuple(soc.shape)} do not fit a layout of {self.n_atoms} "
                              f"atoms and {self.full_norb} full-basis orbitals")
-        L = soc.new_zeros(4 * n * n).index_add(0, self.soc_dst, soc.reshape(-1)[self.soc_src]).view(2 * n, 2 * n)
+        src, dst = (x.to(soc.device) for x in self.soc_index())
+        L = soc.new_zeros(4 * n * n).index_add(0, dst, soc.reshape(-1)[src]).view(2 * n, 2 * n)
         return out + L.to(out.dtype)[None]
 
 
