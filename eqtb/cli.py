@@ -756,7 +756,8 @@ def run_dos(args) -> int:
     header = {
         **ops.origin, "formula": formula, "molecule": molecule,
         "columns": ["energy"] + ["total"] + labels,
-        "units": {"energy": "eV (absolute)", "dos": f"states / eV / {per}, spin degeneracy {es.spin_degeneracy} included"},
+        "units": {"energy": "eV (absolute)",
+                  "dos": f"states / eV / {per}, spin degeneracy {es.spin_degeneracy} included"},
         "fermi_level": _round(e_f), "fermi_level_source": e_f_source,
         "fermi_level_nel_atom": _round(float(fermi)) if fermi is not None else None,
         "fermi_level_nel_atom_source": (choice.estimate_source or e_f_source) if fermi is not None else None,

@@ -200,8 +200,6 @@ def to_operators(structure, basis: Basis, i, j, R, blocks: dict) -> dict[str, Op
         return np.asarray(x, dtype=dtype)
 
     i, j, R = (np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x) for x in (i, j, R))
-    soc = blocks.get(SPIN_ORBIT)
-    out = {q: Operator(structure, basis, arr(b[0]), i, j, R, arr(b[1])) for q, b in blocks.items() if q != SPIN_ORBIT}
-    if soc is not None:
-        out[HAMILTONIAN].soc = arr(soc, np.complex128)
-    return out
+    soc = arr(blocks[SPIN_ORBIT], np.complex128) if SPIN_ORBIT in blocks else None
+    return {q: Operator(structure, basis, arr(b[0]), i, j, R, arr(b[1]), soc if q == HAMILTONIAN else None)
+            for q, b in blocks.items() if q != SPIN_ORBIT}

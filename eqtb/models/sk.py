@@ -616,8 +616,9 @@ class SlaterKoster(OperatorModel):
         ``uniform_noref``: the same energies, converted between the two as DeePTB's ``dptb esk`` does;
         DeePTB's ``-i`` copies the raw parameter; both ``NRL``), strain parameters (both strain),
         onsite overlaps of different shells, spin-orbit strengths (both with ``soc`` parameters) --
-        and the rest keep their initial values (a spinless model starts a spinful one this way). Shells are matched by their labels (``"3s"``) when both
-        bases have labels, else by angular momentum and order. ``config``: the saved model's
+        and the rest keep their initial values (so a spinless model starts a spinful one). Shells are
+        matched by their labels (``"3s"``) when both bases have labels, else by angular momentum and
+        order. ``config``: the saved model's
         ``common_options`` and ``model_options``. Either way the push counter starts at zero: the
         config's ``rs`` and ``w`` are the starting ones (DeePTB writes the pushed values into its
         checkpoint's config); the overlap factor is kept (DeePTB resets it to 1 when the options
