@@ -544,8 +544,8 @@ def run_band(args) -> int:
     emax = args.emax if args.emax is not None else opts.get("emax")
     reference = _reference_bands(opts, task_path, eigs, molecule)
 
-    levels = molecular_levels(eigs[0], n_el) if molecule else None
-    n_occ = occupied_bands(n_el, eigs.shape[1]) if n_el is not None and not molecule else None
+    levels = molecular_levels(eigs[0], n_el, es.spin_degeneracy) if molecule else None
+    n_occ = occupied_bands(n_el, eigs.shape[1], es.spin_degeneracy) if n_el is not None and not molecule else None
     gap = band_gap(eigs, n_occ) if n_occ is not None else None
 
     out = Path(args.output)
@@ -732,10 +732,11 @@ def run_dos(args) -> int:
     labels: list[str] = []
     if args.pdos:
         # same mesh as above, so the cached eigenvalues are consistent; vectors computed in chunks
-        total, labels, proj, _ = projected_dos(H, S, kpts, weights, energies, sigma, args.pdos, progress=progress)
+        total, labels, proj, _ = projected_dos(H, S, kpts, weights, energies, sigma, args.pdos, es.spin_degeneracy,
+                                               progress=progress)
         columns = np.column_stack([energies, total, proj.T])
     else:
-        total = dos(eigs, weights, energies, sigma)
+        total = dos(eigs, weights, energies, sigma, es.spin_degeneracy)
         columns = np.column_stack([energies, total])
 
     out = Path(args.output)
@@ -751,16 +752,17 @@ def run_dos(args) -> int:
     plot_dos(energies, total, pd, e_f, out / "dos.png", title, per=per)
     np.save(out / "dos.npy", columns)
     integral = float(np.trapezoid(total, energies)) if hasattr(np, "trapezoid") else float(np.trapz(total, energies))
-    levels = molecular_levels(eigs[0], choice.n_electrons) if molecule else None
+    levels = molecular_levels(eigs[0], choice.n_electrons, es.spin_degeneracy) if molecule else None
     header = {
         **ops.origin, "formula": formula, "molecule": molecule,
         "columns": ["energy"] + ["total"] + labels,
-        "units": {"energy": "eV (absolute)", "dos": f"states / eV / {per}, spin degeneracy 2 included"},
+        "units": {"energy": "eV (absolute)",
+                  "dos": f"states / eV / {per}, spin degeneracy {es.spin_degeneracy} included"},
         "fermi_level": _round(e_f), "fermi_level_source": e_f_source,
         "fermi_level_nel_atom": _round(float(fermi)) if fermi is not None else None,
         "fermi_level_nel_atom_source": (choice.estimate_source or e_f_source) if fermi is not None else None,
         "mesh": list(mesh), "gamma_centered": gamma, "n_kpoints_irreducible": len(kpts),
-        "sigma": sigma, "spin_degeneracy": 2, "pdos": args.pdos,
+        "sigma": sigma, "spin_degeneracy": es.spin_degeneracy, "pdos": args.pdos,
         "n_states": 2 * int(frame.hamiltonian.norb), "integral": round(integral, 6),
         "midgap": _round(fermi.midgap) if fermi is not None else None,
         "gap": _round(fermi.gap) if fermi is not None else None,
@@ -989,6 +991,9 @@ def _run_sparse(args, opts: dict, task: str) -> int:
 
     ops = load_operators(args)
     structure, H, S = ops.structure, ops.frame.hamiltonian, ops.frame.overlap
+    if H.spinful:
+        raise CLIError(f"the sparse methods (KPM DOS, shift-invert band edges) do not take a spinful Hamiltonian "
+                       f"(spin-orbit coupling) yet: {H.dim} states; use --method dense")
     messages = []
     if task == "pdos":
         messages.append("pdos of a large structure: only the total DOS is computed (KPM)")

@@ -369,7 +369,8 @@ class NnskOptions(_Options):
     """Slater-Koster model with analytic bond-length dependence (:mod:`eqtb.models.sk`). ``onsite``
     and ``hopping`` are checked for a known ``method`` here, completed with DeePTB's defaults
     (hopping ``rs`` 6.0, ``w`` 0.1; strain/NRL onsite ``rs`` 6.0, ``w`` 0.1, NRL ``lda`` 1.0) and
-    checked further by the model."""
+    checked further by the model, as is ``soc`` (DeePTB's spin-orbit options: ``{}`` off, or
+    ``{"method": "uniform" | "uniform_noref" | "none"}``, :mod:`eqtb.models.sk`)."""
 
     onsite: _method_dict(_ONSITE_METHODS)
     hopping: _method_dict(_HOPPING_METHODS)

@@ -9,6 +9,16 @@ in the *full-basis layout* of :class:`eqtb.basis.Basis` (F = ``basis.full_norb``
 an element does not have are zero). ``block[mu, nu] = <phi_{i,mu}(r - r_i)| O |phi_{j,nu}(r - r_j - R.A)>``,
 orbitals in eqtb's (= DeePTB's) order. Units: H in eV, S and D dimensionless.
 
+A *spinful* Hamiltonian (spin-orbit coupling, :mod:`eqtb.models.sk`) also holds
+  * ``soc`` (N, 2F, 2F) complex: the onsite spin-orbit block of every atom, rows and columns spin-major
+    (the F full-basis orbitals with spin up, then with spin down, eqtb's orbital order in each);
+the blocks above are then its spin-independent part (the same for both spins; hoppings and the
+other onsite terms do not mix spins). Its ``O(k)`` is ``2 norb`` square in DeePTB's order, all
+orbitals with spin up then all with spin down: ``[[H(k) + L_uu, L_ud], [L_du, H(k) + L_dd]]``
+with ``L`` the onsite spin-orbit blocks (:attr:`Operator.dim`). An operator without ``soc`` (S, D,
+a spinless H) gives the same matrix on both spins when asked for a spinful one (``spinful=True``
+of :meth:`Operator.dense` / :meth:`Operator.sparse`: ``S(k) (x) 1_2`` in that order).
+
 The Bloch sum uses DeePTB's sign, ``O(k) = sum_R O(R) exp(-i 2 pi k.R)`` with k in fractional
 reciprocal coordinates (positions not in the phase). Rows of ``O(k)`` are atoms in structure order,
 each with its own ``norb`` orbitals (compact layout, no padding).
@@ -16,7 +26,7 @@ each with its own ``norb`` orbitals (compact layout, no padding).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Mapping
 
@@ -41,6 +51,7 @@ class Operator:
     j: np.ndarray
     R: np.ndarray
     offsite: np.ndarray
+    soc: np.ndarray | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -119,7 +130,10 @@ class Operator:
     def to_blocks(self, both_triangles: bool = False, threshold: float = 0.0) -> dict[str, np.ndarray]:
         """``{"i_j_Rx_Ry_Rz": block}`` with 0-based keys, blocks in each element's own orbitals.
         Onsite blocks always; off-site blocks of the canonical half, plus their conjugates when
-        ``both_triangles``; blocks with max |value| <= ``threshold`` are dropped (never onsite)."""
+        ``both_triangles``; blocks with max |value| <= ``threshold`` are dropped (never onsite).
+        :class:`BlockError` for a spinful operator (the format has no spin-orbit blocks; take
+        :meth:`spin_independent` to write its spin-independent part)."""
+        self._check_spinless("block files")
         types = self.basis.types_of(self.structure.numbers)
         idx = self.basis.orbital_index
         out: dict[str, np.ndarray] = {}
@@ -136,6 +150,15 @@ class Operator:
                 out[block_key(b, a, -R)] = np.conj(blk.T)
         return out
 
+    def spin_independent(self) -> "Operator":
+        """This operator without its spin-orbit blocks (the same operator when it has none)."""
+        return replace(self, soc=None) if self.soc is not None else self
+
+    def _check_spinless(self, what: str) -> None:
+        if self.soc is not None:
+            raise BlockError(f"the operator has spin-orbit blocks, which {what} do not hold; write its "
+                             f"spin-independent part with Operator.spin_independent()")
+
     # ------------------------------------------------------------------ layout
     @property
     def natoms(self) -> int:
@@ -149,6 +172,52 @@ class Operator:
     @property
     def norb(self) -> int:
         return int(self.atom_orbital_offsets[-1])
+
+    @property
+    def spinful(self) -> bool:
+        """Whether the operator has spin-orbit blocks (``soc``): its O(k) is ``2 norb`` square."""
+        return self.soc is not None
+
+    @property
+    def dim(self) -> int:
+        """Size of O(k): ``norb``, or ``2 norb`` for a spinful operator (the number of bands)."""
+        return 2 * self.norb if self.spinful else self.norb
+
+    @cached_property
+    def _soc_coo(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, cols, values) of the onsite spin-orbit blocks in the spinful compact layout."""
+        types = self.basis.types_of(self.structure.numbers)
+        off, n, F = self.atom_orbital_offsets, self.norb, self.basis.full_norb
+        rows, cols, vals = [], [], []
+        for t in np.unique(types):
+            atoms = np.flatnonzero(types == t)
+            idx = np.asarray(self.basis.orbital_index[t])
+            src = np.concatenate([idx, F + idx])  # spin-major rows of the full layout
+            local = np.concatenate([np.arange(len(idx)), n + np.arange(len(idx))])  # spin-major, compact
+            glob = off[atoms][:, None] + local[None, :]  # (atoms, 2 n_t)
+            rows.append(np.broadcast_to(glob[:, :, None], (len(atoms), len(src), len(src))).ravel())
+            cols.append(np.broadcast_to(glob[:, None, :], (len(atoms), len(src), len(src))).ravel())
+            vals.append(self.soc[atoms][:, src][:, :, src].ravel())
+        return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals).astype(np.complex128)
+
+    def _spinful_dense(self, A: np.ndarray) -> np.ndarray:
+        """(nk, n, n) spinless matrices -> (nk, 2n, 2n): both spins, plus the spin-orbit blocks."""
+        nk, n = A.shape[0], A.shape[1]
+        out = np.zeros((nk, 2 * n, 2 * n), dtype=np.complex128)
+        out[:, :n, :n] = A
+        out[:, n:, n:] = A
+        if self.soc is not None:
+            r, c, v = self._soc_coo
+            out[:, r, c] += v
+        return out
+
+    def _spinful_sparse(self, A: sp.csr_matrix) -> sp.csr_matrix:
+        """The CSR matrix A (n x n) on both spins, plus the spin-orbit blocks (2n x 2n)."""
+        out = sp.block_diag((A, A), format="csr")
+        if self.soc is not None:
+            r, c, v = self._soc_coo
+            out = out + sp.csr_matrix((v, (r, c)), shape=out.shape)
+        return out.tocsr()
 
     @cached_property
     def _coo(self):
@@ -187,9 +256,11 @@ class Operator:
         kpts = np.atleast_2d(np.asarray(kpts, dtype=np.float64))
         return np.exp(-2j * np.pi * (kpts @ self.R.T))
 
-    def sparse(self, k=None) -> sp.csr_matrix:
+    def sparse(self, k=None, spinful: bool = False) -> sp.csr_matrix:
         """The operator at one k-point (fractional; default Gamma) as a scipy CSR matrix
-        (norb x norb, complex128 unless k is None/Gamma and the blocks are real).
+        (norb x norb, complex128 unless k is None/Gamma and the blocks are real); ``dim`` square
+        (complex) for a spinful operator, and ``2 norb`` square for any with ``spinful=True``
+        (module docstring).
 
         Assembled block-wise (a BSR matrix of the full-basis blocks, atoms as block rows, converted
         to CSR; padding rows of elements with fewer orbitals removed): about 2 copies of the
@@ -220,10 +291,14 @@ class Operator:
             types = self.basis.types_of(self.structure.numbers)
             keep = np.concatenate([a * F + np.asarray(self.basis.orbital_index[t]) for a, t in enumerate(types)])
             A = A[keep][:, keep]
+        if spinful or self.soc is not None:
+            return self._spinful_sparse(A.tocsr())
         return A.tocsr()
 
-    def dense(self, kpts) -> np.ndarray:
-        """The operator at k-points ``kpts`` (nk, 3) as dense complex128 arrays (nk, norb, norb).
+    def dense(self, kpts, spinful: bool = False) -> np.ndarray:
+        """The operator at k-points ``kpts`` (nk, 3) as dense complex128 arrays (nk, norb, norb);
+        (nk, dim, dim) for a spinful operator, and (nk, 2 norb, 2 norb) for any with
+        ``spinful=True`` (module docstring).
 
         Below :data:`DENSE_BATCH_MAX_NORB` orbitals bonds are grouped by lattice vector R so the
         Bloch sum of all k-points is one matrix product (an (nR, norb^2) intermediate); from there
@@ -232,7 +307,7 @@ class Operator:
         kpts = np.atleast_2d(np.asarray(kpts, dtype=np.float64))
         n = self.norb
         if n > DENSE_BATCH_MAX_NORB:
-            return np.stack([self.sparse(k).toarray().astype(np.complex128, copy=False) for k in kpts])
+            return np.stack([self.sparse(k, spinful).toarray().astype(np.complex128, copy=False) for k in kpts])
         (ro, co, vo), (rh, ch, vh, e) = self._coo
         Rs, r_of_edge = np.unique(self.R, axis=0, return_inverse=True) if len(self.R) else (np.zeros((0, 3)), np.zeros(0, int))
         r_of_edge = np.asarray(r_of_edge).reshape(-1)
@@ -242,7 +317,10 @@ class Operator:
         A = (ph @ M).reshape(len(kpts), n, n)
         D = np.zeros((n, n), dtype=np.result_type(vo.dtype, np.float64))
         np.add.at(D, (ro, co), vo)
-        return D[None] + A + np.conj(np.swapaxes(A, 1, 2))
+        out = D[None] + A + np.conj(np.swapaxes(A, 1, 2))
+        if spinful or self.soc is not None:
+            return self._spinful_dense(out)
+        return out
 
     # ------------------------------------------------------------------ real space
     def real_space_sparse(self) -> tuple[np.ndarray, list[sp.csr_matrix]]:
@@ -260,7 +338,9 @@ class Operator:
         The Bloch sum ``sum_r mats[r] * exp(-i 2 pi k.Rs[r])`` equals :meth:`dense` / :meth:`sparse`
         at k (fractional). Every entry of every block is stored, zeros inside a block included
         (the sparsity pattern is the block pattern). Vectorised over bonds (only the nR matrices
-        are a Python loop); the matrices are non-overlapping views of one buffer."""
+        are a Python loop); the matrices are non-overlapping views of one buffer.
+        :class:`BlockError` for a spinful operator (see :meth:`to_blocks`)."""
+        self._check_spinless("real-space matrices")
         (ro, co, vo), (rh, ch, vh, e) = self._coo
         n = self.norb
         R = np.asarray(self.R, dtype=np.int64).reshape(-1, 3)

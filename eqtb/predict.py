@@ -84,7 +84,9 @@ class Prediction:
         return self._op(quantity).to_blocks(both_triangles=both_triangles)
 
     def hk(self, kpts) -> np.ndarray:
-        """H(k) (nk, norb, norb) complex, eV, at fractional k-points (nk, 3)."""
+        """H(k) (nk, norb, norb) complex, eV, at fractional k-points (nk, 3); (nk, 2 norb, 2 norb) for a
+        spinful model (spin-orbit coupling, spin-major: :class:`eqtb.operator.Operator`), whose S(k) of
+        :meth:`sk` then enters on both spins (``Operator.dense(k, spinful=True)``)."""
         return self._op("hamiltonian").dense(kpts)
 
     def sk(self, kpts) -> np.ndarray:
@@ -107,7 +109,7 @@ class Prediction:
         return self._es
 
     def bands(self, kpath=None, npoints: int | None = None, progress: bool | None = False):
-        """(KPath, eigenvalues (nk, norb) eV) along ``kpath``: a :class:`eqtb.tb.kpath.KPath`, an
+        """(KPath, eigenvalues (nk, norb) eV -- (nk, 2 norb) for a spinful model) along ``kpath``: a :class:`eqtb.tb.kpath.KPath`, an
         ASE path string such as ``"GXWKGL"``, an (nk, 3) array of fractional k-points, or None for the
         automatic path of the cell."""
         from eqtb.tb.kpath import KPath

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 HAMILTONIAN, OVERLAP, DENSITY_MATRIX = "hamiltonian", "overlap", "density_matrix"
 
+#: the key of a model's onsite spin-orbit blocks ((N, 2F, 2F) complex, eV; :class:`eqtb.operator.Operator`
+#: ``soc``) beside its Hamiltonian blocks: not a quantity of its own, a part of a spinful H
+SPIN_ORBIT = "spin_orbit"
+
 #: every quantity, in the order files and reports list them
 QUANTITIES = (HAMILTONIAN, OVERLAP, DENSITY_MATRIX)
 

@@ -8,6 +8,10 @@ Consequently the Wigner-D matrix of a lab-frame rotation Q in eqtb's convention 
 conjugated rotation ``P Q P^T`` with ``P`` the permutation (x, y, z) -> (y, z, x). Under a rotation
 (or reflection) Q of a structure, an orbital block transforms as
 ``B_ij -> D_{l_a}(Q) B_ij D_{l_b}(Q)^T`` and a feature of irrep (L, p) as ``v -> p^{[det Q < 0]} D_L(Q) v``.
+
+Spin: :func:`angular_momentum` gives the orbital angular momentum matrices in these harmonics and
+:func:`spin_orbit_matrix` the L.S matrix of a spinful shell (spin-major, DeePTB's order), the onsite
+spin-orbit term of :mod:`eqtb.models.sk`.
 """
 
 from __future__ import annotations
@@ -75,3 +79,48 @@ def coupling_matrix(l1: int, l2: int) -> np.ndarray:
         w = o3.wigner_3j(l1, l2, L, dtype=torch.float64).numpy()
         cols.append(np.sqrt(2 * L + 1) * w.reshape((2 * l1 + 1) * (2 * l2 + 1), 2 * L + 1))
     return np.concatenate(cols, axis=1)
+
+
+#: Pauli matrices (x, y, z); the spin operator is S = sigma / 2 (hbar = 1), basis order (up, down)
+PAULI = np.array([[[0, 1], [1, 0]], [[0, -1j], [1j, 0]], [[1, 0], [0, -1]]], dtype=np.complex128)
+
+
+@lru_cache(maxsize=None)
+def angular_momentum(l: int) -> np.ndarray:
+    """(3, 2l+1, 2l+1) complex matrices ``(L_x, L_y, L_z)`` of the orbital angular momentum (hbar = 1)
+    in eqtb's real spherical harmonics of degree l (module docstring: m = -l..l, p = (y, z, x)):
+    ``L[a][m', m] = <Y_m'| L_a |Y_m>`` with ``L = -i r x grad``. Hermitian and purely imaginary
+    (real harmonics), ``[L_x, L_y] = i L_z`` and ``L^2 = l(l+1)``; e.g. ``L_z p_x = i p_y``.
+
+    Built from the Wigner-D of eqtb's convention: a rotation by theta about axis a acts on the
+    orbital coefficients as ``D(Q_a(theta)) = exp(-i theta L_a)``, so ``L_a = i log(D) / theta``
+    (exact for |theta| < pi; theta = 1/2 here), made exactly antisymmetric and with the rounding
+    noise of the logarithm (< 1e-12) set to zero. Read-only (cached)."""
+    import scipy.linalg as sla
+
+    theta = 0.5
+    out = np.zeros((3, 2 * l + 1, 2 * l + 1), dtype=np.complex128)
+    for a in range(3):
+        K = np.zeros((3, 3))  # generator of rotations about axis a: Q = exp(theta K)
+        b, c = (a + 1) % 3, (a + 2) % 3
+        K[c, b], K[b, c] = 1.0, -1.0
+        D = wigner_D(l, sla.expm(theta * K), parity=1)
+        gen = np.real(sla.logm(D)) / theta  # real antisymmetric
+        gen = 0.5 * (gen - gen.T)
+        gen[np.abs(gen) < 1e-12] = 0.0
+        out[a] = 1j * gen
+    out.setflags(write=False)
+    return out
+
+
+@lru_cache(maxsize=None)
+def spin_orbit_matrix(l: int) -> np.ndarray:
+    """(2(2l+1), 2(2l+1)) complex matrix of ``L.S`` (hbar = 1, ``S = sigma / 2``) on the spinful
+    shell of degree l, rows and columns ordered spin-major as in DeePTB: the 2l+1 orbitals (eqtb's m
+    order) with spin up, then the same orbitals with spin down. Eigenvalues ``l/2`` (j = l + 1/2,
+    2l + 2 states) and ``-(l+1)/2`` (j = l - 1/2, 2l states); zero for l = 0. The onsite spin-orbit
+    term of a shell with strength lambda (eV) is ``lambda * spin_orbit_matrix(l)``. Read-only."""
+    L = angular_momentum(l)
+    out = sum(np.kron(PAULI[a] / 2, L[a]) for a in range(3))
+    out.setflags(write=False)
+    return out

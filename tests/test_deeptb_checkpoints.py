@@ -108,11 +108,6 @@ def test_other_deeptb_models_are_refused(examples, name, message):
 
 
 def test_unconvertible_files(tmp_path, examples):
-    soc = torch.load(examples / "hBN/ref_ckpts/first/checkpoint/nnsk.iter500.pth", weights_only=False)
-    soc["config"]["model_options"]["nnsk"]["soc"] = {"method": "uniform"}
-    torch.save(soc, tmp_path / "soc.pth")
-    with pytest.raises(CheckpointError, match="spin-orbit coupling"):
-        load_model(tmp_path / "soc.pth")
     e3 = {"config": {"model_options": {"embedding": {"method": "slem"}, "prediction": {"method": "e3tb"}},
                      "common_options": {"basis": {"Si": "1s1p"}}}, "model_state_dict": {}}
     torch.save(e3, tmp_path / "slem.pth")

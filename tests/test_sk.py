@@ -217,7 +217,7 @@ def test_freeze_groups_and_adam():
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
     assert not torch.equal(model.hopping.params, hopping)
     assert all(not p.requires_grad for p in _model(freeze=True).parameters())
-    for freeze, message in ((["soc"], "spin-orbit"), (["hoping"], "unknown group 'hoping'"),
+    for freeze, message in ((["soc"], "no 'soc' parameters"), (["hoping"], "unknown group 'hoping'"),
                             ("onsite", "no 'onsite' parameters")):
         with pytest.raises(ModelError, match=message):
             _model({"method": "none"}, freeze=freeze)
@@ -259,9 +259,11 @@ def test_push_shifts_rs_w_and_overlap_factor():
 def test_option_errors_name_the_key(hopping, onsite, message):
     with pytest.raises(ModelError, match=message):
         _model(onsite, hopping)
-    with pytest.raises(ModelError, match="soc: spin-orbit coupling is not supported yet"):
-        SlaterKoster.from_options({"nnsk": {"onsite": {"method": "none"}, "hopping": {"method": "powerlaw"},
-                                            "soc": {"method": "uniform"}}}, Basis({"Si": "1s1p"}))
+    with pytest.raises(ModelError, match="soc.method 'uniform_ref' is not supported"):
+        SlaterKoster.from_options({"nnsk": {"onsite": {"method": "none"}, "hopping": {"method": "powerlaw", "rs": 3.0,
+                                                                                     "w": 0.1},
+                                            "soc": {"method": "uniform_ref"}, "std": 0.01, "atomic_radius": "v1",
+                                            "freeze": False, "push": False}}, Basis({"Si": "1s1p"}))
 
 
 def test_strain_push_and_freeze_through_eqtb_train(nnsk_run):

@@ -34,6 +34,7 @@ from torch import nn
 from eqtb.basis import Basis
 from eqtb.blocks import BlockTransform
 from eqtb.operator import Operator
+from eqtb.quantities import HAMILTONIAN, SPIN_ORBIT
 
 __all__ = ["IrrepsAssembler", "SKAssembler", "sk_integral_names", "to_operators", "transpose_map"]
 
@@ -178,7 +179,7 @@ class SKAssembler(IrrepsAssembler):
                 continue
             axis = frames[ell][:, :, ell]  # (n, 2L+1): Y_L(r)/sqrt(2L+1), unit norm
             idx = self.start[sel][:, None] + torch.arange(2 * ell + 1, device=integrals.device)[None, :]
-            feats[:, idx.flatten()] = (integrals[:, sel, None] * axis[:, None, :]).reshape(len(feats), -1)
+            feats[:, idx.flatten()] = (integrals[:, sel, None] * axis[:, None, :]).reshape(len(feats), idx.numel())
         return feats
 
     def offsite(self, integrals: torch.Tensor, ti: torch.Tensor, tj: torch.Tensor, frames=None) -> torch.Tensor:
@@ -190,11 +191,15 @@ class SKAssembler(IrrepsAssembler):
 
 def to_operators(structure, basis: Basis, i, j, R, blocks: dict) -> dict[str, Operator]:
     """``{quantity: (onsite (N, F, F), offsite (E, F, F))}`` torch or numpy blocks of the canonical
-    bonds ``(i, j, R)`` -> ``{quantity: Operator}`` in float64 on the CPU."""
-    def arr(x):
+    bonds ``(i, j, R)`` -> ``{quantity: Operator}`` in float64 on the CPU. An entry
+    :data:`eqtb.quantities.SPIN_ORBIT` ((N, 2F, 2F) complex) becomes the Hamiltonian's ``soc``
+    (complex128)."""
+    def arr(x, dtype=np.float64):
         if isinstance(x, torch.Tensor):
-            return x.detach().to("cpu", torch.float64).numpy()
-        return np.asarray(x, dtype=np.float64)
+            x = x.detach().cpu().numpy()
+        return np.asarray(x, dtype=dtype)
 
     i, j, R = (np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x) for x in (i, j, R))
-    return {q: Operator(structure, basis, arr(on), i, j, R, arr(off)) for q, (on, off) in blocks.items()}
+    soc = arr(blocks[SPIN_ORBIT], np.complex128) if SPIN_ORBIT in blocks else None
+    return {q: Operator(structure, basis, arr(b[0]), i, j, R, arr(b[1]), soc if q == HAMILTONIAN else None)
+            for q, b in blocks.items() if q != SPIN_ORBIT}

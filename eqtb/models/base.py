@@ -38,7 +38,7 @@ from torch import nn
 
 from eqtb.basis import Basis
 from eqtb.models.inputs import ModelInputs
-from eqtb.quantities import MAIN_QUANTITIES, OVERLAP
+from eqtb.quantities import MAIN_QUANTITIES, OVERLAP, SPIN_ORBIT
 from eqtb.structure import pair_cutoffs
 
 __all__ = ["FAMILIES", "Features", "Locality", "ModelError", "OperatorModel", "bond_chunks", "check_hidden_irreps",
@@ -260,6 +260,11 @@ class OperatorModel(nn.Module):
         """Number of progress updates :meth:`features` makes with this ``edge_chunk``."""
         return 1
 
+    def spin_orbit(self, inputs: ModelInputs) -> torch.Tensor | None:
+        """(N, 2F, 2F) complex onsite spin-orbit blocks (eV, spin-major: :class:`eqtb.operator.Operator`
+        ``soc``) of the atoms of ``inputs`` for a spinful model; None (the default) for a spinless one."""
+        return None
+
     @torch.no_grad()
     def calibrate(self, inputs: list[ModelInputs]) -> None:
         """Data-dependent initialisation from training structures (default: nothing)."""
@@ -290,7 +295,8 @@ class OperatorModel(nn.Module):
     def forward(self, inputs: ModelInputs, edge_chunk: int | None = None,
                 progress=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Blocks ``{quantity: (onsite (N, F, F), offsite (E, F, F))}`` of the atoms and canonical
-        bonds of ``inputs``, assembled part by part (memory bounded by a part)."""
+        bonds of ``inputs``, assembled part by part (memory bounded by a part); a spinful model adds
+        its onsite spin-orbit blocks under :data:`eqtb.quantities.SPIN_ORBIT` (:meth:`spin_orbit`)."""
         heads = self.heads()
         onsite: dict[str, torch.Tensor] = {}
         offsite: dict[str, list[torch.Tensor]] = {q: [] for q in heads}
@@ -298,5 +304,9 @@ class OperatorModel(nn.Module):
             for q, f in part.offsite.items():
                 offsite[q].append(heads[q].offsite(f, part.ti, part.tj, part.frames))
             onsite.update(part.onsite)
-        return {q: (heads[q].onsite(onsite[q], inputs.types),
-                    offsite[q][0] if len(offsite[q]) == 1 else torch.cat(offsite[q])) for q in heads}
+        out = {q: (heads[q].onsite(onsite[q], inputs.types),
+                   offsite[q][0] if len(offsite[q]) == 1 else torch.cat(offsite[q])) for q in heads}
+        soc = self.spin_orbit(inputs)
+        if soc is not None:
+            out[SPIN_ORBIT] = soc
+        return out

@@ -8,7 +8,8 @@ Formats (DeePTB 2.2):
 * checkpoint: a torch pickle ``{"config": {"common_options", "model_options", ...},
   "model_state_dict": {...}, ...}``; an nnsk model's state holds ``hopping_param`` (T*T, R, P),
   ``overlap_param`` (same), ``onsite_param`` (T, K, 1 or 4), ``strain_param`` (T*T, R, P),
-  ``overlaponsite_param`` (T, K, 1) and ``ovp_factor``, with T element types sorted by atomic number,
+  ``overlaponsite_param`` (T, K, 1), ``soc_param`` (T, shells of the full basis, 1: spin-orbit
+  strengths, :mod:`eqtb.models.sk`) and ``ovp_factor``, with T element types sorted by atomic number,
   ordered pairs of them at ``x * T + y``, R the Slater-Koster integrals of the full-basis shell pairs
   a <= b (:class:`DeePTBLayout`) and K the same-l shell pairs of the onsite energies;
 * JSON model (``to_json``, version 2, eV): ``{"version": 2, "unit": "eV", "common_options",
@@ -116,8 +117,6 @@ def _options(config: dict) -> dict:
         options = {"dftbsk": dftbsk, "embedding": model["embedding"], "prediction": model["prediction"]}
         return _validated(common, options)
     nnsk = dict(model["nnsk"])
-    if nnsk.get("soc"):
-        raise ModelError("the DeePTB model has spin-orbit coupling (soc), which eqtb does not support yet")
     nnsk["push"] = nnsk.get("push") or False  # DeePTB writes null when loading for prediction
     nnsk.setdefault("atomic_radius", "v1")  # DeePTB's default, absent from older checkpoints
     options = {"nnsk": nnsk}
@@ -183,6 +182,9 @@ def _load_state(model: SlaterKoster, state: dict) -> SlaterKoster:
     if model.onsite_params is not None:
         with torch.no_grad():
             model.onsite_params.copy_(tensor("onsite_param", tuple(model.onsite_params.shape)))
+    if model.soc_params is not None:  # (T, full-basis shells, 1), DeePTB's layout and order
+        with torch.no_grad():
+            model.soc_params.copy_(tensor("soc_param", tuple(model.soc_params.shape)))
     if model.has_overlap:
         fill(model.overlap_hopping, "overlap_param", tie=True)
         with torch.no_grad():
@@ -324,6 +326,9 @@ def _from_json(model_json: dict) -> tuple[dict, SlaterKoster]:
     if kind != "nnsk":
         raise ModelError(f"a DeePTB JSON model of a {kind} model: DeePTB writes JSON models of nnsk only")
     options = _options(model_json)
+    if options["model_options"]["nnsk"].get("soc"):
+        raise ModelError("a DeePTB JSON model with spin-orbit coupling (soc): eqtb reads the soc strengths from "
+                         "DeePTB checkpoints (.pth) only")
     if any(e.labels is None for e in Basis(options["common_options"]["basis"]).elements):
         raise ModelError("a DeePTB JSON model needs a basis of shell lists such as [\"3s\", \"3p\"]")
     model = _empty_model(options)

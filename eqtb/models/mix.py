@@ -209,6 +209,10 @@ class Mix(OperatorModel):
     def chunk_steps(self, inputs: ModelInputs, edge_chunk: int | None) -> int:
         return len(bond_chunks(inputs.n_edges, edge_chunk)) + self.sk.chunk_steps(inputs, edge_chunk)
 
+    def spin_orbit(self, inputs: ModelInputs):
+        """The nnsk part's onsite spin-orbit blocks, uncorrected (None without ``soc``)."""
+        return self.sk.spin_orbit(inputs)
+
 
 def _check_options(options: dict) -> None:
     """:class:`ModelError` for mix options eqtb does not implement."""

@@ -67,7 +67,22 @@ least |ovp_thr|); the number of pushes and the overlap factor are buffers of the
 checkpoints keep them. (DeePTB counts forward calls, validation included; eqtb counts optimizer
 steps.) Unlike DeePTB, a freeze name freezes every parameter of its group (DeePTB freezes the
 first parameter whose name contains it, so ``"onsite"`` can catch the onsite overlaps).
-Spin-orbit coupling (``soc``) and DeePTB's ``custom`` hopping are not supported yet.
+
+**Spin-orbit coupling** (``soc``, DeePTB's options; ``{}``: none, a spinless model). ``{"method":
+"uniform"}``: one strength ``lambda = |p|`` (eV, DeePTB's ``abs``) per element and shell of the full
+basis, trainable, starting from N(0, std) as DeePTB; ``"uniform_noref"`` the same (DeePTB's reference
+strengths, which ``uniform`` adds, are all zero); ``"none"``: the reference strengths, zero -- a
+spinful model without coupling. The Hamiltonian becomes spinful (:class:`eqtb.operator.Operator`
+``soc``): every atom gets the onsite block ``lambda_{shell} L.S`` on each shell
+(:func:`eqtb.so3.spin_orbit_matrix`, spin-major as in DeePTB; s shells have none), while hoppings,
+onsite energies and the overlap are the same for both spins. H(k) is then ``2 norb`` square,
+``[[H(k) + L_uu, L_ud], [L_du, H(k) + L_dd]]`` with all orbitals spin up first (DeePTB's order),
+and ``S(k)`` enters as ``S(k) (x) 1_2``. The shells with j = l +- 1/2 split by ``lambda (2l + 1) / 2``
+(3 lambda / 2 for p). ``freeze: ["soc"]`` keeps the strengths fixed. Band losses compare the
+``2 norb`` spinful eigenvalues with the reference ones band by band, as DeePTB does: each band is one
+spin state, so the reference must come from a spinful (noncollinear, SOC) calculation; spinless
+eigenvalues -- each band holding both spins -- describe a spinful model only after every band is
+repeated twice, which eqtb does not do for you. DeePTB's ``custom`` hopping is not supported.
 """
 
 from __future__ import annotations
@@ -87,7 +102,8 @@ from eqtb.models.assembly import IrrepsAssembler, SKAssembler
 from eqtb.models.base import Features, Locality, ModelError, OperatorModel, bond_chunks, register
 from eqtb.models.inputs import ModelInputs
 from eqtb.nn.so2 import directed_frames
-from eqtb.quantities import OVERLAP
+from eqtb.quantities import HAMILTONIAN, OVERLAP
+from eqtb.so3 import spin_orbit_matrix
 from eqtb.structure import pair_cutoffs
 
 __all__ = ["HOPPING_FORMS", "ONSITE_MODES", "POLY_COEFFS", "BondForm", "IntegralTable",
@@ -154,6 +170,8 @@ HOPPING_FORMS: dict[str, BondForm] = {
     "NRL1": BondForm("NRL1", 4, 3, _nrl),
 }
 ONSITE_MODES = ("none", "uniform", "uniform_noref", "strain", "NRL")
+#: ``soc.method`` values: trainable strengths, or none (the zero reference strengths)
+SOC_METHODS = ("none", "uniform", "uniform_noref")
 #: onsite modes whose blocks depend on the neighbours, with their option keys
 ENV_ONSITE_KEYS = {"strain": ("rs", "w"), "NRL": ("rs", "w", "lda")}
 
@@ -274,6 +292,26 @@ def _check_options(hopping: dict, onsite: dict) -> None:
         _check_number(onsite[key], f"onsite.{key}")
 
 
+def _check_soc(soc, quantity: str) -> str | None:
+    """The ``soc.method`` of DeePTB's ``soc`` options (None for ``{}``: no spin-orbit coupling)."""
+    if soc is None or soc == {}:
+        return None
+    if not isinstance(soc, dict):
+        raise ModelError(f"model_options.nnsk.soc must be an object such as {{\"method\": \"uniform\"}} or {{}}, "
+                         f"got {soc!r}")
+    extra = sorted(set(soc) - {"method"})
+    if extra:
+        raise ModelError(f"model_options.nnsk.soc: unknown key(s) {', '.join(extra)} (allowed: method)")
+    method = soc.get("method")
+    if method not in SOC_METHODS:
+        raise ModelError(f"model_options.nnsk.soc.method {method!r} is not supported (supported: "
+                         f"{', '.join(SOC_METHODS)})")
+    if quantity != HAMILTONIAN:
+        raise ModelError(f"model_options.nnsk.soc: spin-orbit coupling is a term of the Hamiltonian, but the model "
+                         f"predicts the {quantity}")
+    return method
+
+
 def _shift(rs, extra: float):
     if isinstance(rs, dict):
         return {k: float(v) + extra for k, v in rs.items()}
@@ -298,17 +336,19 @@ class SlaterKoster(OperatorModel):
     """The ``nnsk`` family; see the module docstring. ``hopping``, ``onsite``: DeePTB's option dicts
     (``{"method": "powerlaw", "rs": 2.6, "w": 0.3}``, ``{"method": "strain", "rs": 2.5, "w": 0.3}``);
     ``std`` the spread of the initial parameters; ``atomic_radius`` ``"v1"`` or ``"cov"``;
-    ``freeze``, ``push`` as in ``model_options.nnsk``; ``stats``: quantity -> OperatorStats of the
-    training targets (initial onsite energies and overlaps)."""
+    ``freeze``, ``push``, ``soc`` as in ``model_options.nnsk``; ``stats``: quantity -> OperatorStats of
+    the training targets (initial onsite energies and overlaps)."""
 
     family = "nnsk"
 
     def __init__(self, basis: Basis, hopping: dict, onsite: dict, *, std: float = 0.01, atomic_radius: str = "v1",
                  freeze: bool | str | list[str] = False, push: bool | dict = False, quantity: str = "hamiltonian",
-                 overlap: bool = False, stats: dict | None = None):
+                 overlap: bool = False, stats: dict | None = None, soc: dict | None = None):
         super().__init__()
         self.check_quantity(quantity)
         _check_options(hopping, onsite)
+        self.soc_mode = _check_soc(soc, quantity)
+        self.soc_options = dict(soc or {})
         self.basis = Basis(basis)
         self.quantity, self.has_overlap = quantity, overlap
         self.onsite_options = dict(onsite)
@@ -318,7 +358,6 @@ class SlaterKoster(OperatorModel):
         self.onsite_mode = onsite["method"]
         self.push = self._check_push(push, hopping)
         sym = self.basis.symbols
-        T = self.basis.n_types
         f32 = torch.get_default_dtype()
         try:
             radii = np.array([table_radius(s, atomic_radius) for s in sym])
@@ -346,6 +385,7 @@ class SlaterKoster(OperatorModel):
             self.register_buffer("ovp_factor", torch.tensor(1.0, dtype=f32))
             same = [p.a == p.b for p in self.basis.all_pairs for _ in range(min(p.a.l, p.b.l) + 1)]
             self.register_buffer("same_shell", torch.tensor(same), persistent=False)
+        self._init_soc(std)
         if freeze:
             self._freeze(freeze)
 
@@ -378,6 +418,50 @@ class SlaterKoster(OperatorModel):
             mean = torch.as_tensor(self._mean_pairs(stats[self.quantity], pairs), dtype=f32)
             with torch.no_grad():
                 self.onsite_params[..., 0] = mean - (self.onsite_ref if self.onsite_mode == "uniform" else 0.0)
+
+    def _init_soc(self, std: float) -> None:
+        """Spin-orbit coupling: the L.S matrix of every full-basis shell placed in the spinful onsite
+        block (``soc_re``, ``soc_im``: (n_shells, 2F, 2F), real and imaginary parts, so that a dtype
+        cast of the module keeps them), the shells each element has (``soc_mask``, (T, n_shells)) and
+        the strengths' parameters (``soc_params``, (T, n_shells, 1), DeePTB's layout; None unless
+        ``uniform``/``uniform_noref``)."""
+        self.soc_params = None
+        if self.soc_mode is None:
+            return
+        shells, F = self.basis.full_shells, self.basis.full_norb
+        place = np.zeros((len(shells), 2 * F, 2 * F), dtype=np.complex128)
+        for k, shell in enumerate(shells):
+            o, d, M = self.basis.shell_offset[shell], shell.dim, spin_orbit_matrix(shell.l)
+            rows = np.concatenate([np.arange(o, o + d), F + np.arange(o, o + d)])
+            place[k][np.ix_(rows, rows)] = M
+        f32 = torch.get_default_dtype()
+        self.register_buffer("soc_re", torch.as_tensor(place.real, dtype=f32), persistent=False)
+        self.register_buffer("soc_im", torch.as_tensor(place.imag, dtype=f32), persistent=False)
+        mask = [[shell in set(e.shells) for shell in shells] for e in self.basis.elements]
+        self.register_buffer("soc_mask", torch.tensor(mask), persistent=False)
+        if self.soc_mode != "none":
+            self.soc_params = nn.Parameter(torch.empty(self.basis.n_types, len(shells), 1).normal_(0.0, std))
+
+    def soc_strengths(self) -> torch.Tensor | None:
+        """(T, n_shells) spin-orbit strengths lambda (eV) of every element and full-basis shell
+        (zero for shells an element lacks); None for a spinless model."""
+        if self.soc_mode is None:
+            return None
+        if self.soc_params is None:
+            return torch.zeros(self.soc_mask.shape, dtype=self.soc_re.dtype, device=self.soc_re.device)
+        return self.soc_params[..., 0].abs() * self.soc_mask
+
+    def spin_orbit(self, inputs: ModelInputs) -> torch.Tensor | None:
+        """(N, 2F, 2F) complex onsite spin-orbit blocks ``sum_shell lambda L.S`` of the atoms of
+        ``inputs`` (spin-major, eV); None for a spinless model."""
+        lam = self.soc_strengths()
+        if lam is None:
+            return None
+        lam = lam[inputs.types]
+        n, F2 = lam.shape[0], self.soc_re.shape[-1]
+        re = (lam @ self.soc_re.reshape(len(self.soc_re), -1)).view(n, F2, F2)
+        im = (lam @ self.soc_im.reshape(len(self.soc_im), -1)).view(n, F2, F2)
+        return torch.complex(re, im)
 
     def _init_overlap_onsite(self, stats) -> None:
         pairs = onsite_pairs(self.basis)
@@ -425,7 +509,8 @@ class SlaterKoster(OperatorModel):
         if self.onsite_mode == "strain":
             onsite.append(self.strain.params)
         overlap = [self.overlap_hopping.params, self.overlap_onsite] if self.has_overlap else []
-        return {"hopping": [self.hopping.params], "onsite": onsite, "overlap": overlap}
+        soc = [self.soc_params] if self.soc_params is not None else []
+        return {"hopping": [self.hopping.params], "onsite": onsite, "overlap": overlap, "soc": soc}
 
     def _freeze(self, freeze) -> None:
         groups = self.parameter_groups()
@@ -434,13 +519,11 @@ class SlaterKoster(OperatorModel):
         else:
             names = [freeze] if isinstance(freeze, str) else list(freeze)
         for name in names:
-            if name == "soc":
-                raise ModelError("model_options.nnsk.freeze: \"soc\" -- spin-orbit coupling is not supported yet")
             if name not in groups:
                 raise ModelError(f"model_options.nnsk.freeze: unknown group {name!r} (groups: {', '.join(groups)})")
             if not groups[name] and freeze is not True:
                 raise ModelError(f"model_options.nnsk.freeze: this model has no {name!r} parameters "
-                                 f"(onsite {self.onsite_mode!r}, overlap {self.has_overlap})")
+                                 f"(onsite {self.onsite_mode!r}, overlap {self.has_overlap}, soc {self.soc_mode!r})")
             for p in groups[name]:
                 p.requires_grad_(False)
 
@@ -450,10 +533,9 @@ class SlaterKoster(OperatorModel):
                      quantity: str = "hamiltonian", overlap: bool = False) -> "SlaterKoster":
         """From DeePTB's ``{"nnsk": {"onsite": {...}, "hopping": {...}, ...}}`` (validated)."""
         nnsk = options["nnsk"]
-        if nnsk.get("soc"):
-            raise ModelError("model_options.nnsk.soc: spin-orbit coupling is not supported yet")
         return cls(basis, nnsk["hopping"], nnsk["onsite"], std=float(nnsk["std"]), atomic_radius=nnsk["atomic_radius"],
-                   freeze=nnsk["freeze"], push=nnsk["push"], quantity=quantity, overlap=overlap, stats=stats)
+                   freeze=nnsk["freeze"], push=nnsk["push"], quantity=quantity, overlap=overlap, stats=stats,
+                   soc=nnsk.get("soc"))
 
     @classmethod
     def cutoff_of(cls, options: dict):
@@ -533,9 +615,10 @@ class SlaterKoster(OperatorModel):
         takes the saved value -- hopping and overlap integrals, onsite energies (both ``uniform`` or
         ``uniform_noref``: the same energies, converted between the two as DeePTB's ``dptb esk`` does;
         DeePTB's ``-i`` copies the raw parameter; both ``NRL``), strain parameters (both strain),
-        onsite overlaps of different shells --
-        and the rest keep their initial values. Shells are matched by their labels (``"3s"``) when both
-        bases have labels, else by angular momentum and order. ``config``: the saved model's
+        onsite overlaps of different shells, spin-orbit strengths (both with ``soc`` parameters) --
+        and the rest keep their initial values (so a spinless model starts a spinful one). Shells are
+        matched by their labels (``"3s"``) when both bases have labels, else by angular momentum and
+        order. ``config``: the saved model's
         ``common_options`` and ``model_options``. Either way the push counter starts at zero: the
         config's ``rs`` and ``w`` are the starting ones (DeePTB writes the pushed values into its
         checkpoint's config); the overlap factor is kept (DeePTB resets it to 1 when the options
@@ -551,7 +634,7 @@ class SlaterKoster(OperatorModel):
         keys = ("method", "rs", "w")
         same = (saved_basis == self.basis and saved_overlap == self.has_overlap
                 and all(nnsk["hopping"].get(k) == self.hopping_options.get(k) for k in keys)
-                and dict(nnsk["onsite"]) == self.onsite_options)
+                and dict(nnsk["onsite"]) == self.onsite_options and dict(nnsk.get("soc") or {}) == self.soc_options)
         if same:
             try:
                 self.load_state_dict(state_dict)
@@ -568,7 +651,7 @@ class SlaterKoster(OperatorModel):
         torch.set_default_dtype(torch.float64)
         try:
             old = SlaterKoster(basis, nnsk["hopping"], nnsk["onsite"], atomic_radius=nnsk.get("atomic_radius", "v1"),
-                               quantity=self.quantity, overlap=overlap)
+                               quantity=self.quantity, overlap=overlap, soc=nnsk.get("soc"))
         finally:
             torch.set_default_dtype(default)
         try:
@@ -589,6 +672,13 @@ class SlaterKoster(OperatorModel):
                     self.onsite_params[t, k, 0] -= ref[t, k]
             elif self.onsite_mode == old.onsite_mode == "NRL":
                 self._map_onsite(self.onsite_params, old.onsite_params, basis, shells, diagonal=True)
+            if self.soc_params is not None and old.soc_params is not None:
+                old_shells = {s: k for k, s in enumerate(basis.full_shells)}
+                for t, element in enumerate(self.basis.elements):
+                    for k, shell in enumerate(self.basis.full_shells):
+                        s0 = shells.get((element.symbol, shell))
+                        if s0 is not None and element.symbol in basis.symbols:
+                            self.soc_params[t, k] = old.soc_params[basis.symbols.index(element.symbol), old_shells[s0]]
             if self.has_overlap and old.has_overlap:
                 self._map_table(self.overlap_hopping, old.overlap_hopping, basis, shells, "overlap")
                 self._map_onsite(self.overlap_onsite, old.overlap_onsite, basis, shells, diagonal=False)

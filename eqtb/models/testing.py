@@ -11,7 +11,12 @@ not zero; a rotation does change them; the moved atom is seen where it should be
 * :func:`receptive_field_in_bonds` -- the receptive field counted in bonds (how far a moved atom is seen);
 * :func:`chunk_errors` -- chunked evaluation equals unchunked (where the locality allows chunks);
 * :func:`reversal_errors` -- the raw predicted blocks are Hermitian: onsite blocks symmetric, and the
-  bond fed in the opposite direction (j, i, -R) yields the transposed block.
+  bond fed in the opposite direction (j, i, -R) yields the transposed block;
+* :func:`time_reversal_errors` -- for spinful models (spin-orbit coupling): H(-k) is the time
+  reverse of H(k), so bands are even in k and Kramers-degenerate at the time-reversal-invariant k.
+
+The block checks compare the spin-independent blocks (:data:`eqtb.quantities.SPIN_ORBIT` is left
+out of :func:`predict_blocks`); the spin-orbit blocks are covered by :func:`time_reversal_errors`.
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ from scipy.linalg import block_diag
 from eqtb.basis import Basis
 from eqtb.models.base import OperatorModel
 from eqtb.models.inputs import ModelInputs
+from eqtb.quantities import OVERLAP, SPIN_ORBIT
 from eqtb.so3 import wigner_D
 from eqtb.structure import Structure, build_graph
 
 __all__ = ["chunk_errors", "displaced", "equivariance_errors", "full_D", "locality_errors", "predict_blocks", "randomize",
-           "random_orthogonal", "receptive_field_in_bonds", "rel", "reversal_errors"]
+           "random_orthogonal", "receptive_field_in_bonds", "rel", "reversal_errors", "time_reversal_errors"]
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -77,12 +83,13 @@ def randomize(model: OperatorModel, seed: int = 0, scale: float = 0.2) -> Operat
 
 
 def predict_blocks(model: OperatorModel, structure: Structure, dtype=torch.float64, inputs=None, **kw):
-    """(graph, {quantity: (onsite, offsite)} float64 blocks) of ``structure`` at the model's cutoff."""
+    """(graph, {quantity: (onsite, offsite)} float64 blocks) of ``structure`` at the model's cutoff
+    (spin-orbit blocks left out)."""
     graph = build_graph(structure, model.r_max, model.basis.symbols)
     x = inputs if inputs is not None else ModelInputs.from_graph(graph, model.basis, dtype)
     with torch.no_grad():
         out = model(x, **kw)
-    return graph, {q: tuple(t.detach().to(torch.float64) for t in v) for q, v in out.items()}
+    return graph, {q: tuple(t.detach().to(torch.float64) for t in v) for q, v in out.items() if q != SPIN_ORBIT}
 
 
 def equivariance_errors(model: OperatorModel, structure: Structure, det: int, dtype=torch.float64,
@@ -206,10 +213,48 @@ def reversal_errors(model: OperatorModel, structure: Structure) -> dict:
     with torch.no_grad():
         out, out_rev = model(x), model(rev)
     errors = {"onsite": 0.0, "reversed": 0.0, "asymmetry": np.inf}
-    for q in out:
+    for q in model.quantities:
         on, off = out[q]
         errors["onsite"] = max(errors["onsite"], rel(on.transpose(1, 2), on))
         errors["reversed"] = max(errors["reversed"], rel(out_rev[q][1].transpose(1, 2), off),
                                  rel(out_rev[q][0], on))
         errors["asymmetry"] = min(errors["asymmetry"], rel(off.transpose(1, 2), off))
     return errors
+
+
+def time_reversal_errors(model: OperatorModel, structure: Structure, n_random: int = 4, seed: int = 0) -> dict:
+    """Time-reversal symmetry of a spinful model's H(k) (spin-orbit coupling; spin-major order,
+    :class:`eqtb.operator.Operator`), with ``Theta = (i sigma_y (x) 1) K``:
+
+    * ``"matrix"`` -- ``max |H(-k) - Theta H(k) Theta^-1|`` relative to ``max |H(k)|`` at random k;
+    * ``"even"`` -- ``max |E(k) - E(-k)|`` (eV) of the eigenvalues (``H c = E S c`` with the model's S);
+    * ``"kramers"`` -- the largest splitting (eV) of the eigenvalue pairs (2n, 2n + 1) at the
+      time-reversal-invariant k-points of the cell (components 0 or 1/2 along periodic directions).
+
+    Controls (asserted): the model is spinful, its spin-orbit blocks are not zero, and they change the
+    bands at a random k by more than 1e-6 eV (else the checks would hold for a spinless H)."""
+    from eqtb.models.assembly import to_operators
+    from eqtb.tb.spectrum import band_energies
+
+    graph = build_graph(structure, model.r_max, model.basis.symbols)
+    x = ModelInputs.from_graph(graph, model.basis, torch.float64)
+    with torch.no_grad():
+        out = model(x)
+    assert SPIN_ORBIT in out, f"the {model.family} model is not spinful"
+    ops = to_operators(structure, model.basis, graph.i, graph.j, graph.R, out)
+    H, S = ops[model.quantity], ops.get(OVERLAP)
+    assert np.abs(H.soc).max() > 1e-6, "the spin-orbit blocks are zero: the check would be vacuous"
+    rng = np.random.default_rng(seed)
+    periodic = np.asarray(structure.pbc, dtype=float)
+    k = rng.uniform(-0.5, 0.5, size=(n_random, 3)) * periodic
+    n = H.norb
+    T = np.kron(np.array([[0.0, 1.0], [-1.0, 0.0]]), np.eye(n))  # i sigma_y (x) 1
+    Hk, Hm = H.dense(k), H.dense(-k)
+    matrix = float(np.abs(Hm - T @ np.conj(Hk) @ T.T).max() / np.abs(Hk).max())
+    e_k, e_m = band_energies(H, S, k), band_energies(H, S, -k)
+    e_0 = band_energies(H.spin_independent(), S, k)
+    assert np.abs(e_k - np.repeat(e_0, 2, axis=1)).max() > 1e-6, "spin-orbit coupling does not change the bands"
+    trim = np.array(np.meshgrid(*[(0.0, 0.5) if p else (0.0,) for p in structure.pbc], indexing="ij")).reshape(3, -1).T
+    e_t = band_energies(H, S, trim)
+    return {"matrix": matrix, "even": float(np.abs(e_k - e_m).max()),
+            "kramers": float(np.abs(e_t[:, 0::2] - e_t[:, 1::2]).max())}

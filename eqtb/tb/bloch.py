@@ -16,7 +16,12 @@ rounding in float64):
 * the canonical bond e = (i, j, R) contributes ``O_ij(R) e^{-i 2 pi k.R}`` and its Hermitian
   partner ``O_ji(-R) = O_ij(R)^T`` the conjugate transpose; onsite blocks sit on the diagonal.
 
-Blocks must be real (as every eqtb model returns them). Units follow the blocks: H in eV, S
+A spinful Hamiltonian (spin-orbit coupling) adds its onsite spin-orbit blocks with
+:meth:`BlochLayout.spinful`: ``[[H(k) + L_uu, L_ud], [L_du, H(k) + L_dd]]``, all orbitals spin up
+first, as :meth:`eqtb.operator.Operator.dense`; an overlap enters such an eigenproblem on both spins
+(:meth:`BlochLayout.spinful` without blocks).
+
+Blocks must be real (as every eqtb model returns them), spin-orbit blocks complex. Units follow the blocks: H in eV, S
 dimensionless; eigenvalues in eV. The complex dtype follows the blocks' real dtype (float32 ->
 complex64, float64 -> complex128); phases are computed in float64 and then cast.
 """
@@ -71,6 +76,7 @@ class BlochLayout:
         off_src, off_dst = self._tables(types, idx, i, j, r_of_edge, F, n)
         self.on_src, self.on_dst = torch.as_tensor(on_src), torch.as_tensor(on_dst)
         self.off_src, self.off_dst = torch.as_tensor(off_src), torch.as_tensor(off_dst)
+        self._types, self._idx, self._soc_index = types, idx, None
 
     def _tables(self, types, idx, a_atoms, b_atoms, r_index, F, n):
         """Flat source indices into the (M, F, F) blocks and flat destination indices into the
@@ -128,6 +134,40 @@ class BlochLayout:
         re = (cos @ M).view(nk, n, n)  # A(k) = sum_R O(R) e^{-i 2 pi k.R} = re - i im
         im = (sin @ M).view(nk, n, n)
         return torch.complex(D + re + re.transpose(1, 2), im.transpose(1, 2) - im)
+
+
+    def soc_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat source indices into (N, 2F, 2F) spin-orbit blocks (spin-major) and flat destination
+        indices into the spinful compact (2n, 2n) matrix; built on first use (spinful models only)."""
+        if self._soc_index is None:
+            F, n, types = self.full_norb, self.norb, self._types
+            src, dst = [], []
+            for t in np.unique(types):
+                atoms = np.flatnonzero(types == t)
+                x = self._idx[t]
+                spin_idx = np.concatenate([x, F + x])
+                rows = self.offsets[atoms][:, None] + np.concatenate([np.arange(len(x)), n + np.arange(len(x))])[None]
+                src.append((atoms[:, None, None] * 4 * F * F + spin_idx[None, :, None] * 2 * F
+                            + spin_idx[None, None, :]).ravel())
+                dst.append((rows[:, :, None] * 2 * n + rows[:, None, :]).ravel())
+            self._soc_index = (torch.as_tensor(np.concatenate(src)), torch.as_tensor(np.concatenate(dst)))
+        return self._soc_index
+
+    def spinful(self, Ok: torch.Tensor, soc: torch.Tensor | None = None) -> torch.Tensor:
+        """(nk, 2 norb, 2 norb): ``Ok`` (nk, norb, norb, :meth:`bloch_sum`) on both spins, plus the
+        onsite spin-orbit blocks ``soc`` ((N, 2F, 2F) complex, spin-major; None: none, as for S).
+        Differentiable in both."""
+        n = self.norb
+        zero = torch.zeros_like(Ok)
+        out = torch.cat([torch.cat([Ok, zero], 2), torch.cat([zero, Ok], 2)], 1)
+        if soc is None:
+            return out
+        if soc.shape != (self.n_atoms, 2 * self.full_norb, 2 * self.full_norb):
+            raise BlochError(f"spin-orbit blocks of shape {tuple(soc.shape)} do not fit a layout of {self.n_atoms} "
+                             f"atoms and {self.full_norb} full-basis orbitals")
+        src, dst = (x.to(soc.device) for x in self.soc_index())
+        L = soc.new_zeros(4 * n * n).index_add(0, dst, soc.reshape(-1)[src]).view(2 * n, 2 * n)
+        return out + L.to(out.dtype)[None]
 
 
 def eigvalsh(H: torch.Tensor, S: torch.Tensor | None = None) -> torch.Tensor:

@@ -278,8 +278,9 @@ def _progress_bar(total: int, desc: str, progress: bool | None):
 
 
 def _solve_chunk(H, S, kpts, vectors: bool):
-    """``(eigh result, S(k))`` of the Operators H, S (or None) at the fractional ``kpts``."""
-    Sk = S.dense(kpts) if S is not None else None
+    """``(eigh result, S(k))`` of the Operators H, S (or None) at the fractional ``kpts``; for a
+    spinful H (:attr:`eqtb.operator.Operator.spinful`) S(k) on both spins."""
+    Sk = S.dense(kpts, spinful=H.spinful) if S is not None else None
     return eigh(H.dense(kpts), Sk, vectors=vectors, kpts=kpts), Sk
 
 
@@ -290,7 +291,7 @@ def iter_eigh(H, S, kpts, chunk: int | None = None, vectors: bool = False,
     memory. ``Sk`` is None for an orthogonal basis. ``progress``: show a tqdm bar (None: only on
     a terminal)."""
     kpts = np.atleast_2d(np.asarray(kpts, dtype=np.float64))
-    chunk = chunk or default_chunk(H.norb)
+    chunk = chunk or default_chunk(H.dim)
     bar = _progress_bar(math.ceil(len(kpts) / chunk), desc, progress)
     try:
         for a in range(0, len(kpts), chunk):
@@ -318,7 +319,8 @@ def _worker_energies(kpts: np.ndarray) -> np.ndarray:
 
 def band_energies(H, S, kpts, chunk: int | None = None, progress: bool | None = False,
                   workers: int = 1) -> np.ndarray:
-    """Eigenvalues (nk, norb) in eV of the Operators H (and S, or None) at fractional ``kpts``.
+    """Eigenvalues (nk, H.dim) in eV of the Operators H (and S, or None) at fractional ``kpts``
+    (``H.dim``: norb, twice that for a spinful H).
 
     ``workers`` > 1: the k-points are solved in chunks by that many spawned processes, each with
     its own copy of H and S. They inherit the environment, so set one BLAS thread per process
@@ -331,7 +333,7 @@ def band_energies(H, S, kpts, chunk: int | None = None, progress: bool | None = 
     another job holds a core). Spawned processes import the caller's main module: a script
     needs the ``if __name__ == "__main__":`` guard."""
     kpts = np.atleast_2d(np.asarray(kpts, dtype=np.float64))
-    out = np.empty((len(kpts), H.norb))
+    out = np.empty((len(kpts), H.dim))
     if int(workers) < 2 or len(kpts) < 2:
         for sl, w, _ in iter_eigh(H, S, kpts, chunk, vectors=False, progress=progress):
             out[sl] = w
@@ -339,7 +341,7 @@ def band_energies(H, S, kpts, chunk: int | None = None, progress: bool | None = 
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    chunk = chunk or min(default_chunk(H.norb), math.ceil(len(kpts) / (4 * int(workers))))
+    chunk = chunk or min(default_chunk(H.dim), math.ceil(len(kpts) / (4 * int(workers))))
     slices = [slice(a, min(a + chunk, len(kpts))) for a in range(0, len(kpts), chunk)]
     pool = ProcessPoolExecutor(int(workers), mp_context=mp.get_context("spawn"), initializer=_worker_init,
                                initargs=(H, S))
@@ -732,13 +734,18 @@ def orbital_groups(operator, kind: str = "atom") -> tuple[list[str], np.ndarray]
 class ElectronicStructure:
     """H (and S) Operators of one structure with the common spectral tasks.
 
-    ``S=None`` means an orthogonal basis. ``spin_degeneracy`` 2 (no SOC)."""
+    ``S=None`` means an orthogonal basis. ``spin_degeneracy``: 2 for a spinless H, 1 for a spinful
+    one (spin-orbit coupling: every band is one spin state), set from H when None."""
 
     H: object
     S: object | None = None
-    spin_degeneracy: int = 2
+    spin_degeneracy: int | None = None
     chunk: int | None = None
     _mesh_cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.spin_degeneracy is None:
+            self.spin_degeneracy = 1 if self.H.spinful else 2
 
     @property
     def structure(self):
@@ -816,18 +823,20 @@ def projected_dos(H, S, kpts, weights, energies, sigma: float = 0.05, kind: str 
                   spin_degeneracy: int = 2, chunk: int | None = None, progress: bool | None = False):
     """Total DOS and Mulliken PDOS of Operators H, S on k-points with weights (sum 1).
 
-    Returns ``(total (nE,), labels, pdos (ngroups, nE), eigs (nk, norb))``; the groups are
+    Returns ``(total (nE,), labels, pdos (ngroups, nE), eigs (nk, H.dim))``; the groups are
     :func:`orbital_groups` ``kind``. Eigenvectors are computed chunk by chunk and never stored for
     all k-points; ``pdos.sum(0)`` equals ``total`` to rounding."""
     labels, group = orbital_groups(H, kind)
-    onehot = np.zeros((H.norb, len(labels)))
-    onehot[np.arange(H.norb), group] = 1.0
+    if H.spinful:  # both spins of an orbital in its group
+        group = np.concatenate([group, group])
+    onehot = np.zeros((H.dim, len(labels)))
+    onehot[np.arange(H.dim), group] = 1.0
     kpts = np.atleast_2d(np.asarray(kpts, dtype=np.float64))
     w = np.asarray(weights, dtype=np.float64).reshape(-1)
     e = np.asarray(energies, dtype=np.float64)
     total = np.zeros(len(e))
     proj = np.zeros((len(labels), len(e)))
-    all_eigs = np.empty((len(kpts), H.norb))
+    all_eigs = np.empty((len(kpts), H.dim))
     for sl, eigs, vecs, Sk in iter_eigh(H, S, kpts, chunk, vectors=True, progress=progress, desc="PDOS"):
         P = mulliken_weights(vecs, Sk) @ onehot
         total += dos(eigs, w[sl], e, sigma, spin_degeneracy)

@@ -107,7 +107,7 @@ def frame_spectrum(H, S=None, *, nel_atom: Mapping[str, float] | None = None, e_
         choice = resolve_fermi_level(structure, solver, e_fermi, nel_atom, task_e_fermi, task_nel_atom)
         out["mesh"] = list(mesh)
         n_el = choice.n_electrons
-        nocc = occupied_bands(n_el, e.shape[1]) if n_el is not None else None
+        nocc = occupied_bands(n_el, e.shape[1], es.spin_degeneracy) if n_el is not None else None
         if nocc is not None:
             g = band_gap(e, nocc)
             out.update(vbm=g["vbm"], cbm=g["cbm"], gap=g["gap"], gap_type=g["gap_type"],
@@ -115,12 +115,15 @@ def frame_spectrum(H, S=None, *, nel_atom: Mapping[str, float] | None = None, e_
         elif n_el is not None:
             out.update(insulating=False, gap_type="metal")  # a partly filled band
         ref = choice.value if choice.value is not None else 0.0
-        out["dos"] = dos(e, w, ref + grid, sigma).tolist()
+        out["dos"] = dos(e, w, ref + grid, sigma, es.spin_degeneracy).tolist()
         out["dos_broadening"] = float(sigma)
     else:
         from eqtb.tb.kpm import kpm_dos
         from eqtb.tb.lanczos import MAX_NORB_3D, band_edges
 
+        if H.spinful:
+            raise SpectrumError("the sparse methods (KPM DOS, shift-invert band edges) do not take a spinful "
+                                "Hamiltonian (spin-orbit coupling) yet; use the dense method")
         Hs, Ss = H.sparse(), (S.sparse() if S is not None else None)
         res = kpm_dos(Hs, Ss, n_moments=n_moments, n_random=n_random, seed=seed, solve_tol=1e-5, dtype="auto")
         choice = resolve_fermi_level(structure, res.fermi_solver("at Gamma"), e_fermi, nel_atom, task_e_fermi,

@@ -43,6 +43,10 @@ DeePTB (``dptb/nnops/loss.py``), with the frame's ``bandinfo`` (:class:`eqtb.dat
 ``band_mae_meV`` is the mean absolute error of the aligned band energies inside the window (all
 kept ones without a window), in meV.
 
+A spinful model (nnsk ``soc``, :mod:`eqtb.models.sk`) has 2 norb bands, each one spin state: band
+losses compare them with the reference band by band, as DeePTB does (the reference should then be a
+noncollinear calculation); block losses see its spin-independent blocks only.
+
 ``skints`` (:class:`SkintsLoss`) fits an nnsk model's Slater-Koster integrals to the tables of a
 DFTB parameter set (``skdata``: a folder of ``.skf`` files or DeePTB's ``.pth``, read as
 :mod:`eqtb.models.dftbsk` reads it), on the bonds of the training structures (no reference
@@ -64,7 +68,7 @@ from __future__ import annotations
 import torch
 
 from eqtb.basis import Basis
-from eqtb.quantities import HAMILTONIAN, OVERLAP
+from eqtb.quantities import HAMILTONIAN, OVERLAP, SPIN_ORBIT
 from eqtb.tb.bloch import BlochError, eigvalsh
 
 __all__ = ["BLOCK_METHODS", "BAND_METHODS", "BlockLoss", "EigHamLoss", "EigvalsLoss", "LossError", "SkintsLoss",
@@ -248,7 +252,9 @@ class EigvalsLoss(SummedLoss):
             raise LossError(f"diff_valence: elements {unknown} are not in the basis ({basis.symbols})")
 
     def band_energies(self, pred: dict, batch) -> list[torch.Tensor]:
-        """Predicted band energies (nk, norb) in eV of every sample of ``batch`` at its k-points."""
+        """Predicted band energies (nk, norb) in eV of every sample of ``batch`` at its k-points
+        ((nk, 2 norb) for a spinful model: each band one spin state, compared with the reference
+        band by band as DeePTB does)."""
         inp = batch.inputs
         a, e = inp.atom_offsets.tolist(), inp.edge_offsets.tolist()
         out = []
@@ -259,6 +265,9 @@ class EigvalsLoss(SummedLoss):
             H = lay.bloch_sum(pred[HAMILTONIAN][0][a[n]:a[n + 1]], pred[HAMILTONIAN][1][e[n]:e[n + 1]], ph)
             S = lay.bloch_sum(pred[OVERLAP][0][a[n]:a[n + 1]], pred[OVERLAP][1][e[n]:e[n + 1]], ph) \
                 if self.overlap else None
+            if SPIN_ORBIT in pred:  # a spinful H (2 norb bands), S on both spins
+                H = lay.spinful(H, pred[SPIN_ORBIT][a[n]:a[n + 1]])
+                S = lay.spinful(S) if S is not None else None
             try:
                 out.append(eigvalsh(H, S))
             except BlochError as err:
