@@ -879,7 +879,12 @@ def run_run(args) -> int:
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         warn(args.command, f"device {device!r} requested but CUDA is not available; using the CPU")
         device = "cpu"
+    from eqtb import distributed
+
     if args.trajectory or _is_trajectory(stu):
+        if distributed.is_distributed():
+            raise CLIError(f"{stu}: trajectories run in one process (--workers for frames in parallel), not under "
+                           "torchrun")
         return _run_trajectory(args, opts, stu, device)
     structure = as_structure(stu)
     if args.supercell:
@@ -889,8 +894,6 @@ def run_run(args) -> int:
     model = Predictor.load(args.init_model, device)
     if args.chunk is not None and args.chunk < 2:
         raise CLIError(f"--chunk must be at least 2, got {args.chunk}")
-    from eqtb import distributed
-
     if distributed.is_distributed():
         return _run_distributed(args, opts, structure, model)
     from eqtb.tb.spectrum import progress_lines

@@ -323,7 +323,10 @@ class DomainPrediction:
         d = self.domain
         coff = op.atom_orbital_offsets
         n_rows = int(coff[d.n_owned])
-        A = op.sparse(k)[:n_rows].tocsr()
+        A = op.sparse(k)
+        if d.n_domains == 1:  # the cluster is the structure
+            return A
+        A = A[:n_rows].tocsr()
         norb_c = np.diff(coff)
         atom_of = np.repeat(np.arange(len(norb_c)), norb_c)
         goff = self.orbital_offsets

@@ -21,8 +21,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REPS = (4, 1, 1)  # 256 atoms, 43 A along a1: a slab of 21.7 A plus two 10 A halos fits inside
-KPM = {"n_moments": 64, "n_random": 4, "solve_tol": 1e-10}
-RUN_ARGS = ["--supercell", *map(str, REPS), "--method", "sparse", "--moments", "48", "--random-vectors", "4",
+KPM = {"n_moments": 32, "n_random": 4, "solve_tol": 1e-6, "lanczos_steps": 20}
+RUN_ARGS = ["--supercell", *map(str, REPS), "--method", "sparse", "--moments", "32", "--random-vectors", "2",
             "--nel-atom", '{"Si": 4}', "-q"]
 
 
@@ -39,6 +39,14 @@ def _structure(data_dir):
     from eqtb.structure import Structure
 
     return Structure.read(data_dir / "si64_abacus" / "Si64.vasp").repeat(REPS)
+
+
+K = [0.1, 0.2, -0.3]  # a general k-point (fractional) for the complex product
+
+
+def _complex_block(n: int) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return rng.standard_normal((n, 3)) + 1j * rng.standard_normal((n, 3))
 
 
 # ------------------------------------------------------------------------------ single process
@@ -101,8 +109,9 @@ def two_processes(model64, data_dir, tmp_path_factory) -> Path:
 
 
 def test_two_processes_equal_one(two_processes, model64, data_dir):
-    """Distributed H and S rows, KPM moments and DOS equal the one-process ones; the halo
-    exchange was needed (each process reads columns it does not own)."""
+    """Distributed H and S rows, KPM moments and DOS equal the one-process ones, and so does the
+    product of the complex H(k) at a general k; the halo exchange was needed (each process reads
+    columns it does not own)."""
     from eqtb.predict import Predictor
     from eqtb.tb.kpm import kpm_dos
 
@@ -123,6 +132,8 @@ def test_two_processes_equal_one(two_processes, model64, data_dir):
     assert np.abs(got["moments"] - ref.moments_per_vector).max() < 1e-9
     assert np.abs(got["dos"] - ref.dos).max() < 1e-8 * ref.dos.max()
     assert int(got["cg_total"]) == ref.cg_iterations["total"]
+    yk = pred.sparse("hamiltonian", K) @ _complex_block(1024)
+    assert np.abs(got["yk"] - yk).max() < 1e-10 * np.abs(yk).max()
 
 
 def test_eqtb_run_under_torchrun_equals_one_process(two_processes, model64, data_dir):
@@ -145,6 +156,7 @@ def test_eqtb_run_under_torchrun_equals_one_process(two_processes, model64, data
 # ------------------------------------------------------------------------------ the worker
 def _worker(model: str, poscar: str, out: str) -> None:
     """Run by torchrun: predict this rank's domain, gather H and S, distributed KPM, then ``eqtb run``."""
+    import torch
     from eqtb import distributed
     from eqtb.cli import main
     from eqtb.predict import Predictor
@@ -159,11 +171,16 @@ def _worker(model: str, poscar: str, out: str) -> None:
     H, S = dom.sparse("hamiltonian"), dom.sparse("overlap")
     res = kpm_dos_distributed(H, S, **KPM)
     Hf, Sf = H.gather(), S.gather()
+    Hk = dom.sparse("hamiltonian", k=K)  # complex rows: the exchange sends real pairs
+    yk = Hk @ _complex_block(dom.norb)[Hk.owned]
+    yk_all = [None, None]
+    torch.distributed.all_gather_object(yk_all, (Hk.owned, yk))
     info = {"n_halo": len(H.halo), "n_owned": H.n_owned}
     if rank == 0:
         info.update(H_data=Hf.data, H_indices=Hf.indices, H_indptr=Hf.indptr, S_data=Sf.data,
                     S_indices=Sf.indices, S_indptr=Sf.indptr, moments=res.moments_per_vector, dos=res.dos,
-                    bounds=np.array(res.bounds), cg_total=res.cg_iterations["total"])
+                    bounds=np.array(res.bounds), cg_total=res.cg_iterations["total"],
+                    yk=np.concatenate([y for _, y in yk_all])[np.argsort(np.concatenate([o for o, _ in yk_all]))])
     np.savez(out / f"rank{rank}.npz", **info)
     code = main(["run", str(out / "dos.json"), "-i", model, "-stu", poscar, "-o", str(out / "run2"), *RUN_ARGS])
     distributed.destroy()

@@ -97,6 +97,9 @@ class DistributedMatrix:
 
     def __init__(self, local: sp.csr_matrix, owned: np.ndarray, halo: np.ndarray, n: int, plan: _Plan,
                  backend: str = "auto"):
+        if local.nnz < 2**31 - 1 and local.shape[1] < 2**31 - 1:  # int32 indices: torch's CSR kernel
+            local.indices = local.indices.astype(np.int32, copy=False)
+            local.indptr = local.indptr.astype(np.int32, copy=False)
         self.local, self.owned, self.halo, self.n, self.plan = local, owned, halo, int(n), plan
         self.backend = backend
         self.product = BlockProduct(local, backend)
@@ -125,7 +128,9 @@ class DistributedMatrix:
             raise SpectrumError(f"{int((owner < 0).sum())} rows of the {n} x {n} matrix are owned by no process")
         me = _rank()
         rows.sum_duplicates()
-        cols = np.unique(rows.indices)
+        used = np.zeros(n, dtype=bool)
+        used[rows.indices] = True
+        cols = np.flatnonzero(used)
         halo = cols[owner[cols] != me]
         halo = halo[np.lexsort((halo, owner[halo]))]  # by owner, then global index
         halo_owner = owner[halo]
@@ -134,7 +139,9 @@ class DistributedMatrix:
         where[owned] = np.arange(len(owned))
         where[halo] = len(owned) + np.arange(len(halo))
         local = sp.csr_matrix((rows.data, where[rows.indices], rows.indptr), shape=(len(owned), len(owned) + len(halo)))
-        local.sort_indices()
+        if len(everyone) > 1:  # one process: the columns kept their order
+            local.has_sorted_indices = False
+            local.sort_indices()
         wanted = {int(p): halo[halo_owner == p] for p in np.unique(halo_owner)}
         asked = _all_gather(wanted)
         requests = {r: a[me] for r, a in enumerate(asked) if me in a}
