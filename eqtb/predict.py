@@ -18,6 +18,11 @@ or strictly local) runs in chunks of bonds (``chunk`` directed edges at a time, 
 2 F^2 block entries per bond) and time is linear in the number of atoms. Inference is
 ``torch.no_grad`` in the model's dtype (float32 unless trained in float64); the blocks are returned as
 float64 operators.
+
+Across processes (under ``torchrun``): :meth:`Predictor.predict_domain` predicts, by the same path as
+:meth:`Predictor.predict`, the cluster of one domain of the structure (:mod:`eqtb.domains`: a slab
+of atoms and the halo the model's locality needs), and :class:`DomainPrediction` gives that
+domain's rows of H and S, as scipy rows or as a :class:`eqtb.tb.dmatrix.DistributedMatrix`.
 """
 
 from __future__ import annotations

@@ -75,6 +75,23 @@ def test_domains_partition_and_hold_the_halo(data_dir):
         assert d.cluster.natoms < s.natoms  # a real halo, not the whole structure
 
 
+def test_domains_of_a_structure_without_cell(data_dir):
+    """No cell (a molecule, a cluster): slabs along the Cartesian axis of the largest extent, no
+    images; every atom within the halo of an owned atom is in the cluster, and no other."""
+    from scipy.spatial.distance import cdist
+
+    from eqtb.domains import decompose
+    from eqtb.structure import Structure
+
+    s = _structure(data_dir)
+    m = Structure(s.numbers, s.positions)
+    d = decompose(m, 2, 1, 4.0)
+    assert d.axis == 0 and not d.cluster.pbc.any() and not d.shifts.any()
+    near = cdist(m.positions, m.positions[d.owned]).min(axis=1) <= 4.0
+    assert set(np.flatnonzero(near)) <= set(d.atoms.tolist())
+    assert len(d.atoms) < m.natoms
+
+
 # ------------------------------------------------------------------------------ two processes
 @pytest.fixture(scope="module")
 def model64(tiny_model, tmp_path_factory) -> Path:

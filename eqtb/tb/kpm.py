@@ -26,6 +26,9 @@ normalization of :func:`eqtb.tb.spectrum.dos` with one k-point of weight 1: it i
   block-Jacobi on given orbital blocks (e.g. ``operator.atom_orbital_offsets``), or an
   incomplete LU of S (``"ilu"``; see COST). The CG stopping test uses the true recursively
   updated residual, so the solve is as accurate whichever preconditioner is used.
+* The products, the reductions (dot products) and the rows of the random block go through a
+  :class:`Pencil`, so the same code runs on matrices distributed by rows over processes
+  (:mod:`eqtb.tb.dmatrix`, :func:`eqtb.tb.dmatrix.kpm_dos_distributed`).
 * Kernel: Jackson (default; positive, nearly Gaussian broadening) or Lorentz (lambda = 4).
   The reconstruction is ``D(E) = g norb / (pi a sqrt(1 - x^2)) [g_0 mu_0 + 2 sum_m g_m mu_m T_m(x)]``
   with ``x = (E - b)/a``; the integrated DOS uses the closed form
