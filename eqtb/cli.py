@@ -334,9 +334,7 @@ def load_operators(args, need_overlap: bool = True) -> Operators:
         from eqtb.data.folder import Frame
 
         frame = Frame(prediction.structure, hamiltonian=prediction.hamiltonian, overlap=prediction.overlap)
-        name = Path(prediction.structure.source).name or prediction.structure.formula
-        return Operators(frame, f"{name}, predicted", {"structure": prediction.structure.source or None,
-                                                         "model": args.init_model})
+        return Operators(frame, *_prediction_origin(args, prediction.structure))
     folder = open_folder(args.path, _json_arg(args.basis, "--basis"))
     n = folder.nframes
     if not -n <= args.frame < n:
@@ -346,6 +344,12 @@ def load_operators(args, need_overlap: bool = True) -> Operators:
     if frame.hamiltonian is None:
         raise CLIError(f"{folder.path}: no hamiltonians.h5 in this folder")
     return Operators(frame, f"{folder.path.name}, frame {args.frame}", {"source": str(folder.path), "frame": args.frame})
+
+
+def _prediction_origin(args, structure) -> tuple[str, dict]:
+    """(label, origin) of :class:`Operators` predicted by ``eqtb run``."""
+    name = Path(structure.source).name or structure.formula
+    return f"{name}, predicted", {"structure": structure.source or None, "model": args.init_model}
 
 
 def _override_overlap(path: Path, frame):
@@ -877,7 +881,12 @@ def run_run(args) -> int:
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         warn(args.command, f"device {device!r} requested but CUDA is not available; using the CPU")
         device = "cpu"
+    from eqtb import distributed
+
     if args.trajectory or _is_trajectory(stu):
+        if distributed.launched():
+            raise CLIError(f"{stu}: trajectories run in one process (--workers for frames in parallel), not under "
+                           "torchrun")
         return _run_trajectory(args, opts, stu, device)
     structure = as_structure(stu)
     if args.supercell:
@@ -887,6 +896,8 @@ def run_run(args) -> int:
     model = Predictor.load(args.init_model, device)
     if args.chunk is not None and args.chunk < 2:
         raise CLIError(f"--chunk must be at least 2, got {args.chunk}")
+    if distributed.launched():
+        return _run_distributed(args, opts, structure, model)
     from eqtb.tb.spectrum import progress_lines
 
     progress = _progress(args)  # predict's own bar on a terminal, a line every ~20 s in a log
@@ -913,6 +924,33 @@ def run_run(args) -> int:
     if task == "fermi":
         return _run_fermi(args, opts)
     return _run_export(args, opts, task_path)
+
+
+def _run_distributed(args, opts: dict, structure, model) -> int:
+    """``eqtb run`` under torchrun (WORLD_SIZE > 1): every process predicts the rows of its domain
+    of the structure (eqtb.predict.Predictor.predict_domain), the KPM DOS and Fermi level run on
+    the distributed H and S (eqtb.tb.dmatrix), rank 0 prints and writes the outputs."""
+    from eqtb import distributed
+
+    task = opts["task"]
+    if task not in ("band", "dos", "pdos", "fermi") or args.method == "dense":
+        raise CLIError(f"under torchrun ({distributed.world_size()} processes) eqtb run does the band, dos, pdos and "
+                       f"fermi tasks by the sparse method (KPM at Gamma), not {task!r}"
+                       f"{' with --method dense' if args.method == 'dense' else ''}: run it in one process")
+    distributed.setup("cpu")
+    try:
+        args.quiet = args.quiet or not distributed.is_main()
+        args.domain_prediction = pred = model.predict_domain(structure, **({"chunk": args.chunk} if args.chunk else {}))
+        if "hamiltonian" not in pred.operators:
+            raise CLIError(f"{args.init_model}: the model predicts {', '.join(pred.operators)}, not H")
+        if not args.quiet:
+            t, d = pred.timings, pred.domain
+            print(f"predicted {', '.join(pred.operators)} of {structure.formula} ({structure.natoms} atoms) on "
+                  f"{d.n_domains} processes: rank 0 {d.n_owned} atoms + halo {d.cluster.natoms - d.n_owned} "
+                  f"({d.halo:g} A) in {t['graph'] + t['model'] + t['operators']:.2f} s")
+        return _run_sparse(args, opts, task)
+    finally:
+        distributed.teardown()
 
 
 def _sparse_method(args, norb: int) -> bool:
@@ -989,20 +1027,37 @@ def _run_sparse(args, opts: dict, task: str) -> int:
     from eqtb.tb.lanczos import MAX_NORB_3D, band_edges
     from eqtb.tb.spectrum import resolve_fermi_level
 
-    ops = load_operators(args)
-    structure, H, S = ops.structure, ops.frame.hamiltonian, ops.frame.overlap
-    if H.spinful:
-        raise CLIError(f"the sparse methods (KPM DOS, shift-invert band edges) do not take a spinful Hamiltonian "
-                       f"(spin-orbit coupling) yet: {H.dim} states; use --method dense")
+    from eqtb import distributed
+
+    domains = getattr(args, "domain_prediction", None)  # under torchrun: this process's rows
+    if domains is None:
+        ops = load_operators(args)
+        structure, H, S = ops.structure, ops.frame.hamiltonian, ops.frame.overlap
+        if H.spinful:
+            raise CLIError(f"the sparse methods (KPM DOS, shift-invert band edges) do not take a spinful Hamiltonian "
+                           f"(spin-orbit coupling) yet: {H.dim} states; use --method dense")
+        norb, label, origin = H.norb, ops.label, ops.origin
+    else:
+        structure, norb = domains.structure, domains.norb
+        label, origin = _prediction_origin(args, structure)
+        origin["processes"] = distributed.world_size()
     messages = []
     if task == "pdos":
         messages.append("pdos of a large structure: only the total DOS is computed (KPM)")
     nel_cli, nel_task = _nel_atoms(args, opts)
     t0 = time.perf_counter()
-    Hs, Ss = H.sparse(), (S.sparse() if S is not None else None)
+    kpm_options = {"n_moments": args.moments, "n_random": args.random_vectors, "solve_tol": 1e-5, "dtype": "auto",
+                   "progress": None}
+    if domains is None:
+        Hs, Ss = H.sparse(), (S.sparse() if S is not None else None)
+        res = kpm_dos(Hs, Ss, **kpm_options)
+    else:
+        from eqtb.tb.dmatrix import kpm_dos_distributed
+
+        Hs = domains.sparse("hamiltonian")
+        Ss = domains.sparse("overlap") if "overlap" in domains.operators else None
+        res = kpm_dos_distributed(Hs, Ss, **kpm_options)
     sigma_opt = args.sigma if args.sigma is not None else opts.get("sigma")
-    res = kpm_dos(Hs, Ss, n_moments=args.moments, n_random=args.random_vectors, solve_tol=1e-5,
-                  dtype="auto", progress=None)
     t_kpm = time.perf_counter() - t0
     choice = resolve_fermi_level(structure, res.fermi_solver("at Gamma"), args.e_fermi, nel_cli, opts.get("E_fermi"),
                                  nel_task)
@@ -1014,20 +1069,25 @@ def _run_sparse(args, opts: dict, task: str) -> int:
     # given E_fermi, e.g. DeePTB's 0.0, need not lie in the gap), else around the given level
     centre = float(choice.result) if choice.result is not None else e_f
     if centre is not None and task in ("band", "fermi"):
-        if H.norb <= MAX_NORB_3D:
-            edges = band_edges(Hs, Ss, centre, k=args.nbands, strict=False)
-            edges = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in edges.items()}
+        if norb <= MAX_NORB_3D:
+            if domains is not None:  # shift-invert factorizes the whole matrix: on rank 0
+                Hs, Ss = Hs.gather(), (Ss.gather() if Ss is not None else None)
+            if domains is None or distributed.is_main():
+                edges = band_edges(Hs, Ss, centre, k=args.nbands, strict=False)
+                edges = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in edges.items()}
         else:
-            messages.append(f"band edges by shift-invert Lanczos skipped: {H.norb} orbitals > {MAX_NORB_3D}, its "
+            messages.append(f"band edges by shift-invert Lanczos skipped: {norb} orbitals > {MAX_NORB_3D}, its "
                             "practical limit for 3-D structures (eqtb.tb.lanczos.MAX_NORB_3D); the KPM gap "
                             "estimate is reported instead")
+    if domains is not None and not distributed.is_main():
+        return 0  # rank 0 writes the outputs
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     energies, dos_values = res.energies, res.dos
     if sigma_opt:
         messages.append(f"sigma {sigma_opt} ignored: the KPM resolution is {res.resolution:.3f} eV")
     kpm = {k: v for k, v in res.as_dict().items() if k not in ("energies", "dos", "moments")}
-    summary = {**ops.origin, "formula": structure.formula, "natoms": structure.natoms, "norb": int(H.norb),
+    summary = {**origin, "formula": structure.formula, "natoms": structure.natoms, "norb": int(norb),
                "method": "sparse (Gamma point)", "kpm": kpm, "kpm_seconds": round(t_kpm, 2),
                "fermi_level": _round(e_f), "fermi_level_source": e_f_source, "n_electrons": n_el,
                "fermi_level_nel_atom": _round(float(choice.result)) if choice.result is not None else None,
@@ -1037,13 +1097,13 @@ def _run_sparse(args, opts: dict, task: str) -> int:
                "band_edges": edges, "energy_unit": "eV", "warnings": messages}
     np.save(out / "dos.npy", np.column_stack([energies, dos_values]))
     plot_dos(energies, dos_values, None, e_f, out / "dos.png",
-             args.title or f"{structure.formula} ({ops.label}), KPM at Gamma")
+             args.title or f"{structure.formula} ({label}), KPM at Gamma")
     name = {"band": "band_summary.json", "fermi": "fermi.json"}.get(task, "dos.json")
     _write_json(out / name, summary)
     for m in messages:
         warn(args.command, m)
     if not args.quiet:
-        print(f"{structure.formula}: {H.norb} orbitals, KPM DOS ({res.n_moments} moments, {res.n_random} random "
+        print(f"{structure.formula}: {norb} orbitals, KPM DOS ({res.n_moments} moments, {res.n_random} random "
               f"vectors, resolution {res.resolution:.3f} eV) in {t_kpm:.1f} s")
         if e_f is not None:
             print(f"Fermi level {_fermi_text(choice, None)}")

@@ -18,6 +18,11 @@ or strictly local) runs in chunks of bonds (``chunk`` directed edges at a time, 
 2 F^2 block entries per bond) and time is linear in the number of atoms. Inference is
 ``torch.no_grad`` in the model's dtype (float32 unless trained in float64); the blocks are returned as
 float64 operators.
+
+Across processes (under ``torchrun``): :meth:`Predictor.predict_domain` predicts, by the same path as
+:meth:`Predictor.predict`, the cluster of one domain of the structure (:mod:`eqtb.domains`: a slab
+of atoms and the halo the model's locality needs), and :class:`DomainPrediction` gives that
+domain's rows of H and S, as scipy rows or as a :class:`eqtb.tb.dmatrix.DistributedMatrix`.
 """
 
 from __future__ import annotations
@@ -203,13 +208,29 @@ class Predictor:
         edges per chunk (None: all at once, fastest for small cells, memory grows with the
         structure; ignored by models that are not strictly local); ``progress``: a tqdm bar (None:
         only on a terminal)."""
-        import time
+        return self._predict(self._checked(structure), chunk, progress)
 
-        from tqdm.auto import tqdm
+    def predict_domain(self, structure, n_domains: int | None = None, index: int | None = None,
+                       chunk: int | None = DEFAULT_CHUNK, progress: bool | None = False) -> DomainPrediction:
+        """The rows of the domain ``index`` of ``n_domains`` (default: this process's rank and the
+        number of processes, :mod:`eqtb.distributed`) of ``structure``: the model runs, as in
+        :meth:`predict` (same chunks), on the domain's atoms and the halo its locality needs
+        (:meth:`eqtb.models.base.Locality.domain_halo`, :func:`eqtb.domains.decompose`), so the
+        owned atoms' rows of H and S equal those of :meth:`predict` on the whole structure."""
+        from eqtb import distributed
+        from eqtb.domains import decompose
 
-        from eqtb.models.assembly import to_operators
-        from eqtb.models.inputs import ModelInputs
+        s = self._checked(structure)
+        n_domains = distributed.world_size() if n_domains is None else int(n_domains)
+        index = distributed.rank() if index is None else int(index)
+        halo = self.model.locality.domain_halo(self.model.max_cutoff)
+        try:
+            domain = decompose(s, n_domains, index, halo)
+        except ValueError as exc:
+            raise PredictionError(f"{exc}{f' ({s.source})' if s.source else ''}") from None
+        return DomainPrediction(domain, self._predict(domain.cluster, chunk, progress))
 
+    def _checked(self, structure) -> Structure:
         s = as_structure(structure)
         where = f" ({s.source})" if s.source else ""
         try:
@@ -220,6 +241,18 @@ class Predictor:
             s.check_distances()
         except StructureError as exc:
             raise PredictionError(str(exc)) from None
+        return s
+
+    def _predict(self, s: Structure, chunk: int | None, progress: bool | None) -> Prediction:
+        """The one path of :meth:`predict` and :meth:`predict_domain`: graph, model (in chunks of
+        bonds where the locality allows), blocks -> Operators."""
+        import time
+
+        from tqdm.auto import tqdm
+
+        from eqtb.models.assembly import to_operators
+        from eqtb.models.inputs import ModelInputs
+
         t0 = time.perf_counter()
         graph = build_graph(s, self.model.r_max, self.basis.symbols)
         inputs = ModelInputs.from_graph(graph, self.basis, self.dtype).to(self.device)
@@ -240,4 +273,87 @@ class Predictor:
         timings = {"graph": t1 - t0, "model": t2 - t1, "operators": time.perf_counter() - t2,
                    "n_atoms": s.natoms, "n_bonds": graph.n_edges}
         return Prediction(s, ops, timings)
+
+
+@dataclass
+class DomainPrediction:
+    """The rows of one domain of a structure predicted across processes
+    (:meth:`Predictor.predict_domain`): ``domain`` (:class:`eqtb.domains.Domain`: owned atoms,
+    cluster, images) and ``cluster``, the :class:`Prediction` of the domain's cluster, whose blocks
+    are exact for every bond with an end on an owned atom (the halo's other blocks are not)."""
+
+    domain: object  # eqtb.domains.Domain
+    cluster: Prediction
+
+    @property
+    def structure(self) -> Structure:
+        return self.domain.structure
+
+    @property
+    def operators(self) -> list[str]:
+        return list(self.cluster.operators)
+
+    @property
+    def timings(self) -> dict:
+        return {**self.cluster.timings, "n_owned": self.domain.n_owned}
+
+    @property
+    def basis(self) -> Basis:
+        return next(iter(self.cluster.operators.values())).basis
+
+    @property
+    def orbital_offsets(self) -> np.ndarray:
+        """(N + 1,) offsets of the whole structure's atoms' rows (compact layout, as
+        :attr:`eqtb.operator.Operator.atom_orbital_offsets`)."""
+        return np.concatenate([[0], np.cumsum(self.basis.norb_of(self.structure.numbers))])
+
+    @property
+    def norb(self) -> int:
+        return int(self.orbital_offsets[-1])
+
+    @property
+    def owned_orbitals(self) -> np.ndarray:
+        """Global indices (ascending) of the rows this domain holds: the orbitals of its atoms."""
+        off = self.orbital_offsets
+        return np.concatenate([np.arange(off[a], off[a + 1]) for a in self.domain.owned]).astype(np.int64)
+
+    def rows(self, quantity: str = "hamiltonian", k=None):
+        """The owned rows of the operator at k (fractional; default Gamma) as scipy CSR
+        (n_owned_orbitals x norb, global column indices): the rows of :meth:`Prediction.sparse` of
+        the whole structure for these atoms. Images of one atom in the cluster add up, each with
+        its Bloch phase ``exp(-i 2 pi k.R)`` of the structure's lattice vector R."""
+        import scipy.sparse as sp
+
+        if quantity not in self.cluster.operators:
+            raise PredictionError(f"the model predicts {sorted(self.cluster.operators)}, not {quantity!r}")
+        op = self.cluster.operators[quantity]
+        if op.spinful:
+            raise PredictionError(f"the rows of a domain are spinless: the model's {quantity} has spin-orbit coupling "
+                                  f"({op.dim} states); predict the whole structure in one process")
+        d = self.domain
+        coff = op.atom_orbital_offsets
+        n_rows = int(coff[d.n_owned])
+        A = op.sparse(k)
+        if d.n_domains == 1:  # the cluster is the structure
+            return A
+        A = A[:n_rows].tocsr()
+        norb_c = np.diff(coff)
+        atom_of = np.repeat(np.arange(len(norb_c)), norb_c)
+        goff = self.orbital_offsets
+        col = goff[d.atoms[atom_of]] + np.arange(len(atom_of)) - coff[atom_of]
+        data = A.data
+        if k is not None and np.any(k):  # phase of the image shifts: exp(-i2pi k.(s_q - s_p))
+            ph = np.exp(-2j * np.pi * (d.shifts @ np.asarray(k, dtype=np.float64)))
+            row_atom = np.repeat(atom_of[:n_rows], np.diff(A.indptr))
+            data = data * ph[atom_of[A.indices]] * np.conj(ph[row_atom])
+        out = sp.csr_matrix((data, col[A.indices], A.indptr), shape=(n_rows, self.norb))
+        out.sum_duplicates()
+        return out
+
+    def sparse(self, quantity: str = "hamiltonian", k=None):
+        """The operator at k as a :class:`eqtb.tb.dmatrix.DistributedMatrix` of the domains'
+        rows (collective: every process of the decomposition calls it)."""
+        from eqtb.tb.dmatrix import DistributedMatrix
+
+        return DistributedMatrix.from_rows(self.rows(quantity, k), self.owned_orbitals, self.norb)
 

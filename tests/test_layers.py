@@ -12,9 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "eqtb"
 #: layer of each module (longest matching prefix wins); imports may only go to the same or a lower layer
 LAYERS = {
     "eqtb.basis": 0, "eqtb.structure": 0, "eqtb.bonds": 0, "eqtb.so3": 0, "eqtb.blocks": 0,
-    "eqtb.operator": 0, "eqtb.quantities": 0, "eqtb.hints": 0,
+    "eqtb.operator": 0, "eqtb.quantities": 0, "eqtb.hints": 0, "eqtb.distributed": 0, "eqtb.domains": 0,
     "eqtb.nn": 1, "eqtb.data": 1, "eqtb.tb": 1, "eqtb.metrics": 1, "eqtb.plotting": 1, "eqtb.config": 1,
-    "eqtb.distributed": 1,
     "eqtb.models": 2,
     "eqtb.train": 3, "eqtb.predict": 3, "eqtb.trajectory": 3,
     "eqtb.cli": 4, "eqtb.demo": 4, "eqtb": 4,

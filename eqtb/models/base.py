@@ -66,6 +66,15 @@ class Locality:
         blocks to be exact: ``max(hops, 1) x r_max`` (a two-centre block still needs its bond)."""
         return max(self.hops, 1) * float(r_max)
 
+    def domain_halo(self, r_max: float) -> float:
+        """Width (Angstrom) of the shell around a domain of atoms that must be present for the
+        blocks of every bond with an end in the domain to be exact (prediction across processes,
+        :mod:`eqtb.domains`): the bond itself (r_max) plus what the block of a bond looks at around
+        its far end (hops x r_max), ``(hops + 1) x r_max``. A strictly local model needs two r_max
+        shells, not one: the block of a bond (i, j) leaving the domain depends on the atoms within
+        r_max of j."""
+        return (self.hops + 1) * float(r_max)
+
     def describe(self) -> str:
         return {0: "two-centre", 1: "strictly local"}.get(self.hops, f"semi-local ({self.hops} x r_max)")
 

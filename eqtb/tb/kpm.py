@@ -26,6 +26,9 @@ normalization of :func:`eqtb.tb.spectrum.dos` with one k-point of weight 1: it i
   block-Jacobi on given orbital blocks (e.g. ``operator.atom_orbital_offsets``), or an
   incomplete LU of S (``"ilu"``; see COST). The CG stopping test uses the true recursively
   updated residual, so the solve is as accurate whichever preconditioner is used.
+* The products, the reductions (dot products) and the rows of the random block go through a
+  :class:`Pencil`, so the same code runs on matrices distributed by rows over processes
+  (:mod:`eqtb.tb.dmatrix`, :func:`eqtb.tb.dmatrix.kpm_dos_distributed`).
 * Kernel: Jackson (default; positive, nearly Gaussian broadening) or Lorentz (lambda = 4).
   The reconstruction is ``D(E) = g norb / (pi a sqrt(1 - x^2)) [g_0 mu_0 + 2 sum_m g_m mu_m T_m(x)]``
   with ``x = (E - b)/a``; the integrated DOS uses the closed form
@@ -137,13 +140,18 @@ import scipy.sparse as sp
 from eqtb.tb.spectrum import FermiSolver, SpectrumError
 
 __all__ = [
+    "BlockProduct",
     "FLOAT32_MIN_NNZ",
     "KPMFermiLevel",
     "KPMResult",
+    "Pencil",
+    "Preconditioner",
     "block_cg",
     "chebyshev_moments",
+    "check_kpm_options",
     "kernel_coefficients",
     "kpm_dos",
+    "kpm_pencil",
     "spectral_bounds",
 ]
 
@@ -222,7 +230,7 @@ def as_pencil(H, S=None, dtype=None):
     return H, S, cplx
 
 
-class _BlockProduct:
+class BlockProduct:
     """``Y = M @ X`` for a (n, m) block X, one pass over the stored matrix.
 
     Real matrices use torch's CSR kernel (MKL, int32 indices) when available; complex ones scipy.
@@ -267,12 +275,8 @@ def _cdot(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->j", A, B)
 
 
-def _cnorm(A: np.ndarray) -> np.ndarray:
-    return np.sqrt(_cdot(A, A))
-
-
 # ------------------------------------------------------------------------------- preconditioned CG
-class _Preconditioner:
+class Preconditioner:
     """Jacobi (1/diag S) or block-Jacobi (inverse of the diagonal blocks of S)."""
 
     def __init__(self, S: sp.csr_matrix, kind: str = "auto", blocks=None, backend: str = "auto"):
@@ -318,7 +322,7 @@ class _Preconditioner:
                                     f"{a}:{e} is not") from None
             Li = np.linalg.inv(L)
             invs.append(Li.conj().T @ Li)
-        self.op = _BlockProduct(sp.block_diag(invs, format="csr").astype(S.dtype), backend)
+        self.op = BlockProduct(sp.block_diag(invs, format="csr").astype(S.dtype), backend)
 
     def __call__(self, R: np.ndarray) -> np.ndarray:
         """An approximation of S^-1 R (may return R itself: callers must not modify the result)."""
@@ -332,13 +336,14 @@ class _Preconditioner:
 
 
 def block_cg(matvec, B: np.ndarray, precond=None, tol: float = 1e-8, maxiter: int = 1000,
-             name: str = "S"):
+             name: str = "S", dot=_cdot):
     """Solve ``S X = B`` for a block of right-hand sides by preconditioned conjugate gradients.
 
     ``matvec(P)`` returns ``S @ P`` for a whole (n, m) block (one pass over S); ``precond(R)``
     approximates ``S^-1 R``. Each column has its own step lengths alpha, beta; converged columns are
     frozen. Stops when every column's relative residual ``|B - S X| / |B|`` (2-norm, recursively
-    updated) is below ``tol``. Returns ``(X, iterations)``.
+    updated) is below ``tol``. ``dot(A, B)``: the column-wise real part of ``A^dagger B`` (summed
+    over processes when the rows are distributed). Returns ``(X, iterations)``.
 
     Raises SpectrumError when S is found not positive definite (``p^dagger S p <= 0``) or the
     iteration does not converge in ``maxiter`` steps."""
@@ -347,19 +352,19 @@ def block_cg(matvec, B: np.ndarray, precond=None, tol: float = 1e-8, maxiter: in
     if squeeze:
         B = B[:, None]
     X = np.zeros_like(B)
-    bn = _cnorm(B)
+    bn = np.sqrt(dot(B, B))
     bn[bn == 0] = 1.0
     R = B.copy()
-    active = _cnorm(R) / bn >= tol
+    active = np.sqrt(dot(R, R)) / bn >= tol
     if not active.any():
         return (X[:, 0] if squeeze else X), 0
     Z = precond(R) if precond is not None else R
-    rz = _cdot(R, Z)
+    rz = dot(R, Z)
     P = Z.copy()
     rel = None
     for it in range(1, maxiter + 1):
         Q = matvec(P)
-        pq = _cdot(P, Q)
+        pq = dot(P, Q)
         if (pq[active] <= 0).any() or (rz[active] <= 0).any():
             raise SpectrumError(f"{name} is not positive definite (conjugate gradient found a direction "
                                 f"with p^dagger {name} p <= 0); check the overlap matrix")
@@ -369,8 +374,8 @@ def block_cg(matvec, B: np.ndarray, precond=None, tol: float = 1e-8, maxiter: in
         Q *= alpha
         R -= Q
         Z = precond(R) if precond is not None else R
-        rz_new = _cdot(R, Z)
-        rel = (np.sqrt(np.maximum(rz_new, 0.0)) if Z is R else _cnorm(R)) / bn
+        rz_new = dot(R, Z)
+        rel = (np.sqrt(np.maximum(rz_new, 0.0)) if Z is R else np.sqrt(dot(R, R))) / bn
         active = rel >= tol
         if not active.any():
             return (X[:, 0] if squeeze else X), it
@@ -384,22 +389,44 @@ def block_cg(matvec, B: np.ndarray, precond=None, tol: float = 1e-8, maxiter: in
                         f"{name} is ill-conditioned or not positive definite; raise max_cg_iter or solve_tol")
 
 
-class _Pencil:
-    """``y = S^-1 H x`` for blocks; counts CG iterations."""
+class Pencil:
+    """``y = S^-1 H x`` for blocks of vectors; counts CG iterations.
 
-    def __init__(self, H, S, preconditioner="auto", blocks=None, backend="auto", solve_tol=1e-8,
-                 max_cg_iter=1000):
-        self.Hop = _BlockProduct(H, backend)
-        self.Sop = _BlockProduct(S, backend) if S is not None else None
-        self.prec = _Preconditioner(S, preconditioner, blocks, backend) if S is not None else None
+    ``Hop``, ``Sop``: the products ``M @ X`` of H and S with (rows, m) blocks (:class:`BlockProduct`,
+    or a matrix distributed over processes, :class:`eqtb.tb.dmatrix.DistributedMatrix`, whose
+    blocks are the rows this process holds); ``prec``: a :class:`Preconditioner` of S (None: S is
+    None). The reductions of the algorithms (:meth:`dot`) and the rows a process holds of a global
+    block (:meth:`rows`) are methods, so that a distributed pencil overrides them and KPM, the CG
+    solves and the Lanczos bounds run unchanged on it. ``n``: the global matrix size."""
+
+    def __init__(self, Hop, Sop=None, prec=None, solve_tol: float = 1e-8, max_cg_iter: int = 1000):
+        self.Hop, self.Sop, self.prec = Hop, Sop, prec
+        self.n = int(Hop.shape[0])
+        self.cplx = np.dtype(Hop.work).kind == "c" or (Sop is not None and np.dtype(Sop.work).kind == "c")
         self.solve_tol = solve_tol
         self.max_cg_iter = max_cg_iter
         self.cg_iterations: list[int] = []
 
+    @classmethod
+    def from_matrices(cls, H, S, preconditioner="auto", blocks=None, backend="auto", solve_tol=1e-8,
+                      max_cg_iter=1000) -> "Pencil":
+        """The pencil of scipy CSR matrices H and S (S None: orthogonal), as :func:`as_pencil` returns them."""
+        prec = Preconditioner(S, preconditioner, blocks, backend) if S is not None else None
+        return cls(BlockProduct(H, backend), BlockProduct(S, backend) if S is not None else None, prec,
+                   solve_tol, max_cg_iter)
+
+    def dot(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+        """Column-wise real part of ``A^dagger B``, (m,)."""
+        return _cdot(A, B)
+
+    def rows(self, X: np.ndarray) -> np.ndarray:
+        """The rows of a global (n, m) block that this pencil's blocks hold (all of them here)."""
+        return X
+
     def solve(self, Y, tol=None):
         if self.Sop is None:
             return Y
-        X, it = block_cg(self.Sop.__matmul__, Y, self.prec, tol or self.solve_tol, self.max_cg_iter)
+        X, it = block_cg(self.Sop.__matmul__, Y, self.prec, tol or self.solve_tol, self.max_cg_iter, dot=self.dot)
         self.cg_iterations.append(it)
         return X
 
@@ -420,16 +447,16 @@ def spectral_bounds(H, S=None, steps: int = 40, margin: float = 0.01, seed: int 
     that distance) and then by ``margin`` times the width."""
     if _pencil is None:
         H, S, _ = as_pencil(H, S)
-        _pencil = _Pencil(H, S, solve_tol=solve_tol)
+        _pencil = Pencil.from_matrices(H, S, solve_tol=solve_tol)
     pen = _pencil
-    n = pen.Hop.shape[0]
-    cplx = pen.Hop.work == np.complex128
+    n = pen.n
     rng = np.random.default_rng(seed + 7919)
     v = rng.standard_normal((n, 1))
-    if cplx:
+    if pen.cplx:
         v = v + 1j * rng.standard_normal((n, 1))
+    v = pen.rows(v)
     Sv = pen.Sop @ v if pen.Sop is not None else v.copy()
-    nrm = math.sqrt(_cdot(v, Sv)[0])
+    nrm = math.sqrt(pen.dot(v, Sv)[0])
     q, Sq = v / nrm, Sv / nrm
     q_old = np.zeros_like(q)
     Sq_old = np.zeros_like(q)
@@ -438,11 +465,11 @@ def spectral_bounds(H, S=None, steps: int = 40, margin: float = 0.01, seed: int 
     m = min(steps, n)
     for j in range(m):
         x, y = pen.apply(q, tol=max(solve_tol, 1e-6))  # Ritz values need far less than the moments
-        alpha = _cdot(q, y)[0]
+        alpha = pen.dot(q, y)[0]
         r = x - alpha * q - beta * q_old
         Sr = y - alpha * Sq - beta * Sq_old
         alphas.append(alpha)
-        beta = math.sqrt(max(_cdot(r, Sr)[0], 0.0))
+        beta = math.sqrt(max(pen.dot(r, Sr)[0], 0.0))
         betas.append(beta)
         if beta <= 1e-12 * max(abs(a) for a in alphas) or j == m - 1:
             break
@@ -845,6 +872,19 @@ def kpm_dos(H, S=None, energies=None, n_moments: int = 256, n_random: int = 8,
     -------
     :class:`KPMResult`. Raises SpectrumError for bad input, an S that is not positive definite, or
     ``bounds`` that do not contain the spectrum (the Chebyshev recursion diverges)."""
+    check_kpm_options(n_moments, n_random, kernel, solve_tol)
+    t0 = time.perf_counter()
+    if isinstance(dtype, str) and dtype == "auto":
+        nnz = H.nnz if sp.issparse(H) else np.count_nonzero(H)
+        dtype = "float32" if nnz > FLOAT32_MIN_NNZ else None
+    H, S, _ = as_pencil(H, S, dtype)
+    pen = Pencil.from_matrices(H, S, preconditioner, blocks, backend, solve_tol, max_cg_iter)
+    return kpm_pencil(pen, energies, n_moments, n_random, kernel, bounds, seed, spin_degeneracy, progress,
+                      random_vectors, lanczos_steps, margin, dtype=str(H.dtype), t_start=t0)
+
+
+def check_kpm_options(n_moments, n_random, kernel, solve_tol) -> None:
+    """SpectrumError for options :func:`kpm_dos` cannot use."""
     if int(n_moments) < 2:
         raise SpectrumError(f"n_moments must be >= 2, got {n_moments}")
     if int(n_random) < 1:
@@ -852,17 +892,23 @@ def kpm_dos(H, S=None, energies=None, n_moments: int = 256, n_random: int = 8,
     kernel_coefficients(2, kernel)  # validates the name
     if not solve_tol > 0:
         raise SpectrumError(f"solve_tol must be > 0, got {solve_tol}")
+
+
+def kpm_pencil(pen: Pencil, energies=None, n_moments: int = 256, n_random: int = 8, kernel: str = "jackson",
+               bounds=None, seed: int = 0, spin_degeneracy: int = 2, progress: bool = False,
+               random_vectors: str = "auto", lanczos_steps: int = 40, margin: float = 0.01,
+               dtype: str = "float64", t_start: float | None = None) -> KPMResult:
+    """The KPM DOS of a :class:`Pencil` (:func:`kpm_dos` after its input checks; a pencil distributed
+    over processes gives every process the same result, its reductions summed over them). The random
+    vectors are the rows :meth:`Pencil.rows` holds of the global block of ``seed``, so the moments do
+    not depend on how the rows are distributed. ``dtype``: the storage precision, for the result;
+    ``t_start``: when the set-up began (``time.perf_counter``), for the timings."""
     M, R = int(n_moments), int(n_random)
-    t0 = time.perf_counter()
-    if isinstance(dtype, str) and dtype == "auto":
-        nnz = H.nnz if sp.issparse(H) else np.count_nonzero(H)
-        dtype = "float32" if nnz > FLOAT32_MIN_NNZ else None
-    H, S, cplx = as_pencil(H, S, dtype)
-    n = H.shape[0]
-    pen = _Pencil(H, S, preconditioner, blocks, backend, solve_tol, max_cg_iter)
+    t0 = time.perf_counter() if t_start is None else t_start
+    n = pen.n
     t1 = time.perf_counter()
     if bounds is None:
-        bounds = spectral_bounds(None, None, lanczos_steps, margin, seed, solve_tol, _pencil=pen)
+        bounds = spectral_bounds(None, None, lanczos_steps, margin, seed, pen.solve_tol, _pencil=pen)
     else:
         bounds = (float(bounds[0]), float(bounds[1]))
         if not (np.isfinite(bounds).all() and bounds[1] > bounds[0]):
@@ -873,9 +919,9 @@ def kpm_dos(H, S=None, energies=None, n_moments: int = 256, n_random: int = 8,
     lo, hi = bounds
     a, b = 0.5 * (hi - lo), 0.5 * (hi + lo)
 
-    r = _random_block(n, R, random_vectors, cplx, seed)
+    r = pen.rows(_random_block(n, R, random_vectors, pen.cplx, seed))
     mv = np.full((R, M), np.nan)
-    mv[:, 0] = _cdot(r, r) / n
+    mv[:, 0] = pen.dot(r, r) / n
 
     def step(u):
         x, _ = pen.apply(u)
@@ -898,7 +944,7 @@ def kpm_dos(H, S=None, energies=None, n_moments: int = 256, n_random: int = 8,
             un *= 2.0
             un -= u_prev
             u_prev, u = u, un
-        mv[:, m] = _cdot(r, u) / n
+        mv[:, m] = pen.dot(r, u) / n
         growth = max(growth, float(np.abs(mv[:, m]).max()))
         if not np.isfinite(mv[:, m]).all() or growth > 1e3:
             break
@@ -914,6 +960,6 @@ def kpm_dos(H, S=None, energies=None, n_moments: int = 256, n_random: int = 8,
           "total": int(sum(its)), "lanczos_total": int(n_lanczos_cg)}
     timings = {"setup": t1 - t0, "bounds": t2 - t1, "moments": t3 - t2}
     res = KPMResult.from_moments(mv, bounds, n, energies, kernel, spin_degeneracy,
-                                 cg_iterations=cg, timings=timings, dtype=str(H.dtype))
+                                 cg_iterations=cg, timings=timings, dtype=dtype)
     res.timings["total"] = time.perf_counter() - t0
     return res
