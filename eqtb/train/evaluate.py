@@ -18,7 +18,6 @@ meV, energies and windows in eV.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 from eqtb.basis import Basis
-from eqtb.data.folder import DATA_SUFFIXES, DatasetError, TrajectoryFolder
+from eqtb.data.folder import DATA_SUFFIXES, DatasetError, TrajectoryFolder, data_folders, read_fermi_level
 from eqtb.metrics import BlockErrors, band_errors
 from eqtb.models.assembly import to_operators
 from eqtb.quantities import DATA_FLAGS
@@ -55,30 +54,6 @@ def basis_mismatch(data: Basis, model: Basis) -> str | None:
             return (f"{e.symbol} has the basis {e.string!r} here but {model[e.symbol].string!r} in the model "
                     f"(model basis {model.spec})")
     return None
-
-
-def _fermi_of_folder(path: Path) -> float | None:
-    """``fermi_level.json`` of a folder (written by ``eqtb parse``), or None when absent."""
-    f = path / "fermi_level.json"
-    if not f.is_file():
-        return None
-    try:
-        value = json.loads(f.read_text())["fermi_level"]
-        if value is None:
-            return None
-        value = float(value)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(f"{f}: expected {{\"fermi_level\": <eV>}} ({type(exc).__name__}: {exc})") from None
-    if not np.isfinite(value):
-        raise DatasetError(f"{f}: fermi_level is not finite")
-    return value
-
-
-def data_folders(root: str | Path) -> list[Path]:
-    """The sub-folders of ``root`` that hold data files, sorted by name."""
-    root = Path(root)
-    return sorted(p for p in root.iterdir()
-                  if p.is_dir() and any(f.is_file() and f.name.endswith(DATA_SUFFIXES) for f in p.iterdir()))
 
 
 def load_test_samples(folders: Sequence[str | Path], basis: Basis, r_max, quantities: Sequence[str],
@@ -120,7 +95,7 @@ def load_test_samples(folders: Sequence[str | Path], basis: Basis, r_max, quanti
             if eigs is None:
                 raise DatasetError(f"{path}: no eigenvalues.npy (needed for band errors)")
             kpts = tf.kpoints()
-        fermi = _fermi_of_folder(path)
+        fermi = read_fermi_level(path)
         for k in range(tf.nframes):
             st = tf.structure(k)
             ops = {q: tf.operator(q, k, structure=st) for q in wanted}
