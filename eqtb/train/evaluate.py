@@ -299,6 +299,20 @@ def _band_table(b: dict) -> str:
     else:
         lines.append(f"window: reference energies within E_F +- {b['window']:g} eV "
                      f"({b['frames_with_fermi']} frame(s) with a Fermi level)")
+    floor = b.get("floor")
+    if floor is not None:
+        lines.append(f"cutoff floor: the dataset's exact blocks on the model's bonds (r_max {floor['r_max']}), the "
+                     f"least error of any model at this cutoff:")
+        for align in BAND_ALIGNS:
+            r = floor["align"][align]
+            if r is None:
+                lines.append(f"{'floor ' + align:<22}{'-':>15}{'-':>16}{'-':>15}")
+                continue
+            w = r.get("window")
+            win = f"{w['mae']:>15.4f}" if w and w["mae"] is not None else f"{'-':>15}"
+            lines.append(f"{'floor ' + align:<22}{r['mae']:>15.4f}{r['max_abs']:>16.4f}{win}")
+        for f in floor["failed"]:
+            lines.append(f"floor failed: {f['frame']}: {f['error']}")
     for f in b["failed"]:
         lines.append(f"failed: {f['frame']}: {f['error']}")
     return "\n".join(lines)
@@ -334,7 +348,11 @@ def evaluate(model, samples: Sequence[Sample], progress: bool | None = False, ba
     ``overlap`` (``"model"``, ``"dataset"``, ``"identity"``), ``window``, ``frames_with_fermi``,
     ``failed`` and ``align`` -> {``"none"``, ``"mean"``} -> ``{"mae", "max_abs", "count",
     "per_band_mae", "shift_mean", "window": {"mae", "max_abs", "count"}}`` (meV; None when no frame
-    was compared). ``progress``: a tqdm bar (None: only on a terminal)."""
+    was compared), and ``floor``: the cutoff floor, ``{"r_max", "failed", "align"}`` with ``align`` as
+    above for the bands of the samples' exact target blocks (the model's quantity, and the dataset's
+    overlap when loaded, else S = 1) on the model's bonds: the dataset's blocks truncated at the
+    model's cutoff, the least band error any model with this cutoff can reach (the bonds beyond it
+    are not predicted). ``progress``: a tqdm bar (None: only on a terminal)."""
     from tqdm import tqdm
 
     if fermi_levels is not None and len(fermi_levels) != len(samples):
@@ -344,7 +362,8 @@ def evaluate(model, samples: Sequence[Sample], progress: bool | None = False, ba
     device, dtype = _model_device_dtype(model)
     errors = BlockErrors(basis)
     acc = {a: _BandAccumulator() for a in BAND_ALIGNS}
-    failed, compared, with_fermi, nbands, s_from = [], 0, 0, None, set()
+    floor_acc = {a: _BandAccumulator() for a in BAND_ALIGNS}
+    failed, floor_failed, compared, with_fermi, nbands, s_from = [], [], 0, 0, None, set()
     if hasattr(model, "eval"):
         model.eval()
     with torch.no_grad():
@@ -390,6 +409,17 @@ def evaluate(model, samples: Sequence[Sample], progress: bool | None = False, ba
                                        fermi if use_window else None, align=a))
             compared += 1
             s_from.add(src)
+            if model.quantity in s.targets:  # the cutoff floor: the exact blocks of the model's bonds
+                exact = to_operators(s.structure, basis, inputs.i, inputs.j, inputs.R,
+                                     {q: s.targets[q] for q in (model.quantity, "overlap") if q in s.targets})
+                try:
+                    floor_eigs = band_energies(exact[model.quantity], exact.get("overlap"), s.kpoints)
+                except SpectrumError as exc:
+                    floor_failed.append({"frame": s.name, "error": str(exc)})
+                    continue
+                for a in BAND_ALIGNS:
+                    floor_acc[a].add(band_errors(floor_eigs[:, :nb], ref[:, :nb], window if use_window else None,
+                                                 fermi if use_window else None, align=a))
     out = {"frames": len(samples), "blocks": errors.result()}
     table = errors.table()
     if bands:
@@ -397,7 +427,9 @@ def evaluate(model, samples: Sequence[Sample], progress: bool | None = False, ba
         out["bands"] = {"unit": "meV", "frames": compared, "nbands": nbands,
                         "overlap": "/".join(sorted(s_from)) or None, "window": win,
                         "frames_with_fermi": with_fermi, "failed": failed,
-                        "align": {a: acc[a].result(win) for a in BAND_ALIGNS}}
+                        "align": {a: acc[a].result(win) for a in BAND_ALIGNS},
+                        "floor": {"r_max": getattr(model, "r_max", None), "failed": floor_failed,
+                                  "align": {a: floor_acc[a].result(win) for a in BAND_ALIGNS}}}
         table += "\n\n" + _band_table(out["bands"])
     out["table"] = table
     return out
