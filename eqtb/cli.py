@@ -1409,7 +1409,9 @@ def _add_test(sub) -> None:
                     "the eigenvalues of the predicted H and S at the dataset's k-points with its "
                     "eigenvalues.npy (lowest min(nb, norb) bands; no shift and mean shift removed), and "
                     "within E_F +- --window eV when a Fermi level is known (fermi_level.json of the folder, "
-                    "else --nel-atom). Prints the table and writes OUT/test_results.json.")
+                    "else --nel-atom), with the cutoff floor beside them: the same errors for the dataset's exact "
+                    "blocks on the model's bonds, the least any model at its r_max reaches (eqtb cutoff: "
+                    "other r_max). Prints the table and writes OUT/test_results.json.")
     p.add_argument("input", metavar="INPUT", help="test/train config JSON, trajectory folder or dataset root")
     p.add_argument("-i", "--init-model", "--model", dest="model", required=True, metavar="MODEL",
                    help="model checkpoint written by eqtb train (e.g. checkpoint/slem.latest.pth)")

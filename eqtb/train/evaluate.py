@@ -6,7 +6,9 @@ and accumulates exact block errors with :class:`eqtb.metrics.BlockErrors` for th
 blocks of the bonds of the model's graph (the canonical half, each bond once; dataset bonds beyond
 the model's cutoff are not predicted and not counted). With ``bands=True`` it also compares the
 eigenvalues of the predicted operators at the dataset's k-points with the dataset's eigenvalues
-(:func:`eqtb.metrics.band_errors`, with no shift and with the mean shift removed).
+(:func:`eqtb.metrics.band_errors`, with no shift and with the mean shift removed), and the same
+errors for the bands of the samples' exact target blocks on the model's graph: the cutoff floor at
+the model's r_max (:mod:`eqtb.tb.cutoff` measures it at other cutoffs before training).
 
 :func:`load_test_samples` reads trajectory folders as samples for a model: the model defines the
 basis and the cutoff, and a folder whose ``basis.dat`` disagrees with the model's basis is an
