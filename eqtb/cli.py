@@ -1466,8 +1466,6 @@ def run_test(args) -> int:
 # ---------------------------------------------------------------------------------- cutoff
 @subcommand
 def _add_cutoff(sub) -> None:
-    from eqtb.tb.cutoff import DEFAULT_FRAMES, DEFAULT_RMAX, DEFAULT_TARGET_MEV, DEFAULT_WINDOW
-
     p = sub.add_parser(
         "cutoff", help="cutoff floor of a dataset: band error of the exact blocks truncated at r_max; recommends r_max",
         description="Before training: the band error that a cutoff alone costs. For a few frames of INPUT the "
@@ -1482,14 +1480,14 @@ def _add_cutoff(sub) -> None:
                     "training config (data_options.train; its model's r_max joins the candidates). Writes "
                     "OUT/cutoff_floor.json and OUT/cutoff_floor.png.")
     p.add_argument("input", metavar="INPUT", help="trajectory folder, dataset root or training config JSON")
-    p.add_argument("--rmax", type=float, nargs="+", default=list(DEFAULT_RMAX), metavar="A",
-                   help=f"candidate cutoffs in Angstrom (default {' '.join(f'{r:g}' for r in DEFAULT_RMAX)})")
-    p.add_argument("--target-meV", dest="target", type=float, default=DEFAULT_TARGET_MEV, metavar="MEV",
-                   help=f"target band MAE in meV (default {DEFAULT_TARGET_MEV:g})")
-    p.add_argument("--window", type=float, default=DEFAULT_WINDOW, metavar="EV",
-                   help=f"errors within E_F +- EV (default {DEFAULT_WINDOW:g})")
-    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES, metavar="N",
-                   help=f"frames measured, spread evenly over the dataset (default {DEFAULT_FRAMES})")
+    # defaults (None here, so that --help imports no eqtb.config): eqtb.config.CUTOFF_*
+    p.add_argument("--rmax", type=float, nargs="+", default=None, metavar="A",
+                   help="candidate cutoffs in Angstrom (default 5 6 7 8 10 12)")
+    p.add_argument("--target-meV", dest="target", type=float, default=None, metavar="MEV",
+                   help="target band MAE in meV (default 20)")
+    p.add_argument("--window", type=float, default=None, metavar="EV", help="errors within E_F +- EV (default 5)")
+    p.add_argument("--frames", type=int, default=None, metavar="N",
+                   help="frames measured, spread evenly over the dataset (default 3)")
     p.add_argument("-p", "--prefix", default=None, help="with a dataset root: only the folders <prefix>.*")
     p.add_argument("--nel-atom", default=None, metavar="JSON",
                    help="valence electrons per element, e.g. '{\"Si\": 4}', for the Fermi level")
@@ -1549,9 +1547,14 @@ def _cutoff_input(path: Path, prefix: str | None):
 
 
 def run_cutoff(args) -> int:
+    from eqtb.config import CUTOFF_FRAMES, CUTOFF_RMAX, CUTOFF_TARGET_MEV, CUTOFF_WINDOW
     from eqtb.plotting import plot_cutoff_floor
     from eqtb.tb.cutoff import dataset_floor, floor_table
 
+    args.rmax = list(CUTOFF_RMAX) if args.rmax is None else args.rmax
+    args.target = CUTOFF_TARGET_MEV if args.target is None else args.target
+    args.window = CUTOFF_WINDOW if args.window is None else args.window
+    args.frames = CUTOFF_FRAMES if args.frames is None else args.frames
     if args.window <= 0:
         raise CLIError(f"--window must be positive, got {args.window}")
     if args.target <= 0:

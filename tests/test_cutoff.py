@@ -162,6 +162,17 @@ def test_cutoff_command_config(folder, data_dir, tmp_path, capsys):
     assert not (tmp_path / "b" / "cutoff_floor.json").exists()
 
 
+def test_cutoff_help_states_the_defaults(capsys):
+    from eqtb.config import CUTOFF_FRAMES, CUTOFF_RMAX, CUTOFF_TARGET_MEV, CUTOFF_WINDOW
+
+    with pytest.raises(SystemExit):
+        main(["cutoff", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default {' '.join(f'{r:g}' for r in CUTOFF_RMAX)})" in text
+    for opt, value in (("meV", CUTOFF_TARGET_MEV), ("E_F +- EV", CUTOFF_WINDOW), ("dataset", CUTOFF_FRAMES)):
+        assert f"{opt} (default {value:g})" in text
+
+
 def test_cutoff_command_errors(folder, tmp_path, capsys):
     rc = main(["cutoff", str(tmp_path / "nowhere"), "-o", str(tmp_path)])
     err = capsys.readouterr().err

@@ -40,6 +40,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from eqtb.config import CUTOFF_FRAMES, CUTOFF_TARGET_MEV, CUTOFF_WINDOW
 from eqtb.data.folder import DatasetError, TrajectoryFolder, read_fermi_level
 from eqtb.metrics import band_errors
 from eqtb.operator import Operator
@@ -48,17 +49,8 @@ from eqtb.tb.kpath import mesh_for_spacing, monkhorst_pack
 from eqtb.tb.spectrum import (SpectrumError, band_energies, centre_in_gap, default_chunk, fermi_level,
                               iter_eigh, progress_reporter, resolve_fermi_level)
 
-__all__ = ["CutoffError", "DEFAULT_RMAX", "DEFAULT_TARGET_MEV", "DEFAULT_WINDOW", "cutoff_floor", "dataset_floor",
-           "floor_table", "rmax_label", "summarize"]
+__all__ = ["CutoffError", "cutoff_floor", "dataset_floor", "floor_table", "rmax_label", "summarize"]
 
-#: candidate cutoffs (Angstrom) of ``eqtb cutoff`` when none are given
-DEFAULT_RMAX = (5.0, 6.0, 7.0, 8.0, 10.0, 12.0)
-#: target band MAE (meV) within the window
-DEFAULT_TARGET_MEV = 20.0
-#: half width (eV) of the energy window around the Fermi level
-DEFAULT_WINDOW = 5.0
-#: frames of a dataset measured by :func:`dataset_floor` when not told
-DEFAULT_FRAMES = 3
 #: k-spacing (1/Angstrom, with 2 pi) of the mesh used when a frame has no k-points
 MESH_SPACING = 0.25
 
@@ -92,7 +84,7 @@ def _min_overlap_eigenvalue(S: Operator, kpts: np.ndarray) -> float:
 
 def cutoff_floor(H: Operator, S: Operator | None, r_maxes: Sequence, kpts=None, *, e_fermi: float | None = None,
                  nel_atom: Mapping[str, float] | None = None, data_fermi: float | None = None,
-                 window: float | None = DEFAULT_WINDOW, reference_eigenvalues=None, name: str = "",
+                 window: float | None = CUTOFF_WINDOW, reference_eigenvalues=None, name: str = "",
                  progress=None) -> dict:
     """The cutoff floor of one frame at each cutoff of ``r_maxes`` (module docstring).
 
@@ -201,7 +193,7 @@ def _combine(parts: list[dict | None]) -> dict | None:
             "max_abs": max(p["max_abs"] for p in parts if p["count"]), "count": n}
 
 
-def summarize(frames: list[dict], target_meV: float = DEFAULT_TARGET_MEV) -> dict:
+def summarize(frames: list[dict], target_meV: float = CUTOFF_TARGET_MEV) -> dict:
     """Combine the :func:`cutoff_floor` results of frames (same cutoffs, same order).
 
     Returns ``{"frames", "target_meV", "window", "measure", "rows", "recommended",
@@ -291,9 +283,9 @@ def floor_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def dataset_floor(folders: Sequence, r_maxes: Sequence, n_frames: int = DEFAULT_FRAMES, basis=None, *,
+def dataset_floor(folders: Sequence, r_maxes: Sequence, n_frames: int = CUTOFF_FRAMES, basis=None, *,
                   e_fermi: float | None = None, nel_atom: Mapping[str, float] | None = None,
-                  window: float | None = DEFAULT_WINDOW, target_meV: float = DEFAULT_TARGET_MEV,
+                  window: float | None = CUTOFF_WINDOW, target_meV: float = CUTOFF_TARGET_MEV,
                   progress: bool | None = False) -> dict:
     """The cutoff floor of a dataset: :func:`cutoff_floor` on ``n_frames`` frames spread evenly over
     all frames of the trajectory ``folders`` (first and last included), combined by :func:`summarize`.
