@@ -16,7 +16,7 @@ each with its own ``norb`` orbitals (compact layout, no padding).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Mapping
 
@@ -148,12 +148,11 @@ class Operator:
         when its length is below the pair cutoff of ``r_max`` (Angstrom; a number, or a per-element /
         per-bond dict as :func:`eqtb.structure.pair_cutoffs` reads it) -- the bonds of
         :func:`eqtb.structure.build_graph` at ``r_max``, the ones a model with that cutoff predicts.
-        Onsite blocks are always kept. Arrays of kept bonds are copies."""
+        Onsite blocks (and every other field) are kept. Arrays of kept bonds are copies."""
         cut = pair_cutoffs(r_max, self.basis.symbols)
         types = self.basis.types_of(self.structure.numbers)
         keep = self.bond_lengths < cut[types[self.i], types[self.j]]
-        return Operator(self.structure, self.basis, self.onsite, self.i[keep], self.j[keep], self.R[keep],
-                        self.offsite[keep])
+        return replace(self, i=self.i[keep], j=self.j[keep], R=self.R[keep], offsite=self.offsite[keep])
 
     # ------------------------------------------------------------------ layout
     @property
