@@ -1481,7 +1481,9 @@ def _add_test(sub) -> None:
                     "the eigenvalues of the predicted H and S at the dataset's k-points with its "
                     "eigenvalues.npy (lowest min(nb, norb) bands; no shift and mean shift removed), and "
                     "within E_F +- --window eV when a Fermi level is known (fermi_level.json of the folder, "
-                    "else --nel-atom). Prints the table and writes OUT/test_results.json.")
+                    "else --nel-atom), with the cutoff floor beside them: the same errors for the dataset's exact "
+                    "blocks on the model's bonds, the least any model at its r_max reaches (eqtb cutoff: "
+                    "other r_max). Prints the table and writes OUT/test_results.json.")
     p.add_argument("input", metavar="INPUT", help="test/train config JSON, trajectory folder or dataset root")
     p.add_argument("-i", "--init-model", "--model", dest="model", required=True, metavar="MODEL",
                    help="model checkpoint written by eqtb train (e.g. checkpoint/slem.latest.pth)")
@@ -1530,6 +1532,138 @@ def run_test(args) -> int:
     if not args.quiet:
         print(res["table"])
         print(f"\n{res['frames']} frame(s) from {args.input}; wrote {out / 'test_results.json'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- cutoff
+@subcommand
+def _add_cutoff(sub) -> None:
+    p = sub.add_parser(
+        "cutoff", help="cutoff floor of a dataset: band error of the exact blocks truncated at r_max; recommends r_max",
+        description="Before training: the band error that a cutoff alone costs. For a few frames of INPUT the "
+                    "exact H and S blocks are truncated at each candidate r_max (bonds at or beyond it dropped, "
+                    "as a model with that cutoff sees them) and their bands at the frame's k-points "
+                    "(kpoints.npy, else a k-mesh) are compared with those of all the blocks, within E_F +- "
+                    "--window eV (E_F: --e-fermi, else from --nel-atom, else fermi_level.json; none: all bands). "
+                    "Prints per r_max the band MAE and max error, bonds and neighbours per atom (a model's cost "
+                    "per epoch grows about as the bonds), whether the truncated S stays positive definite, and "
+                    "recommends the cheapest r_max whose floor (and every larger one's) meets --target-meV. "
+                    "INPUT: a trajectory folder, a dataset root (all its folders, or --prefix), or a DeePTB "
+                    "training config (data_options.train; its model's r_max joins the candidates). Writes "
+                    "OUT/cutoff_floor.json and OUT/cutoff_floor.png.")
+    p.add_argument("input", metavar="INPUT", help="trajectory folder, dataset root or training config JSON")
+    # defaults (None here, so that --help imports no eqtb.config): eqtb.config.CUTOFF_*
+    p.add_argument("--rmax", type=float, nargs="+", default=None, metavar="A",
+                   help="candidate cutoffs in Angstrom (default 5 6 7 8 10 12)")
+    p.add_argument("--target-meV", dest="target", type=float, default=None, metavar="MEV",
+                   help="target band MAE in meV (default 20)")
+    p.add_argument("--window", type=float, default=None, metavar="EV", help="errors within E_F +- EV (default 5)")
+    p.add_argument("--frames", type=int, default=None, metavar="N",
+                   help="frames measured, spread evenly over the dataset (default 3)")
+    p.add_argument("-p", "--prefix", default=None, help="with a dataset root: only the folders <prefix>.*")
+    p.add_argument("--nel-atom", default=None, metavar="JSON",
+                   help="valence electrons per element, e.g. '{\"Si\": 4}', for the Fermi level")
+    p.add_argument("--e-fermi", type=float, default=None, metavar="EV", help="explicit Fermi level in eV")
+    p.add_argument("-o", "--output", default=".", metavar="OUT", help="output folder (default: current folder)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(run=run_cutoff)
+
+
+def _cutoff_input(path: Path, prefix: str | None):
+    """(trajectory folders, basis or None (each folder's basis.dat), the config model's r_max or
+    None) of an ``eqtb cutoff`` INPUT."""
+    from eqtb.data.folder import DATA_SUFFIXES, DatasetError, data_folders, find_folders
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such training config or dataset folder")
+    if path.is_dir():
+        if prefix is not None:
+            return find_folders(path, prefix), None, None
+        if any(f.is_file() and f.name.endswith(DATA_SUFFIXES) for f in path.iterdir()):
+            return [path], None, None
+        folders = data_folders(path)
+        if not folders:
+            raise DatasetError(f"{path}: no trajectory folder here (none holds .dat/.traj/.h5 files)")
+        return folders, None, None
+    if prefix is not None:
+        raise CLIError(f"{path}: --prefix applies to a dataset root, not to a configuration file")
+    from eqtb.config import ConfigError, basis_from_config, config_to_dict, load_config, resolve_root
+    from eqtb.data.folder import TrajectoryFolder
+    from eqtb.train.evaluate import basis_mismatch
+
+    cfg = load_config(path, kind="train")
+    ds = cfg.data_options.train
+    if ds.type != "DefaultDataset":
+        raise CLIError(f"{path}: data_options.train.type {ds.type!r}: eqtb cutoff reads dataset folders "
+                       f"(DefaultDataset); give the folders instead")
+    root = resolve_root(ds.root, cfg.path, "data_options.train.root")
+    folders = find_folders(root, ds.prefix, ds.separator) if ds.prefix else data_folders(root)
+    if not folders:
+        raise DatasetError(f"{root}: no trajectory folder here (data_options.train.root)")
+    basis = basis_from_config(cfg)
+    for f in folders:
+        own = TrajectoryFolder(f).basis
+        why = basis_mismatch(own, basis) if own is not None else None
+        if why:
+            raise CLIError(f"{f / 'basis.dat'}: the dataset's basis does not fit common_options.basis of {path}: {why}")
+    r_model = None
+    if cfg.model_options is not None:
+        from eqtb.models.base import ModelError, family_class  # importing eqtb.models registers the families
+
+        plain = config_to_dict(cfg)
+        try:
+            r_model = family_class(plain["model_options"]).cutoff_of(plain["model_options"])
+        except ModelError as exc:
+            raise ConfigError(str(path), "model_options", str(exc)) from None
+    return folders, basis, r_model
+
+
+def run_cutoff(args) -> int:
+    from eqtb.config import CUTOFF_FRAMES, CUTOFF_RMAX, CUTOFF_TARGET_MEV, CUTOFF_WINDOW
+    from eqtb.plotting import plot_cutoff_floor
+    from eqtb.tb.cutoff import dataset_floor, floor_table
+
+    args.rmax = list(CUTOFF_RMAX) if args.rmax is None else args.rmax
+    args.target = CUTOFF_TARGET_MEV if args.target is None else args.target
+    args.window = CUTOFF_WINDOW if args.window is None else args.window
+    args.frames = CUTOFF_FRAMES if args.frames is None else args.frames
+    if args.window <= 0:
+        raise CLIError(f"--window must be positive, got {args.window}")
+    if args.target <= 0:
+        raise CLIError(f"--target-meV must be positive, got {args.target}")
+    if any(not r > 0 for r in args.rmax):
+        raise CLIError(f"--rmax: cutoffs must be positive, got {args.rmax}")
+    nel = _json_arg(args.nel_atom, "--nel-atom")
+    folders, basis, r_model = _cutoff_input(Path(args.input), args.prefix)
+    candidates = sorted(set(args.rmax))
+    if r_model is not None and r_model not in candidates:
+        candidates.append(r_model)
+    res = dataset_floor(folders, candidates, args.frames, basis, e_fermi=args.e_fermi, nel_atom=nel,
+                        window=args.window, target_meV=args.target, progress=False if args.quiet else None)
+    for f in res["frames"]:
+        for w in f["warnings"]:
+            warn("cutoff", w)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = res["summary"]
+    report = {"input": str(args.input), "folders": [str(f) for f in folders], "r_max_candidates": candidates,
+              "config_r_max": r_model, **summary, "per_frame": res["frames"]}
+    _write_json(out / "cutoff_floor.json", report)
+    plot_cutoff_floor(summary, out / "cutoff_floor.png", title=f"cutoff floor of {Path(args.input).name}")
+    if not args.quiet:
+        print(floor_table(summary))
+        if r_model is not None:
+            row = next(r for r in summary["rows"] if r["r_max"] == r_model)
+            m = row[summary["measure"]]
+            print(f"the config's r_max {row['label']} A: floor {m['mae']:.2f} meV" if m and m["mae"] is not None
+                  else f"the config's r_max {row['label']} A: no floor ({'; '.join(row['errors']) or 'no bands'})")
+        for f in res["frames"]:
+            b = f.get("blocks_vs_eigenvalues")
+            if b:
+                w = b["window"] if b["window"] else b["all"]
+                print(f"{f['name']}: the untruncated blocks differ from eigenvalues.npy by {w['mae']:.2f} meV "
+                      f"(MAE; max {w['max_abs']:.2f}), a floor no cutoff removes")
+        print(f"wrote {out / 'cutoff_floor.json'} and {out / 'cutoff_floor.png'}")
     return 0
 
 

@@ -179,6 +179,13 @@ Irreps = Annotated[str, AfterValidator(_irreps)]
 Cutoff = PosFloat | dict[str, PosFloat]
 FloatOrList = float | list[float]
 
+#: defaults of the cutoff-floor report (``eqtb cutoff``, :mod:`eqtb.tb.cutoff`): candidate cutoffs
+#: (Angstrom), target band MAE (meV), half width of the energy window around E_F (eV), frames
+CUTOFF_RMAX = (5.0, 6.0, 7.0, 8.0, 10.0, 12.0)
+CUTOFF_TARGET_MEV = 20.0
+CUTOFF_WINDOW = 5.0
+CUTOFF_FRAMES = 3
+
 
 # ============================================================================== common_options
 class CommonOptions(_Options):

@@ -35,7 +35,7 @@ import scipy.sparse as sp
 
 from eqtb.basis import Basis
 from eqtb.bonds import BlockError, block_key, canonicalize, parse_block_keys, sort_order
-from eqtb.structure import Structure
+from eqtb.structure import Structure, pair_cutoffs
 
 
 #: above this many orbitals :meth:`Operator.dense` assembles one k-point at a time (see there)
@@ -158,6 +158,24 @@ class Operator:
         if self.soc is not None:
             raise BlockError(f"the operator has spin-orbit blocks, which {what} do not hold; write its "
                              f"spin-independent part with Operator.spin_independent()")
+
+    @cached_property
+    def bond_lengths(self) -> np.ndarray:
+        """(E,) lengths in Angstrom of the canonical-half bonds, ``|r_j + R.A - r_i|``."""
+        s = self.structure
+        R = np.asarray(self.R, dtype=np.float64).reshape(-1, 3)
+        return np.linalg.norm(s.positions[self.j] + R @ s.cell - s.positions[self.i], axis=1)
+
+    def truncated(self, r_max) -> "Operator":
+        """The operator without the bonds at or beyond the cutoff: a bond of elements A, B is kept
+        when its length is below the pair cutoff of ``r_max`` (Angstrom; a number, or a per-element /
+        per-bond dict as :func:`eqtb.structure.pair_cutoffs` reads it) -- the bonds of
+        :func:`eqtb.structure.build_graph` at ``r_max``, the ones a model with that cutoff predicts.
+        Onsite blocks (and every other field) are kept. Arrays of kept bonds are copies."""
+        cut = pair_cutoffs(r_max, self.basis.symbols)
+        types = self.basis.types_of(self.structure.numbers)
+        keep = self.bond_lengths < cut[types[self.i], types[self.j]]
+        return replace(self, i=self.i[keep], j=self.j[keep], R=self.R[keep], offsite=self.offsite[keep])
 
     # ------------------------------------------------------------------ layout
     @property

@@ -267,3 +267,54 @@ def plot_trajectory(frames, summary: Mapping, path: str | Path = "trajectory.png
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def plot_cutoff_floor(summary: Mapping, path: str | Path = "cutoff_floor.png", title: str | None = None,
+                      dpi: int = 150) -> Path:
+    """Write the cutoff-floor PNG of :func:`eqtb.tb.cutoff.summarize` and return its path: band MAE
+    and max |error| (meV, symmetric-log axis: zero is drawn) of the exact blocks truncated at each
+    candidate against its largest pair cutoff (Angstrom), the target as a dashed line, the
+    recommended cutoff circled, and the bonds per atom (the cost) on a second axis. Cutoffs whose
+    truncated overlap is not positive definite are marked with a cross at the top."""
+    plt = _pyplot()
+    rows = sorted(summary["rows"], key=lambda r: r["max_pair_cutoff"])
+    measure = summary["measure"]
+    x = np.array([r["max_pair_cutoff"] for r in rows])
+
+    def col(key):
+        return np.array([np.nan if r[measure] is None or r[measure][key] is None else r[measure][key] for r in rows])
+
+    mae, mx = col("mae"), col("max_abs")
+    fig, ax = plt.subplots(figsize=(7.0, 4.6))
+    what = (f"within E$_F$ ± {summary['window']:g} eV" if summary["window"] is not None else "all bands")
+    ax.plot(x, mae, "o-", color=BAND_COLOR, lw=1.4, ms=5, label=f"band MAE ({what})")
+    ax.plot(x, mx, "s--", color=BAND_COLOR, lw=0.9, ms=4, alpha=0.55, label="max |error|")
+    ax.axhline(summary["target_meV"], color=REF_COLOR, ls=(0, (5, 4)), lw=1.0,
+               label=f"target {summary['target_meV']:g} meV")
+    finite = np.concatenate([mae[np.isfinite(mae)], mx[np.isfinite(mx)], [summary["target_meV"]]])
+    top = float(finite.max()) * 3
+    bad = [r["max_pair_cutoff"] for r in rows if r["s_positive_definite"] is False]
+    if bad:
+        ax.plot(bad, [top] * len(bad), "x", color="black", ms=8, label="S not positive definite")
+    rec = [r for r in rows if r["r_max"] == summary["recommended"]] if summary["recommended"] is not None else []
+    if rec:
+        r = rec[0]
+        ax.plot([r["max_pair_cutoff"]], [r[measure]["mae"]], "o", ms=13, mfc="none", mec=REF_COLOR, mew=1.6,
+                label=f"recommended r_max {r['label']} Å")
+    ax.set_yscale("symlog", linthresh=0.01)
+    ax.set_ylim(0, top * 1.5)
+    ax.set_xlabel("r_max (Å; largest pair cutoff)", fontsize=11)
+    ax.set_ylabel("band error of the truncated blocks (meV)", fontsize=11)
+    ax.grid(alpha=0.25)
+    ax2 = ax.twinx()
+    ax2.plot(x, [r["bonds_per_atom"] for r in rows], "^:", color="0.35", ms=4, lw=0.9, label="bonds per atom (cost)")
+    ax2.set_ylabel("bonds per atom", fontsize=11, color="0.35")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=8.5, framealpha=0.9, loc="upper right")
+    ax.set_title(title or f"cutoff floor ({len(summary['frames'])} frame(s))", fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

@@ -88,7 +88,7 @@ def _orbital_radii(ops: list[Operator]) -> dict[int, float]:
     for op in ops:
         if not len(op.i):
             continue
-        d = np.linalg.norm(s.positions[op.j] + op.R @ s.cell - s.positions[op.i], axis=1)
+        d = op.bond_lengths
         for atoms in (op.i, op.j):
             z = s.numbers[atoms]
             for zz in np.unique(z):

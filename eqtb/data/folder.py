@@ -60,7 +60,7 @@ from eqtb.operator import Operator
 
 __all__ = [
     "DatasetError", "DatasetWarning", "BandInfo", "Info", "read_info", "Frame", "TrajectoryFolder",
-    "find_folders", "read_dataset", "write_folder",
+    "find_folders", "data_folders", "read_fermi_level", "read_dataset", "write_folder",
 ]
 
 #: names of the block files, per quantity, in order of preference
@@ -638,6 +638,31 @@ def find_folders(root: str | Path, prefix: str, separator: str = ".") -> list[Pa
         if not any(f.is_file() and f.name.endswith(DATA_SUFFIXES) for f in p.iterdir()):
             raise DatasetError(f"{p}: no data file (*.dat, *.traj, *.h5 or *.mdb) in this folder")
     return found
+
+
+def data_folders(root: str | Path) -> list[Path]:
+    """The sub-folders of ``root`` that hold data files (.dat/.traj/.h5/.mdb), sorted by name."""
+    root = Path(root)
+    return sorted(p for p in root.iterdir()
+                  if p.is_dir() and any(f.is_file() and f.name.endswith(DATA_SUFFIXES) for f in p.iterdir()))
+
+
+def read_fermi_level(path: str | Path) -> float | None:
+    """The Fermi level (eV) in ``fermi_level.json`` of a trajectory folder (written by ``eqtb
+    parse``), or None when the file is absent or holds null."""
+    f = Path(path) / "fermi_level.json"
+    if not f.is_file():
+        return None
+    try:
+        value = json.loads(f.read_text())["fermi_level"]
+        if value is None:
+            return None
+        value = float(value)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{f}: expected {{\"fermi_level\": <eV>}} ({type(exc).__name__}: {exc})") from None
+    if not np.isfinite(value):
+        raise DatasetError(f"{f}: fermi_level is not finite")
+    return value
 
 
 def read_dataset(root: str | Path, prefix: str, separator: str = ".",

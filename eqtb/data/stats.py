@@ -182,9 +182,7 @@ def operator_stats(operators: Iterable, basis: Basis, r_max=None) -> OperatorSta
         blocks = op.offsite.real
         keep = np.ones(len(ti), dtype=bool)
         if cut is not None:
-            s = op.structure
-            d = np.linalg.norm(s.positions[op.j] + op.R @ s.cell - s.positions[op.i], axis=1)
-            keep = d < cut[ti, tj]
+            keep = op.bond_lengths < cut[ti, tj]
         swap = ti > tj
         blocks = np.where(swap[:, None, None], np.swapaxes(blocks, 1, 2), blocks)
         a, b = np.minimum(ti, tj), np.maximum(ti, tj)

@@ -6,7 +6,9 @@ and accumulates exact block errors with :class:`eqtb.metrics.BlockErrors` for th
 blocks of the bonds of the model's graph (the canonical half, each bond once; dataset bonds beyond
 the model's cutoff are not predicted and not counted). With ``bands=True`` it also compares the
 eigenvalues of the predicted operators at the dataset's k-points with the dataset's eigenvalues
-(:func:`eqtb.metrics.band_errors`, with no shift and with the mean shift removed).
+(:func:`eqtb.metrics.band_errors`, with no shift and with the mean shift removed), and the same
+errors for the bands of the samples' exact target blocks on the model's graph: the cutoff floor at
+the model's r_max (:mod:`eqtb.tb.cutoff` measures it at other cutoffs before training).
 
 :func:`load_test_samples` reads trajectory folders as samples for a model: the model defines the
 basis and the cutoff, and a folder whose ``basis.dat`` disagrees with the model's basis is an
@@ -18,7 +20,6 @@ meV, energies and windows in eV.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from eqtb.basis import Basis
-from eqtb.data.folder import DATA_SUFFIXES, DatasetError, TrajectoryFolder
+from eqtb.data.folder import DATA_SUFFIXES, DatasetError, TrajectoryFolder, data_folders, read_fermi_level
 from eqtb.metrics import BlockErrors, band_errors
 from eqtb.models.assembly import to_operators
 from eqtb.quantities import DATA_FLAGS
@@ -55,30 +56,6 @@ def basis_mismatch(data: Basis, model: Basis) -> str | None:
             return (f"{e.symbol} has the basis {e.string!r} here but {model[e.symbol].string!r} in the model "
                     f"(model basis {model.spec})")
     return None
-
-
-def _fermi_of_folder(path: Path) -> float | None:
-    """``fermi_level.json`` of a folder (written by ``eqtb parse``), or None when absent."""
-    f = path / "fermi_level.json"
-    if not f.is_file():
-        return None
-    try:
-        value = json.loads(f.read_text())["fermi_level"]
-        if value is None:
-            return None
-        value = float(value)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(f"{f}: expected {{\"fermi_level\": <eV>}} ({type(exc).__name__}: {exc})") from None
-    if not np.isfinite(value):
-        raise DatasetError(f"{f}: fermi_level is not finite")
-    return value
-
-
-def data_folders(root: str | Path) -> list[Path]:
-    """The sub-folders of ``root`` that hold data files, sorted by name."""
-    root = Path(root)
-    return sorted(p for p in root.iterdir()
-                  if p.is_dir() and any(f.is_file() and f.name.endswith(DATA_SUFFIXES) for f in p.iterdir()))
 
 
 def load_test_samples(folders: Sequence[str | Path], basis: Basis, r_max, quantities: Sequence[str],
@@ -120,7 +97,7 @@ def load_test_samples(folders: Sequence[str | Path], basis: Basis, r_max, quanti
             if eigs is None:
                 raise DatasetError(f"{path}: no eigenvalues.npy (needed for band errors)")
             kpts = tf.kpoints()
-        fermi = _fermi_of_folder(path)
+        fermi = read_fermi_level(path)
         for k in range(tf.nframes):
             st = tf.structure(k)
             ops = {q: tf.operator(q, k, structure=st) for q in wanted}
@@ -339,6 +316,20 @@ def _band_table(b: dict) -> str:
     else:
         lines.append(f"window: reference energies within E_F +- {b['window']:g} eV "
                      f"({b['frames_with_fermi']} frame(s) with a Fermi level)")
+    floor = b.get("floor")
+    if floor is not None:
+        lines.append(f"cutoff floor: the dataset's exact blocks on the model's bonds (r_max {floor['r_max']}), the "
+                     f"least error of any model at this cutoff:")
+        for align in BAND_ALIGNS:
+            r = floor["align"][align]
+            if r is None:
+                lines.append(f"{'floor ' + align:<22}{'-':>15}{'-':>16}{'-':>15}")
+                continue
+            w = r.get("window")
+            win = f"{w['mae']:>15.4f}" if w and w["mae"] is not None else f"{'-':>15}"
+            lines.append(f"{'floor ' + align:<22}{r['mae']:>15.4f}{r['max_abs']:>16.4f}{win}")
+        for f in floor["failed"]:
+            lines.append(f"floor failed: {f['frame']}: {f['error']}")
     for f in b["failed"]:
         lines.append(f"failed: {f['frame']}: {f['error']}")
     return "\n".join(lines)
@@ -375,7 +366,11 @@ def evaluate(model, samples: Sequence[Sample], progress: bool | None = False, ba
     ``overlap`` (``"model"``, ``"dataset"``, ``"identity"``), ``window``, ``frames_with_fermi``,
     ``failed`` and ``align`` -> {``"none"``, ``"mean"``} -> ``{"mae", "max_abs", "count",
     "per_band_mae", "shift_mean", "window": {"mae", "max_abs", "count"}}`` (meV; None when no frame
-    was compared). ``progress``: a tqdm bar (None: only on a terminal)."""
+    was compared), and ``floor``: the cutoff floor, ``{"r_max", "failed", "align"}`` with ``align`` as
+    above for the bands of the samples' exact target blocks (the model's quantity, and the dataset's
+    overlap when loaded, else S = 1) on the model's bonds: the dataset's blocks truncated at the
+    model's cutoff, the least band error any model with this cutoff can reach (the bonds beyond it
+    are not predicted). ``progress``: a tqdm bar (None: only on a terminal)."""
     from tqdm import tqdm
 
     if fermi_levels is not None and len(fermi_levels) != len(samples):
@@ -385,7 +380,8 @@ def evaluate(model, samples: Sequence[Sample], progress: bool | None = False, ba
     device, dtype = _model_device_dtype(model)
     errors = BlockErrors(basis)
     acc = {a: _BandAccumulator() for a in BAND_ALIGNS}
-    failed, compared, with_fermi, nbands, s_from = [], 0, 0, None, set()
+    floor_acc = {a: _BandAccumulator() for a in BAND_ALIGNS}
+    failed, floor_failed, compared, with_fermi, nbands, s_from = [], [], 0, 0, None, set()
     if hasattr(model, "eval"):
         model.eval()
     with torch.no_grad():
@@ -433,6 +429,17 @@ def evaluate(model, samples: Sequence[Sample], progress: bool | None = False, ba
                                        fermi if use_window else None, align=a))
             compared += 1
             s_from.add(src)
+            if model.quantity in s.targets:  # the cutoff floor: the exact blocks of the model's bonds
+                exact = to_operators(s.structure, basis, inputs.i, inputs.j, inputs.R,
+                                     {q: s.targets[q] for q in (model.quantity, "overlap") if q in s.targets})
+                try:
+                    floor_eigs = band_energies(exact[model.quantity], exact.get("overlap"), s.kpoints)
+                except SpectrumError as exc:
+                    floor_failed.append({"frame": s.name, "error": str(exc)})
+                    continue
+                for a in BAND_ALIGNS:
+                    floor_acc[a].add(band_errors(floor_eigs[:, :nb], ref[:, :nb], window if use_window else None,
+                                                 fermi if use_window else None, align=a))
     out = {"frames": len(samples), "blocks": errors.result()}
     table = errors.table()
     if bands:
@@ -440,7 +447,9 @@ def evaluate(model, samples: Sequence[Sample], progress: bool | None = False, ba
         out["bands"] = {"unit": "meV", "frames": compared, "nbands": nbands,
                         "overlap": "/".join(sorted(s_from)) or None, "window": win,
                         "frames_with_fermi": with_fermi, "failed": failed,
-                        "align": {a: acc[a].result(win) for a in BAND_ALIGNS}}
+                        "align": {a: acc[a].result(win) for a in BAND_ALIGNS},
+                        "floor": {"r_max": getattr(model, "r_max", None), "failed": floor_failed,
+                                  "align": {a: floor_acc[a].result(win) for a in BAND_ALIGNS}}}
         table += "\n\n" + _band_table(out["bands"])
     out["table"] = table
     return out
