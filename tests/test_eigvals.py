@@ -128,9 +128,12 @@ def test_window_semantics():
     ref = np.sort(rng.uniform(-10, 10, size=(5, 12)), axis=1)
     pred = np.sort(rng.uniform(-10, 10, size=(5, 8)), axis=1) + 100.0  # absolute level is free
     basis = Basis({"Si": "1s1p"})
+    widths = []  # the width of the kept aligned reference bands inside the window (eig_ham's guard)
 
     def loss(info, **opts):
-        value, err, n = EigvalsLoss(basis, {"method": "eigvals", **opts}).sample_loss(torch.as_tensor(pred), _fake(ref, info))
+        value, err, n, width = EigvalsLoss(basis, {"method": "eigvals", **opts}).sample_loss(torch.as_tensor(pred),
+                                                                                             _fake(ref, info))
+        widths.append(width)
         return float(value), float(err), n
 
     def cut(a, lo, hi):
@@ -141,7 +144,7 @@ def test_window_semantics():
     p, r = cut(pred, 1, 6), cut(ref, 1, 6)
     value, err, n = loss(BandInfo(band_min=1, band_max=6))
     assert value == pytest.approx(((p - r) ** 2).mean(), rel=1e-12) and n == 25
-    assert err / n == pytest.approx(np.abs(p - r).mean(), rel=1e-12)
+    assert err / n == pytest.approx(np.abs(p - r).mean(), rel=1e-12) and widths[-1] == pytest.approx(r.max())
     assert loss(BandInfo())[0] == pytest.approx(((cut(pred, 0, 8) - cut(ref, 0, 8)) ** 2).mean(), rel=1e-12)
     # energy window relative to the lowest reference energy in the band window; outside: eout_weight
     info = BandInfo(band_min=1, band_max=6, emin=2.0, emax=9.0)
@@ -149,6 +152,7 @@ def test_window_semantics():
     want = ((p - r)[inside] ** 2).mean() + 0.25 * ((p - r)[~inside] ** 2).mean()
     value, err, n = loss(info, eout_weight=0.25)
     assert value == pytest.approx(want, rel=1e-12) and n == inside.sum()
+    assert widths[-1] == pytest.approx(r[inside].max() - r[inside].min())
     # k-point weights
     w = rng.uniform(0.5, 2.0, size=5)
     value = EigvalsLoss(basis, {}).sample_loss(torch.as_tensor(pred), _fake(ref, BandInfo(band_max=6), kweights=w))[0]
@@ -427,9 +431,10 @@ def test_rop_steps_on_one_kind_of_metric(tutorial, data_dir, validation):
         assert metrics == [val[1], val[1], val[3], val[3], val[3], val[6], val[6]]
 
 
-def test_eig_ham_on_dft_blocks(tmp_path, data_dir, monkeypatch):
-    """eig_ham on the Si64 ABACUS frame with reference eigenvalues of its DFT H and S: block and
-    band errors both reported, the loss falls."""
+def _si64_eig_ham(tmp_path, data_dir, monkeypatch, **train_options):
+    """The Si64 ABACUS frame with reference eigenvalues of its DFT H and S at 3 k-points (Gamma
+    among them), and the folder's own SLEM config (with overlap) set to ``eig_ham`` (coeff_ham 0.5)
+    plus ``train_options``; cwd tmp_path. Returns the config dict."""
     src = data_dir / "si64_abacus"
     shutil.copytree(src / "Si64.0", tmp_path / "data" / "Si64.0")
     shutil.copy(src / "info.json", tmp_path / "data" / "info.json")
@@ -439,15 +444,88 @@ def test_eig_ham_on_dft_blocks(tmp_path, data_dir, monkeypatch):
     np.save(tmp_path / "data" / "Si64.0" / "eigenvalues.npy",
             band_energies(tf.operator("hamiltonian", 0), tf.operator("overlap", 0), k)[None])
     cfg = json.loads((src / "input_short_cpu.json").read_text())
+    cfg["data_options"]["train"].update(get_eigenvalues=True)
+    cfg["train_options"].update(loss_options={"train": {"method": "eig_ham", "coeff_ham": 0.5}}, **train_options)
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(1)
+    return cfg
+
+
+def test_eig_ham_on_dft_blocks(tmp_path, data_dir, monkeypatch):
+    """eig_ham on the Si64 ABACUS frame with reference eigenvalues of its DFT H and S: block and
+    band errors both reported, the loss falls."""
+    cfg = _si64_eig_ham(tmp_path, data_dir, monkeypatch, num_epoch=15)
     cfg["model_options"] = {"nnsk": {"onsite": {"method": "uniform"}, "std": 0.1,
                                      "hopping": {"method": "powerlaw", "rs": 3.2, "w": 0.1}}}
     cfg["common_options"]["overlap"] = False
-    cfg["data_options"]["train"].update(get_overlap=False, get_eigenvalues=True)
-    cfg["train_options"].update(num_epoch=15, loss_options={"train": {"method": "eig_ham", "coeff_ham": 0.5}})
+    cfg["data_options"]["train"].update(get_overlap=False)
     cfg["train_options"]["optimizer"]["lr"] = 0.02
-    monkeypatch.chdir(tmp_path)
-    torch.set_num_threads(1)
     assert main(["train", _write(tmp_path / "eh.json", cfg), "-o", "run", "-q"]) == 0
     hist = _history(tmp_path / "run")
     assert {"train_onsite_mae", "train_hopping_mae", "train_band_mae_meV"} <= set(hist[0])
     assert hist[-1]["train_loss"] < 0.8 * hist[0]["train_loss"]
+    assert all(h["train_band_skipped"] == 0 for h in hist)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_eig_ham_trains_an_e3_model(tmp_path, data_dir, monkeypatch, overlap):
+    """SLEM (E3, the Si64 example's own config) on eig_ham from scratch at lr 1e-4: the band error
+    falls and never jumps, the guard never acts; with the predicted overlap (H c = E S c, Gamma
+    among the k-points) and without it (S = 1; the reference bands are still those of the DFT S)."""
+    cfg = _si64_eig_ham(tmp_path, data_dir, monkeypatch, num_epoch=5)
+    cfg["train_options"]["optimizer"]["lr"] = 1e-4
+    if not overlap:
+        cfg["common_options"]["overlap"] = False
+        cfg["data_options"]["train"]["get_overlap"] = False
+    assert main(["train", _write(tmp_path / "e3.json", cfg), "-o", "run", "-q"]) == 0
+    hist = _history(tmp_path / "run")
+    mae = [h["train_band_mae_meV"] for h in hist]
+    assert ("train_overlap_mae" in hist[0]) == overlap
+    assert all(h["train_band_skipped"] == 0 for h in hist)
+    assert mae[-1] < 0.99 * mae[0] and max(mae) < 1.5 * mae[0], mae
+
+
+def test_eig_ham_guard_stops_the_explosion(tmp_path, data_dir, monkeypatch, capsys):
+    """The same SLEM from scratch at the config's lr 5e-3: the first Adam step multiplies the
+    hopping error 70-fold (also with hamil_abs alone), which puts the band energies ~2000 eV off.
+    Without the guard the band term (10^4 times the block gradient) then kept the run there (loss
+    1.8e6 at epoch 2, never recovering); with it the frame's band term is left out, named once in
+    a warning, and the block term brings the blocks back."""
+    cfg = _si64_eig_ham(tmp_path, data_dir, monkeypatch, num_epoch=5)
+    assert main(["train", _write(tmp_path / "e3.json", cfg), "-o", "run", "-q"]) == 0
+    hist = _history(tmp_path / "run")
+    err = capsys.readouterr().err
+    assert err.count("eig_ham: band term of frame Si64.0[0] left out") == 1, err
+    assert hist[0]["train_band_skipped"] == 0 and hist[1]["train_band_skipped"] == 1
+    assert hist[1]["train_band_mae_meV"] > 1e5  # reported as predicted, not hidden
+    assert all(h["train_loss"] < hist[0]["train_loss"] for h in hist[1:]), [h["train_loss"] for h in hist]
+    assert hist[-1]["train_hopping_mae"] < 0.5 * hist[1]["train_hopping_mae"]
+
+
+def test_eig_ham_guard_on_an_indefinite_overlap():
+    """A predicted S(k) that is not positive definite: eigvals stops with the frame named, eig_ham
+    leaves that frame's band term out and counts it, the other frame's band term stays."""
+    from eqtb.train.loss import EigHamLoss
+
+    s = displaced(silicon_primitive(), seed=4)
+    H, S = sp_model(s)
+    basis = H.basis
+    k = np.random.default_rng(4).random((4, 3))
+    samples = []
+    for name in ("good", "bad"):
+        sample = make_sample(name, s, {"hamiltonian": H, "overlap": S}, basis, 4.0, torch.float64)
+        attach_bands(sample, basis, k, band_energies(H, S, k) + 0.3, BandInfo(), name)
+        samples.append(sample)
+    batch = make_batch(samples)
+    pred = {q: tuple(torch.cat([x.targets[q][i] for x in samples]) for i in (0, 1)) for q in ("hamiltonian", "overlap")}
+    n_on = samples[0].inputs.types.shape[0]
+    pred["overlap"][0][n_on:] *= -1.0  # the second frame's onsite overlap blocks: S(k) negative definite
+    with pytest.raises(LossError, match="bad: the predicted overlap S\\(k\\) is not positive definite"):
+        EigvalsLoss(basis, {}, overlap=True)(pred, batch)
+    loss_fn = EigHamLoss(basis, {"coeff_ham": 0.5}, overlap=True)
+    with pytest.warns(UserWarning, match="band term of frame bad left out .* not positive definite"):
+        sums = loss_fn.sums(pred, batch)
+    loss, info = loss_fn.combine(sums)
+    assert info["band_skipped"] == 0.5 and float(sums["band_weight"]) == 1.0
+    assert float(loss) > 0 and torch.isfinite(loss)
+    assert info["band_mae_meV"] == pytest.approx(0.0, abs=1e-6)  # the good frame: exact blocks

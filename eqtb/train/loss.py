@@ -38,7 +38,17 @@ DeePTB (``dptb/nnops/loss.py``), with the frame's ``bandinfo`` (:class:`eqtb.dat
   ``bandinfo.loss_weight`` the frames in the batch mean. Loss unit: eV^2.
 * ``eig_ham`` (:class:`EigHamLoss`): ``coeff_ham * block loss + (1 - coeff_ham) * eigvals loss``,
   the block loss being ``hamil_abs`` with the overlap term weighted ``coeff_ovp / coeff_ham``
-  (DeePTB's weighting, well defined at ``coeff_ham = 0``).
+  (DeePTB's weighting, well defined at ``coeff_ham = 0``). *Guard* (eqtb's, where DeePTB has
+  none): a frame's band term is left out of the loss -- its blocks still count -- while its
+  predicted bands are not comparable with the reference band by band: the predicted overlap S(k)
+  is not positive definite at one of its k-points, or the mean absolute band error exceeds the
+  width of the kept reference bands (all of them span less than the error). Such a model's band
+  gradient is meaningless and 10^4 times the block gradient (an E3 model from scratch on the
+  Si64 frame: 1222 vs 0.13), which wrecks Adam's moment estimates; the block term alone brings it
+  back, and the band term counts again as soon as the frame is sane (DeePTB's loss wherever every
+  frame is). Each frame is named in a warning the first time it is left out; ``band_skipped``
+  (a figure) is the share of frames left out, and ``band_mae_meV`` includes them (what the model
+  predicts), except those with an indefinite S(k).
 
 ``band_mae_meV`` is the mean absolute error of the aligned band energies inside the window (all
 kept ones without a window), in meV.
@@ -64,6 +74,8 @@ energies, which is what the option is documented to do.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -242,6 +254,7 @@ class EigvalsLoss(SummedLoss):
             raise LossError(f"loss method {options.get('method')!r} fits band energies, which need the Hamiltonian, "
                             f"but the model predicts the {quantity}")
         self.basis, self.overlap = basis, overlap
+        self._warned: set[str] = set()  # frames the guard of sums has named in a warning
         self.diff_on = bool(options.get("diff_on", False))
         self.eout_weight = float(options.get("eout_weight", 0.001))
         self.diff_weight = float(options.get("diff_weight", 0.01))
@@ -255,24 +268,29 @@ class EigvalsLoss(SummedLoss):
         """Predicted band energies (nk, norb) in eV of every sample of ``batch`` at its k-points
         ((nk, 2 norb) for a spinful model: each band one spin state, compared with the reference
         band by band as DeePTB does)."""
-        inp = batch.inputs
-        a, e = inp.atom_offsets.tolist(), inp.edge_offsets.tolist()
         out = []
         for n, s in enumerate(batch.samples):
-            if s.bands is None:
-                raise LossError(f"{s.name}: no reference band energies (set get_eigenvalues true)")
-            lay, ph = s.bands.layout, s.bands.phases
-            H = lay.bloch_sum(pred[HAMILTONIAN][0][a[n]:a[n + 1]], pred[HAMILTONIAN][1][e[n]:e[n + 1]], ph)
-            S = lay.bloch_sum(pred[OVERLAP][0][a[n]:a[n + 1]], pred[OVERLAP][1][e[n]:e[n + 1]], ph) \
-                if self.overlap else None
-            if SPIN_ORBIT in pred:  # a spinful H (2 norb bands), S on both spins
-                H = lay.spinful(H, pred[SPIN_ORBIT][a[n]:a[n + 1]])
-                S = lay.spinful(S) if S is not None else None
             try:
-                out.append(eigvalsh(H, S))
+                out.append(self.frame_energies(pred, batch, n))
             except BlochError as err:
                 raise LossError(f"{s.name}: the predicted {err}") from None
         return out
+
+    def frame_energies(self, pred: dict, batch, n: int) -> torch.Tensor:
+        """Predicted band energies (nk, norb) in eV of sample ``n`` of ``batch`` (:meth:`band_energies`);
+        raises :class:`~eqtb.tb.bloch.BlochError` where its predicted S(k) is not positive definite."""
+        inp, s = batch.inputs, batch.samples[n]
+        a, e = inp.atom_offsets.tolist(), inp.edge_offsets.tolist()
+        if s.bands is None:
+            raise LossError(f"{s.name}: no reference band energies (set get_eigenvalues true)")
+        lay, ph = s.bands.layout, s.bands.phases
+        H = lay.bloch_sum(pred[HAMILTONIAN][0][a[n]:a[n + 1]], pred[HAMILTONIAN][1][e[n]:e[n + 1]], ph)
+        S = lay.bloch_sum(pred[OVERLAP][0][a[n]:a[n + 1]], pred[OVERLAP][1][e[n]:e[n + 1]], ph) \
+            if self.overlap else None
+        if SPIN_ORBIT in pred:  # a spinful H (2 norb bands), S on both spins
+            H = lay.spinful(H, pred[SPIN_ORBIT][a[n]:a[n + 1]])
+            S = lay.spinful(S) if S is not None else None
+        return eigvalsh(H, S)
 
     def _reference(self, sample) -> torch.Tensor:
         """The sample's reference bands without the ``diff_valence`` lowest ones."""
@@ -291,9 +309,10 @@ class EigvalsLoss(SummedLoss):
                             f"has {ref.shape[1]}")
         return ref[:, n // self.spin_deg:]
 
-    def sample_loss(self, eig: torch.Tensor, sample) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(loss in eV^2, sum of |errors| in eV, number of errors counted) of one frame with predicted
-        band energies ``eig`` (nk, norb)."""
+    def sample_loss(self, eig: torch.Tensor, sample) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+        """(loss in eV^2, sum of |errors| in eV, number of errors counted, width in eV of the kept
+        aligned reference bands inside the window) of one frame with predicted band energies ``eig``
+        (nk, norb)."""
         info, src = sample.bands.info, sample.bands.source
         ref = self._reference(sample).to(eig.dtype)
         up = min(eig.shape[1], ref.shape[1])
@@ -335,29 +354,54 @@ class EigvalsLoss(SummedLoss):
             loss = loss + GAP_PENALTY_WEIGHT * ((1.0 / (gp + eta) - 1.0 / (gr + eta)) ** 2).mean()
         with torch.no_grad():
             err = (p - r).abs()[inside]
-        return loss, err.sum(), int(err.numel())
+            width = float(r[inside].max() - r[inside].min()) if inside.any() else 0.0
+        return loss, err.sum(), int(err.numel()), width
 
     def sum_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {"band_loss": (), "band_weight": (), "band_abs": (), "band_count": ()}
+        return {"band_loss": (), "band_weight": (), "band_abs": (), "band_count": (), "band_frames": (),
+                "band_skipped": ()}
 
-    def sums(self, pred: dict, batch) -> dict[str, torch.Tensor]:
-        out = None
-        for eig, s in zip(self.band_energies(pred, batch), batch.samples):
-            loss, err, n = self.sample_loss(eig, s)
+    def sums(self, pred: dict, batch, guard: bool = False) -> dict[str, torch.Tensor]:
+        """The sums of ``batch``; ``guard`` (``eig_ham``'s guard, module docstring): frames whose
+        predicted bands are not comparable with the reference are left out of ``band_loss`` and
+        counted in ``band_skipped`` instead of raising (an indefinite S(k)), each named in a warning
+        the first time."""
+        out = self.zero_sums(pred[HAMILTONIAN][0].dtype, pred[HAMILTONIAN][0].device)
+        for n, s in enumerate(batch.samples):
+            out["band_frames"] += 1
+            try:
+                eig = self.frame_energies(pred, batch, n)
+            except BlochError as err:
+                if not guard:
+                    raise LossError(f"{s.name}: the predicted {err}") from None
+                self._skip(out, s, f"the predicted {err}")
+                continue
+            loss, err, count, width = self.sample_loss(eig, s)
+            out["band_abs"] += err.to(out["band_abs"])
+            out["band_count"] += count
+            if guard and float(err) > width * count:
+                self._skip(out, s, f"its mean band error {float(err) / count:.3g} eV exceeds the width of its kept "
+                                   f"reference bands ({width:.3g} eV)")
+                continue
             lw = s.bands.info.loss_weight
-            if out is None:
-                out = self.zero_sums(eig.dtype, eig.device)
-            out["band_loss"] = out["band_loss"] + lw * loss
+            out["band_loss"] = out["band_loss"] + lw * loss.to(out["band_loss"])
             out["band_weight"] += lw
-            out["band_abs"] += err
-            out["band_count"] += n
         return out
+
+    def _skip(self, out: dict, sample, why: str) -> None:
+        out["band_skipped"] += 1
+        if sample.name not in self._warned:
+            self._warned.add(sample.name)
+            warnings.warn(f"eig_ham: band term of frame {sample.name} left out (its blocks still count) while "
+                          f"{why}; it counts again once the frame's bands are comparable (logged: band_skipped)",
+                          stacklevel=2)
 
     def combine(self, sums: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """(the frames' losses averaged with their ``bandinfo.loss_weight``, {"band_mae_meV"})."""
         w = sums["band_weight"]
         loss = sums["band_loss"] / torch.where(w == 0, torch.ones_like(w), w)
-        return loss, {"band_mae_meV": 1e3 * float(sums["band_abs"]) / max(float(sums["band_count"]), 1.0)}
+        info = {"band_mae_meV": 1e3 * float(sums["band_abs"]) / max(float(sums["band_count"]), 1.0)}
+        return loss, info
 
 
 class EigHamLoss(SummedLoss):
@@ -379,15 +423,17 @@ class EigHamLoss(SummedLoss):
         return {**self.blocks.sum_shapes(), **self.bands.sum_shapes()}
 
     def sums(self, pred: dict, batch) -> dict[str, torch.Tensor]:
-        return {**self.blocks.sums(pred, batch), **self.bands.sums(pred, batch)}
+        return {**self.blocks.sums(pred, batch), **self.bands.sums(pred, batch, guard=True)}
 
     def combine(self, sums: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """(loss, block MAEs and band MAE)."""
+        """(loss, block MAEs, band MAE and ``band_skipped``, the share of frames whose band term the
+        guard left out)."""
         terms = self.blocks.terms(sums)
         ham = self.coeff_ham * (terms["onsite"] + terms["hopping"]) / len(terms)
         if "overlap" in terms:
             ham = ham + self.coeff_ovp * terms["overlap"] / len(terms)
         eig, info = self.bands.combine(sums)
+        info["band_skipped"] = float(sums["band_skipped"]) / max(float(sums["band_frames"]), 1.0)
         return ham + (1.0 - self.coeff_ham) * eig, {**self.blocks.figures(sums), **info}
 
 
