@@ -240,6 +240,40 @@ def test_overlap_gradients_match_finite_differences():
         assert float(an) == pytest.approx(float(fd), rel=1e-5, abs=1e-8)
 
 
+def test_band_gradients_at_a_degenerate_gamma():
+    """Perfect diamond Si at Gamma: the p-like levels are triply degenerate, yet the eigenvalue
+    gradients (torch's eigvalsh backward: V diag(dL/dE) V^H, no 1/(E_i - E_j) terms, which only
+    eigenvector derivatives have) are finite and equal central finite differences of the loss
+    along random Hermitian directions of the H and S blocks (the loss is symmetric in the
+    degenerate levels, whose reference energies are equal)."""
+    s = silicon_primitive()
+    H, S = sp_model(s)
+    basis = H.basis
+    sample = make_sample("gamma", s, {"hamiltonian": H, "overlap": S}, basis, 4.0, torch.float64)
+    k = np.array([[0.0, 0.0, 0.0], [0.1, 0.2, 0.3]])
+    ref = band_energies(H, S, k)
+    assert np.diff(ref[0])[1:3].max() < 1e-10  # levels 1, 2, 3 at Gamma coincide
+    attach_bands(sample, basis, k, 1.1 * ref, BandInfo(), "gamma")  # stretched: degenerate targets stay equal
+    batch = make_batch([sample])
+    loss_fn = EigvalsLoss(basis, {}, overlap=True)
+    base = [t.detach().clone() for q in ("hamiltonian", "overlap") for t in sample.targets[q]]
+
+    def f(*b):
+        return loss_fn({"hamiltonian": (b[0], b[1]), "overlap": (b[2], b[3])}, batch)
+
+    x = [b.clone().requires_grad_(True) for b in base]
+    grads = torch.autograd.grad(f(*x), x)
+    assert all(torch.isfinite(g).all() for g in grads) and max(float(g.abs().max()) for g in grads) > 0.1
+    rng = np.random.default_rng(6)
+    for _ in range(3):
+        d = [torch.as_tensor(rng.normal(size=b.shape)) for b in base]
+        d[0], d[2] = d[0] + d[0].transpose(1, 2), d[2] + d[2].transpose(1, 2)
+        h = 1e-6
+        fd = (f(*[b + h * e for b, e in zip(base, d)]) - f(*[b - h * e for b, e in zip(base, d)])) / (2 * h)
+        an = sum((gr * e).sum() for gr, e in zip(grads, d))
+        assert float(an) == pytest.approx(float(fd), rel=1e-5, abs=1e-8)
+
+
 # ------------------------------------------------------------------------------------ eqtb train
 @pytest.fixture()
 def tutorial(tmp_path, data_dir, monkeypatch):
