@@ -506,7 +506,7 @@ def test_eig_ham_trains_an_e3_model(tmp_path, data_dir, monkeypatch, overlap):
     """SLEM (E3, the Si64 example's own config) on eig_ham from scratch at lr 1e-4: the band error
     falls and never jumps, the guard never acts; with the predicted overlap (H c = E S c, Gamma
     among the k-points) and without it (S = 1; the reference bands are still those of the DFT S)."""
-    cfg = _si64_eig_ham(tmp_path, data_dir, monkeypatch, num_epoch=5)
+    cfg = _si64_eig_ham(tmp_path, data_dir, monkeypatch, num_epoch=8)
     cfg["train_options"]["optimizer"]["lr"] = 1e-4
     if not overlap:
         cfg["common_options"]["overlap"] = False
@@ -516,15 +516,15 @@ def test_eig_ham_trains_an_e3_model(tmp_path, data_dir, monkeypatch, overlap):
     mae = [h["train_band_mae_meV"] for h in hist]
     assert ("train_overlap_mae" in hist[0]) == overlap
     assert all(h["train_band_skipped"] == 0 for h in hist)
-    assert mae[-1] < 0.99 * mae[0] and max(mae) < 1.5 * mae[0], mae
+    assert mae[-1] < 0.98 * mae[0] and max(mae) < 1.1 * mae[0], mae
 
 
 def test_eig_ham_guard_stops_the_explosion(tmp_path, data_dir, monkeypatch, capsys):
     """The same SLEM from scratch at the config's lr 5e-3: the first Adam step multiplies the
-    hopping error 70-fold (also with hamil_abs alone), which puts the band energies ~2000 eV off.
-    Without the guard the band term (10^4 times the block gradient) then kept the run there (loss
-    1.8e6 at epoch 2, never recovering); with it the frame's band term is left out, named once in
-    a warning, and the block term brings the blocks back."""
+    hopping error 70-fold (43-fold with hamil_abs alone), which puts the band energies ~2000 eV
+    off. Without the guard the band term then kept the run there (loss 14 -> 1.8e6 at epoch 2,
+    still 2e4 at epoch 6); with it the frame's band term is left out, named once in a warning, and
+    the block term brings the blocks back."""
     cfg = _si64_eig_ham(tmp_path, data_dir, monkeypatch, num_epoch=5)
     assert main(["train", _write(tmp_path / "e3.json", cfg), "-o", "run", "-q"]) == 0
     hist = _history(tmp_path / "run")
