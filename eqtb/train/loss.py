@@ -368,11 +368,11 @@ class EigvalsLoss(SummedLoss):
                     raise LossError(f"{s.name}: the predicted {err}") from None
                 self._skip(out, s, f"the predicted {err}")
                 continue
-            loss, err, count, width = self.sample_loss(eig, s)
-            out["band_abs"] += err.to(out["band_abs"])
+            loss, abs_err, count, width = self.sample_loss(eig, s)
+            out["band_abs"] += abs_err.to(out["band_abs"])
             out["band_count"] += count
-            if guard and float(err) > width * count:
-                self._skip(out, s, f"its mean band error {float(err) / count:.3g} eV exceeds the width of its kept "
+            if guard and float(abs_err) > width * count:
+                self._skip(out, s, f"its mean band error {float(abs_err) / count:.3g} eV exceeds the width of its kept "
                                    f"reference bands ({width:.3g} eV)")
                 continue
             lw = s.bands.info.loss_weight
