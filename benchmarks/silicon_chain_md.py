@@ -5,7 +5,10 @@
 The chain is the tutorial's, with its configs unchanged but for ``device`` ("cpu"), the epochs and
 the MD data (the reference set ``kpath_spk`` is kept in steps 2 and 3 as the tutorial has it):
 
-1. ``input_1.json``: nnsk (poly4pow, uniform onsite) fitted to the bands of the 2-atom cell (``kpath_spk``);
+1. ``input_1.json``: nnsk (poly4pow, uniform onsite) fitted to the bands of the 2-atom cell (``kpath_spk``),
+   started (``--start``) as the tutorial starts it, from the built-in parameters (``eqtb esk
+   sk_in.json``; DeePTB: ``dptb esk``), or from scratch; ``--start deeptb`` skips the step and
+   starts step 2 from DeePTB's own step-1 checkpoint ``ref_ckpt/nnsk_tr1.pth``;
 2. ``input_2.json``: the same nnsk, ``-i`` step 1, trained on the MD frames;
 3. ``input_3.json``: the "mix" model (step 2's nnsk frozen + se2 environment correction), ``-i`` step 2.
 
@@ -98,6 +101,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, nargs=3, default=[500, 40, 40], metavar=("E1", "E2", "E3"),
                     help="epochs of steps 1, 2, 3 (the tutorial: 500 20 20)")
     ap.add_argument("--heldout", type=int, default=2, help="frames held out of each MD set (default 2 of 10)")
+    ap.add_argument("--start", choices=("esk", "scratch", "deeptb"), default="esk",
+                    help="how step 1 starts (default: the built-in parameters, as the tutorial)")
     ap.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
     args = ap.parse_args()
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
@@ -109,7 +114,14 @@ def main() -> None:
         report = {"epochs": args.epochs, "heldout_per_set": args.heldout, "threads": int(env["OMP_NUM_THREADS"]),
                   "steps": {}}
         init = None
-        for step, family in ((1, "nnsk"), (2, "nnsk"), (3, "mix")):
+        steps = [(1, "nnsk"), (2, "nnsk"), (3, "mix")]
+        if args.start == "esk":
+            eqtb(["esk", str(SILICON / "tutorial_v2.2" / "sk_in.json"), "-o", "esk"], tut, env)
+            init = next((tut / "esk").glob("*.pth"))
+        elif args.start == "deeptb":
+            init, steps = SILICON / "tutorial_v2.2" / "ref_ckpt" / "nnsk_tr1.pth", steps[1:]
+        report["start"] = args.start
+        for step, family in steps:
             t0 = time.perf_counter()
             eqtb(["train", f"input_{step}.json", "-o", f"step{step}", "-q"] + (["-i", str(init)] if init else []),
                  tut, env)
