@@ -71,6 +71,7 @@ import logging
 import math
 import random
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,7 @@ from eqtb import __version__
 from eqtb.basis import Basis
 from eqtb.config import (
     ConfigError,
+    ConfigWarning,
     TrainConfig,
     basis_from_config,
     config_from_dict,
@@ -253,16 +255,19 @@ class Trainer:
         """The cutoff (Angstrom; a number or ``{"A-B": radius}``) of the training graphs: the model's,
         and for nnsk raised to ``data_options.r_max`` where that is larger. An nnsk ``push`` that grows
         ``rs`` or ``w`` reaches bonds beyond the starting cutoff, which only a graph built out to
-        ``data_options.r_max`` holds (the model zeroes bonds beyond its current cutoff itself)."""
+        ``data_options.r_max`` holds (the model zeroes bonds beyond its current cutoff itself); without
+        it such a push is warned about and the graphs stay at the starting cutoff, as DeePTB's do."""
         r_max = self.cfg.data_options.r_max
         if self.family != "nnsk":
             return self.r_max
         push = model_options["nnsk"].get("push")
         if r_max is None:
             if isinstance(push, dict) and (push.get("rs_thr", 0) > 0 or push.get("w_thr", 0) > 0):
-                raise ConfigError(self.cfg.source, "data_options.r_max",
-                                  "model_options.nnsk.push grows rs or w: give data_options.r_max, the longest "
-                                  f"bond the pushed model will reach (it starts at {self.r_max} Angstrom)")
+                warnings.warn(f"{self.cfg.source}: model_options.nnsk.push grows rs or w, but without "
+                              f"data_options.r_max the training graphs hold the bonds up to the starting cutoff "
+                              f"{self.r_max} Angstrom only (as DeePTB's): longer bonds never enter; set "
+                              "data_options.r_max to the longest bond the pushed model should reach",
+                              ConfigWarning, stacklevel=2)
             return self.r_max
         sym = self.basis.symbols
         try:
