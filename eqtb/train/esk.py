@@ -21,7 +21,9 @@ two elements' own integrals of the same shells (the mean of their exponents, ``r
 theirs); where an element lacks the shell, Harrison's universal value at ``r_0``
 (:func:`harrison`). Elements not in the table are an error naming those it has.
 
-**Output** (:func:`write_esk`): ``OUT/esk.pth``, an eqtb nnsk checkpoint (``eqtb train -i``,
+**Output** (:func:`write_esk`): ``OUT/esk.pth``, an eqtb nnsk checkpoint (hopping form poly4pow by
+default, as DeePTB's base models, so that DeePTB's inputs that follow ``dptb esk`` start from it;
+the same bands in any of :data:`METHODS`, :func:`starting_model`) (``eqtb train -i``,
 ``init_model``, ``eqtb run -i``, ``eqtb.load`` read it), and ``OUT/esk.json``: which table entry
 each shell and bond type came from (``fitted``, ``combined``, ``uncoupled``).
 """
@@ -37,9 +39,9 @@ import torch
 from eqtb import __version__
 from eqtb.basis import Basis, BasisError
 from eqtb.models.base import ModelError
-from eqtb.models.sk import SlaterKoster, onsite_pairs
+from eqtb.models.sk import HOPPING_FORMS, SlaterKoster, onsite_pairs
 
-__all__ = ["EXTRA_SHELL_ABOVE", "EskError", "TABLE_PATH", "edge_integrals", "load_table", "set_edge_integrals",
+__all__ = ["EXTRA_SHELL_ABOVE", "METHODS", "EskError", "TABLE_PATH", "edge_integrals", "load_table", "set_edge_integrals",
            "starting_model", "write_esk"]
 
 #: the shipped table
@@ -169,13 +171,25 @@ def _combined(table: dict, x: str, y: str, ta: str, tb: str, m: int, la: int, lb
     return [math.copysign(math.sqrt(abs(vx[0] * vy[0])), vx[0] + vy[0]), (vx[1] + vy[1]) / 2]
 
 
-def starting_model(basis, table: dict | None = None) -> tuple[SlaterKoster, dict, dict]:
+#: hopping forms a starting model can take: the table's powerlaw, or the same integrals as polyNpow
+METHODS = ("powerlaw", "poly1pow", "poly2pow", "poly3pow", "poly4pow")
+
+
+def starting_model(basis, table: dict | None = None, method: str = "powerlaw") -> tuple[SlaterKoster, dict, dict]:
     """(model, config, sources): the starting nnsk model of ``basis`` (a :class:`Basis` or its spec)
     from ``table`` (default the built-in one; module docstring), its ``common_options`` and
     ``model_options``, and where each shell and bond type came from. :class:`EskError` for an element
-    the table does not have."""
+    the table does not have.
+
+    ``method``: the hopping form of the model, one of :data:`METHODS`. The table's powerlaw integral
+    ``V (r0 / r)^(1 + p) f_0(r; rs, w)`` is exactly a polyNpow integral with the polynomial ``V``
+    (higher coefficients 0), the same decay and ``rs + 5 w`` (their envelope is ``f_5``; both cut off
+    at the same ``rs + 8 w``): the bands do not depend on the choice. DeePTB's base models, and so the
+    inputs its ``dptb esk`` tutorials start from them (``eqtb train -i``), use poly4pow."""
     from eqtb.data.sk_tables import atomic_radius
 
+    if method not in METHODS:
+        raise EskError(f"hopping method {method!r}: the built-in table gives one of {', '.join(METHODS)}")
     table = table if table is not None else load_table()
     try:
         basis = Basis(basis)
@@ -194,7 +208,12 @@ def starting_model(basis, table: dict | None = None) -> tuple[SlaterKoster, dict
         for b in sym[x:]:
             pair = table["pairs"].get(f"{a}-{b}")
             rs[f"{a}-{b}"] = pair["rs"] if pair else (table["pairs"][f"{a}-{a}"]["rs"] + table["pairs"][f"{b}-{b}"]["rs"]) / 2
-    hopping = {"method": form["hopping"], "rs": rs, "w": form["w"]}
+    if form["hopping"] != "powerlaw":
+        raise EskError(f"the table's hopping form {form['hopping']!r} is not powerlaw")
+    pad = HOPPING_FORMS[method].n_params - 2  # the higher polynomial coefficients (zero)
+    if method != "powerlaw":
+        rs = {k: round(v + 5 * form["w"], 6) for k, v in rs.items()}
+    hopping = {"method": method, "rs": rs, "w": form["w"]}
     onsite = {"method": form["onsite"]}
     try:
         model = SlaterKoster(basis, hopping, onsite, std=0.0, atomic_radius=form["atomic_radius"])
@@ -219,7 +238,7 @@ def starting_model(basis, table: dict | None = None) -> tuple[SlaterKoster, dict
                             entry[f"{na}-{nb}-{m}"] = fitted["integrals"][f"{ta}-{tb}-{m}"]
                         else:
                             entry[f"{na}-{nb}-{m}"] = _combined(table, x, y, ta, tb, m, sa.l, sb.l, r0)
-            integrals[f"{x}-{y}"] = entry
+            integrals[f"{x}-{y}"] = {k: v[:1] + [0.0] * pad + v[1:] for k, v in entry.items()}
             if sym.index(x) <= sym.index(y):
                 sources["bonds"][f"{x}-{y}"] = (f"fitted ({fitted['system']})" if fitted else
                                                 "combined (geometric mean of the elements' own integrals)")
@@ -244,9 +263,10 @@ def starting_model(basis, table: dict | None = None) -> tuple[SlaterKoster, dict
     return model, {"common_options": common, "model_options": options}, sources
 
 
-def write_esk(path, out, table_path=None) -> dict:
+def write_esk(path, out, method: str = "poly4pow", table_path=None) -> dict:
     """Run DeePTB's esk input ``path`` (``common_options.basis``; other keys are named and ignored)
-    into the folder ``out``: ``esk.pth`` and ``esk.json`` (module docstring). Returns the summary."""
+    into the folder ``out``: ``esk.pth`` and ``esk.json`` (module docstring), the model's hopping
+    form ``method`` (:func:`starting_model`; DeePTB's poly4pow by default). Returns the summary."""
     import warnings
 
     from eqtb.config import CommonOptions, ModelOptions
@@ -268,7 +288,7 @@ def write_esk(path, out, table_path=None) -> dict:
         warnings.warn(f"{path}: esk reads only common_options.basis; ignored: {', '.join(ignored)}", stacklevel=2)
     table = load_table(table_path)
     try:
-        model, config, sources = starting_model(basis, table)
+        model, config, sources = starting_model(basis, table, method)
     except EskError as err:
         raise EskError(f"{path}: {err}") from None
     config = {"common_options": CommonOptions.model_validate(config["common_options"]).model_dump(),
@@ -278,7 +298,8 @@ def write_esk(path, out, table_path=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     save_atomic(state, out / "esk.pth")
     systems = sorted({v["system"] for k, v in table["elements"].items() if k in model.basis.symbols})
-    summary = {"input": str(path), "checkpoint": str(out / "esk.pth"), "basis": model.basis.spec, **sources,
+    summary = {"input": str(path), "checkpoint": str(out / "esk.pth"), "basis": model.basis.spec,
+               "hopping": model.hopping_options, **sources,
                "fit_band_mae_meV": {s: table["systems"][s]["band_mae_meV"] for s in systems}}
     tmp = out / ".esk.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1))
