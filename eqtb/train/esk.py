@@ -14,17 +14,17 @@ bond frame (DFTB+'s convention, :mod:`eqtb.models.dftbsk`); per reference system
 Shells of the basis are matched to the table's by label (``"3p"``); a bare letter (``"p"``, DeePTB's
 base-model inputs) takes the table's shell of that angular momentum. Shells the table does not
 have (polarisation shells such as ``"d*"`` or Si ``"d"``, Mo ``"5p"``) are added uncoupled: zero
-integrals, onsite energy :data:`EXTRA_SHELL_ABOVE` eV above the element's highest fitted level
-(flat bands there, which training then couples). Bond types the table has not fitted take the
-*combining rule*: each integral the geometric mean ``sign(V_AA + V_BB) sqrt(|V_AA V_BB|)`` of the
+integrals, onsite energy :data:`EXTRA_SHELL_ABOVE` eV above the highest fitted level of the basis'
+elements (flat bands there, above the valence bands, which training then couples). Bond types the
+table has not fitted take the *combining rule*: each integral the geometric mean ``sign(V_AA + V_BB) sqrt(|V_AA V_BB|)`` of the
 two elements' own integrals of the same shells (the mean of their exponents, ``rs`` the mean of
 theirs); where an element lacks the shell, Harrison's universal value at ``r_0``
 (:func:`harrison`). Elements not in the table are an error naming those it has.
 
 **Output** (:func:`write_esk`): ``OUT/esk.pth``, an eqtb nnsk checkpoint (hopping form poly4pow by
 default, as DeePTB's base models, so that DeePTB's inputs that follow ``dptb esk`` start from it;
-the same bands in any of :data:`METHODS`, :func:`starting_model`) (``eqtb train -i``,
-``init_model``, ``eqtb run -i``, ``eqtb.load`` read it), and ``OUT/esk.json``: which table entry
+the same bands in any of :data:`METHODS`, :func:`starting_model`), which ``eqtb train -i``,
+``init_model``, ``eqtb run -i`` and ``eqtb.load`` read, and ``OUT/esk.json``: which table entry
 each shell and bond type came from (``fitted``, ``combined``, ``uncoupled``).
 """
 
@@ -46,7 +46,7 @@ __all__ = ["EXTRA_SHELL_ABOVE", "METHODS", "EskError", "TABLE_PATH", "edge_integ
 
 #: the shipped table
 TABLE_PATH = Path(__file__).resolve().parents[1] / "data" / "esk_table.json"
-#: onsite energy of a shell the table does not have, above the element's highest fitted level (eV)
+#: onsite energy of a shell the table does not have, above the highest fitted level of the basis' elements (eV)
 EXTRA_SHELL_ABOVE = 5.0
 _LETTERS = "spdf"
 #: Harrison's d radius (Angstrom) in the universal d integrals
@@ -246,17 +246,17 @@ def starting_model(basis, table: dict | None = None, method: str = "powerlaw") -
     pairs = onsite_pairs(basis)
     with torch.no_grad():
         model.onsite_params.zero_()
+        top = max(max(have[e.symbol]["onsite"].values()) for e in basis.elements)
         for t, e in enumerate(basis.elements):
             entry = have[e.symbol]
-            top = max(entry["onsite"].values())
             for shell, name in zip(e.shells, _labels(e)):
                 source = shells[e.symbol][name]
                 energy = entry["onsite"][source] if source else top + EXTRA_SHELL_ABOVE
                 model.onsite_params[t, pairs.index((shell, shell)), 0] = energy
                 sources["shells"][f"{e.symbol} {name}"] = (
                     f"fitted {source} ({entry['system']})" if source else
-                    f"not in the table: uncoupled at {energy:.3f} eV ({EXTRA_SHELL_ABOVE:g} eV above "
-                    f"{e.symbol}'s highest level)")
+                    f"not in the table: uncoupled at {energy:.3f} eV ({EXTRA_SHELL_ABOVE:g} eV above the "
+                    f"highest level of the basis' elements)")
     common = {"basis": basis.spec, "overlap": False}
     options = {"nnsk": {"onsite": onsite, "hopping": hopping, "std": 0.01, "atomic_radius": form["atomic_radius"],
                         "freeze": False, "push": False}}

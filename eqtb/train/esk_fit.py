@@ -27,7 +27,9 @@ integrals Harrison's universal ones (:func:`eqtb.train.esk.harrison`).
 **Fit.** The ``eigvals`` loss (:class:`eqtb.train.loss.EigvalsLoss`) on frames 0 and 1: the bands of
 the semicore shells PySCF's pseudopotential keeps (``semicore``) dropped, the model's bands against
 the lowest as many reference bands, energies aligned at the lowest, inside a window up to
-``WINDOW_ABOVE`` eV above the highest occupied band (``eout_weight`` outside); Adam, ``STEPS`` steps,
+``WINDOW_ABOVE`` eV above the highest occupied band (``eout_weight`` outside), plus ``DECAY_WEIGHT``
+times the mean square drift of the integrals' decay powers from Harrison's (two frames hardly fix
+them; unregularised, GaAs's test-frame error was 1271 meV against 1070); Adam, ``STEPS`` steps,
 cosine-decayed learning rate. A system fits only what the table does not hold yet: the
 elements and pairs of systems earlier in :data:`SYSTEMS` stay fixed (so GaAs fits Ga, As and Ga-As;
 BP only P, P-P and B-P with boron from hBN). The eigvals loss does not see a common shift of all
@@ -68,8 +70,10 @@ FORM, W, RADIUS = "powerlaw", 0.1, "cov"
 #: fit window: eV above the highest occupied band; weight of the energies outside it
 WINDOW_ABOVE, EOUT_WEIGHT = 3.0, 0.01
 STEPS, LR = 1500, 0.05
-#: the starting integrals decay as 1 / r^START_POWER (Harrison's values at the nearest distance)
-START_POWER = 4.0
+#: the starting integrals: Harrison's at the nearest distance, decaying as 1 / r^START_POWER (None:
+#: Harrison's own powers); DECAY_WEIGHT (eV^2) times the mean square of (fitted decay - start decay)
+#: is added to the loss: two frames hardly fix the decay, the test frame shows it
+START_POWER, DECAY_WEIGHT = None, 0.01
 @dataclass(frozen=True)
 class System:
     """A reference system: ``name``, the ase.Atoms ``build``er of its ideal crystal, the fitted
@@ -128,10 +132,10 @@ SYSTEMS = [
     System("MgO-rocksalt", _bulk("MgO", "rocksalt", a=4.21), {"Mg": ["3s"], "O": SP2["2"]},
            semicore={"Mg": 8}),
     System("Sn-diamond", _bulk("Sn", "diamond", a=6.489), {"Sn": SP2["5"]}),
-    System("Ge-diamond", _bulk("Ge", "diamond", a=5.658), {"Ge": SP2["4"]}),
-    System("AlP-zincblende", _bulk("AlP", "zincblende", a=5.463), {"Al": SP2["3"], "P": SP2["3"]}),
     System("W-bcc", _bulk("W", "bcc", a=3.165, cubic=True), {"W": ["5d", "6s"]}, semicore={"W": 8}),
     System("Cu-fcc", _cu2, {"Cu": ["3d", "4s"]}),
+    System("Ge-diamond", _bulk("Ge", "diamond", a=5.658), {"Ge": SP2["4"]}),
+    System("AlP-zincblende", _bulk("AlP", "zincblende", a=5.463), {"Al": SP2["3"], "P": SP2["3"]}),
 ]
 
 
@@ -281,11 +285,14 @@ def fit_system(system: System, table: dict, cache, steps: int = STEPS, log=print
         batch = make_batch(train)
         model.hopping.params.register_hook(lambda g: g * hop_mask)
         model.onsite_params.register_hook(lambda g: g * onsite_mask)
+        decay0 = model.hopping.params[:, -1].detach().abs().clone()
         opt = torch.optim.Adam([model.hopping.params, model.onsite_params], lr=LR)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=LR / 50)
         start = band_errors(model, samples, loss_fn)
         for step in range(steps):
             loss, info = loss_fn.evaluate(model(batch.inputs), batch)
+            drift = (model.hopping.params[:, -1].abs() - decay0) ** 2 * hop_mask[:, -1]
+            loss = loss + DECAY_WEIGHT * drift.sum() / hop_mask[:, -1].sum().clamp(min=1)
             opt.zero_grad()
             loss.backward()
             opt.step()
