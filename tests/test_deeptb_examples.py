@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from ase.io import read, write
 
 from eqtb.cli import main
