@@ -17,15 +17,15 @@ f_0(r)`` with ``r_0`` from the covalent radii (``atomic_radius: "cov"``), cutoff
 bond type and ``w`` = :data:`W`; onsite energies constant per shell (``uniform_noref``); orthogonal
 (no overlap: S is the identity, positive definite for every structure). The valence shells per
 element are those of :data:`SYSTEMS`. ``rs`` of a bond type: midway between its first and second
-shell of neighbours in the ideal reference crystal (nearest neighbours of each bond type interact,
-but for the H2 crystal's intermolecular neighbours:
-with both shells in reach one powerlaw per integral fitted diamond C's and Si's bands worse, 731 and
-287 meV on the training frames against 413 and 246).
+shell of neighbours in the ideal reference crystal: nearest neighbours of each bond type interact
+(with both shells in reach one powerlaw per integral fitted diamond C's and Si's bands worse, 731
+and 287 meV on the training frames against 413 and 246); ``reach`` 2 (the next shell too) for the
+H2 crystal's neighbouring molecules and bcc W's second shell, 15 % beyond the first.
 
 **Start**: onsite energies DeePTB's atomic term values (:func:`eqtb.data.sk_tables.onsite_reference`),
 integrals Harrison's universal ones (:func:`eqtb.train.esk.harrison`).
 
-**Fit.** The ``eigvals`` loss (:class:`eqtb.train.loss.EigvalsLoss`) on frames 0 and 1: the bands of
+**Fit.** The ``eigvals`` loss (:class:`eqtb.train.loss.EigvalsLoss`) on the frames but the last (0 and 1; a frame whose SCF did not converge is left out): the bands of
 the semicore shells PySCF's pseudopotential keeps (``semicore``) dropped, the model's bands against
 the lowest as many reference bands, energies aligned at the lowest, inside a window up to
 ``WINDOW_ABOVE`` eV above the highest occupied band (``eout_weight`` outside), plus ``DECAY_WEIGHT``
@@ -39,7 +39,7 @@ on the atomic term values, which puts all elements on one absolute scale (that o
 levels) for the combining rule of :mod:`eqtb.train.esk`.
 
 **Errors** (``fit`` of each system in the table): mean absolute error (meV) of the aligned band
-energies inside the window, on the training frames and on frame 2, which the fit did not see.
+energies inside the window, on the training frames and on the last frame (2), which the fit did not see.
 """
 
 from __future__ import annotations
@@ -65,7 +65,6 @@ MARKDOWN_PATH = Path(__file__).resolve().parents[2] / "docs" / "esk_table.md"
 #: the FFT grid's kinetic-energy cutoff (Hartree): eqtb generate's default, at most this
 KE_CUTOFF_MAX = 50.0
 NFRAMES, STRAIN, DISPLACEMENT, SEED, BAND_DENSITY = 3, 0.03, 0.05, 0, 6.0
-TRAIN_FRAMES, TEST_FRAMES = (0, 1), (2,)
 #: hopping form, its Fermi width w (Angstrom), radii table
 FORM, W, RADIUS = "powerlaw", 0.1, "cov"
 #: fit window: eV above the highest occupied band; weight of the energies outside it
@@ -137,7 +136,8 @@ SYSTEMS = [
     System("MgO-rocksalt", _bulk("MgO", "rocksalt", a=4.21), {"Mg": ["3s"], "O": SP2["2"]},
            semicore={"Mg": 8}),
     System("Sn-diamond", _bulk("Sn", "diamond", a=6.489), {"Sn": SP2["5"]}),
-    System("W-bcc", _bulk("W", "bcc", a=3.165, cubic=True), {"W": ["5d", "6s"]}, semicore={"W": 8}),
+    # bcc: the second shell (3.17 Angstrom) is only 15 % beyond the first
+    System("W-bcc", _bulk("W", "bcc", a=3.165, cubic=True), {"W": ["5d", "6s"]}, semicore={"W": 8}, reach=2),
     System("Cu-fcc", _cu2, {"Cu": ["3d", "4s"]}),
     System("Ge-diamond", _bulk("Ge", "diamond", a=5.658), {"Ge": SP2["4"]}),
     System("AlP-zincblende", _bulk("AlP", "zincblende", a=5.463), {"Al": SP2["3"], "P": SP2["3"]}),
@@ -152,7 +152,8 @@ def system_by_name(name: str) -> System:
 
 
 def reference_data(system: System, cache) -> list[Path]:
-    """The DFT frames of ``system`` (computed once into ``cache/<name>``, then reused): their folders."""
+    """The DFT frames of ``system`` (computed once into ``cache/<name>``, then reused, frames whose SCF
+    failed left out): their folders."""
     from eqtb.data.folder import find_folders
     from pyscf.pbc.gto.cell import estimate_ke_cutoff
 
@@ -160,6 +161,8 @@ def reference_data(system: System, cache) -> list[Path]:
 
     out = Path(cache) / system.name
     structure = load_structure(system.build())
+    if (out / "generate_report.json").exists():
+        return find_folders(out, structure.formula)
     cell = build_pyscf(structure, DFT)
     ke_cutoff = min(KE_FRACTION * float(estimate_ke_cutoff(cell)), KE_CUTOFF_MAX)
     generate(structure, out, ke_cutoff=ke_cutoff, nframes=NFRAMES, displacement=DISPLACEMENT, strain=STRAIN, seed=SEED,
@@ -288,7 +291,7 @@ def fit_system(system: System, table: dict, cache, steps: int = STEPS, log=print
         model, hop_mask, onsite_mask = _new_model(system, table, atoms)
         samples, loss_opts = reference_samples(folders, model, system.semicore, system.window)
         loss_fn = EigvalsLoss(model.basis, loss_opts)
-        train = [samples[k] for k in TRAIN_FRAMES]
+        train = samples[:-1]  # the last frame is the test frame
         batch = make_batch(train)
         model.hopping.params.register_hook(lambda g: g * hop_mask)
         model.onsite_params.register_hook(lambda g: g * onsite_mask)
@@ -333,15 +336,15 @@ def fit_system(system: System, table: dict, cache, steps: int = STEPS, log=print
         table["pairs"][key] = {"rs": rs.get(key, rs.get(f"{b}-{a}")), "system": system.name,
                                "integrals": integrals}
         fitted.append(key)
-    test, ideal = samples[TEST_FRAMES[0]], samples[0].structure
+    test, ideal = samples[-1], samples[0].structure
     table["systems"][system.name] = {
         "formula": test.structure.formula, "kmesh": list(system.kmesh), "semicore": dict(system.semicore),
         "crystal": {"symbols": list(ideal.symbols), "cell": np.round(ideal.cell, 6).tolist(),
                     "positions": np.round(ideal.positions, 6).tolist()},
         "fitted": fitted, "n_kpoints": len(test.kpoints),
         "band_mae_meV": {"start": round(float(np.mean(start)), 2),
-                         "train": round(float(np.mean([errors[k] for k in TRAIN_FRAMES])), 2),
-                         "test": round(float(np.mean([errors[k] for k in TEST_FRAMES])), 2)},
+                         "train": round(float(np.mean(errors[:-1])), 2), "test": round(float(errors[-1]), 2)},
+        "frames": [s.name for s in samples],
         "window": {"above_vbm_eV": system.window, "band_max": test.bands.info.band_max,
                    "emax": round(test.bands.info.emax, 4),
                    "diff_valence": loss_opts["diff_valence"]},
@@ -354,7 +357,7 @@ def write_test_frame(system: System, cache, folder) -> Path:
     ``kpoints``, ``eigenvalues``), on which the tests recompute the table's test error."""
     from eqtb.data.folder import TrajectoryFolder
 
-    tf = TrajectoryFolder(reference_data(system, cache)[TEST_FRAMES[0]])
+    tf = TrajectoryFolder(reference_data(system, cache)[-1])
     st = tf.structure(0)
     path = Path(folder) / f"{system.name}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -398,8 +401,7 @@ def empty_table() -> dict:
     return {"format": "eqtb-esk-1",
             "model": {"hopping": FORM, "w": W, "atomic_radius": RADIUS, "onsite": "uniform_noref", "overlap": False},
             "dft": {**DFT, "code": "PySCF KRKS", "nframes": NFRAMES, "strain": STRAIN, "displacement": DISPLACEMENT,
-                    "seed": SEED, "band_density": BAND_DENSITY, "train_frames": list(TRAIN_FRAMES),
-                    "test_frames": list(TEST_FRAMES), "window_above_vbm_eV": WINDOW_ABOVE,
+                    "seed": SEED, "band_density": BAND_DENSITY, "window_above_vbm_eV": WINDOW_ABOVE,
                     "eout_weight": EOUT_WEIGHT, "steps": STEPS, "lr": LR},
             "elements": {}, "pairs": {}, "systems": {}}
 
