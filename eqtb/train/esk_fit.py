@@ -141,6 +141,10 @@ SYSTEMS = [
     System("Cu-fcc", _cu2, {"Cu": ["3d", "4s"]}),
     System("Ge-diamond", _bulk("Ge", "diamond", a=5.658), {"Ge": SP2["4"]}),
     System("AlP-zincblende", _bulk("AlP", "zincblende", a=5.463), {"Al": SP2["3"], "P": SP2["3"]}),
+    System("NaCl-rocksalt", _bulk("NaCl", "rocksalt", a=5.64), {"Na": ["3s"], "Cl": SP2["3"]}, semicore={"Na": 8}),
+    System("ZnSe-zincblende", _bulk("ZnSe", "zincblende", a=5.668), {"Zn": SP2["4"], "Se": SP2["4"]},
+           semicore={"Zn": 10}),
+    System("LiF-rocksalt", _bulk("LiF", "rocksalt", a=4.03), {"Li": ["2s"], "F": SP2["2"]}, semicore={"Li": 2}),
 ]
 
 
