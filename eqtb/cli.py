@@ -1403,9 +1403,9 @@ def _add_esk(sub) -> None:
                                    "eqtb's own fits to PySCF band structures (eqtb/train/esk_fit.py).")
     p.add_argument("config", help="JSON input with common_options.basis (DeePTB's esk input)")
     p.add_argument("-o", "--output", default=".", help="output folder (default: current folder)")
-    p.add_argument("--method", default="poly4pow", choices=("powerlaw", "poly1pow", "poly2pow", "poly3pow", "poly4pow"),
-                   help="hopping form of the model (the same bands in each; default poly4pow, as DeePTB's base "
-                        "models, which DeePTB's inputs after `dptb esk` expect)")
+    p.add_argument("--method", default="poly4pow",
+                   help="hopping form of the model: powerlaw or poly1pow..poly4pow (the same bands in each; default "
+                        "poly4pow, as DeePTB's base models, which DeePTB's inputs after `dptb esk` expect)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(run=run_esk)
 

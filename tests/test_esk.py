@@ -107,6 +107,9 @@ def test_esk_command_errors(tmp_path, capsys):
     assert main(["esk", str(bad), "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "bad.json" in err and "no parameters for Og" in err
+    bad.write_text('{"common_options": {"basis": {"Si": ["3s", "3p"]}}}')
+    assert main(["esk", str(bad), "-o", str(tmp_path / "out"), "--method", "NRL0"]) == 2
+    assert "poly4pow" in capsys.readouterr().err
 
 
 def test_markdown_table_is_current():
