@@ -145,6 +145,9 @@ SYSTEMS = [
     System("ZnSe-zincblende", _bulk("ZnSe", "zincblende", a=5.668), {"Zn": SP2["4"], "Se": SP2["4"]},
            semicore={"Zn": 10}),
     System("LiF-rocksalt", _bulk("LiF", "rocksalt", a=4.03), {"Li": ["2s"], "F": SP2["2"]}, semicore={"Li": 2}),
+    System("KCl-rocksalt", _bulk("KCl", "rocksalt", a=6.29), {"K": ["4s"], "Cl": SP2["3"]}, semicore={"K": 8}),
+    System("CaO-rocksalt", _bulk("CaO", "rocksalt", a=4.81), {"Ca": ["4s"], "O": SP2["2"]}, semicore={"Ca": 8}),
+    System("BeO-zincblende", _bulk("BeO", "zincblende", a=3.80), {"Be": ["2s"], "O": SP2["2"]}, semicore={"Be": 2}),
 ]
 
 
