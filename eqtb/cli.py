@@ -1438,10 +1438,9 @@ def run_train(args) -> int:
         warnings.simplefilter("ignore")
 
     if _is_esk_input(args.config):
-        raise CLIError(f"{args.config}: an input of DeePTB's `dptb esk` (DeePTB's built-in empirical Slater-Koster "
-                       f"parameters, its base models poly2/poly4, for the basis of common_options): eqtb does not "
-                       f"ship these parameter sets; fit an nnsk model to DFTB tables with a DeePTB skf2nnsk input "
-                       f"(eqtb train) and start from it with -i")
+        raise CLIError(f"{args.config}: an input of DeePTB's `dptb esk` (a starting model from built-in Slater-Koster "
+                       f"parameters for the basis of common_options): run `eqtb esk {args.config} -o OUT`, then "
+                       f"train from OUT/esk.pth with -i")
     if is_skf2nnsk_input(args.config):  # DeePTB's `dptb skf2nnsk` input: fit nnsk to .skf tables
         if launched():
             raise CLIError(f"{args.config}: a DeePTB skf2nnsk input trains in one process: run it without torchrun")
@@ -1465,6 +1464,35 @@ def run_train(args) -> int:
         print(f"trained {summary['epochs']} epochs ({summary['stop']}) in {summary['seconds']:.1f} s; "
               f"checkpoints in {Path(args.output) / 'checkpoint'}")
     return 130 if summary["stop"] == "interrupted" else 0
+
+
+@subcommand
+def _add_esk(sub) -> None:
+    p = sub.add_parser("esk", help="a starting nnsk model for a basis from eqtb's built-in Slater-Koster table",
+                       description="DeePTB's `dptb esk`: read common_options.basis of CONF and write OUT/esk.pth "
+                                   "(an nnsk checkpoint for eqtb train -i, eqtb run -i, eqtb.load) and OUT/esk.json "
+                                   "(where each shell and bond type came from). The table's parameters are "
+                                   "eqtb's own fits to PySCF band structures (eqtb/train/esk_fit.py).")
+    p.add_argument("config", help="JSON input with common_options.basis (DeePTB's esk input)")
+    p.add_argument("-o", "--output", default=".", help="output folder (default: current folder)")
+    p.add_argument("--method", default="poly4pow",
+                   help="hopping form of the model: powerlaw or poly1pow..poly4pow (the same bands in each; default "
+                        "poly4pow, as DeePTB's base models, which DeePTB's inputs after `dptb esk` expect)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(run=run_esk)
+
+
+def run_esk(args) -> int:
+    from eqtb.train.esk import write_esk
+
+    summary = write_esk(args.config, args.output, method=args.method)
+    if not args.quiet:
+        for name, source in {**summary["shells"], **summary["bonds"]}.items():
+            print(f"  {name:<10s} {source}")
+        for system, mae in summary["fit_band_mae_meV"].items():
+            print(f"  fit {system}: band MAE {mae['train']:.0f} meV (training frames), {mae['test']:.0f} meV (test frame)")
+        print(f"starting nnsk model written to {summary['checkpoint']}")
+    return 0
 
 
 @subcommand

@@ -3,10 +3,10 @@ silicon tutorials v2.1 and v2.2, hBN, hBN_dftb, skf2nnsk, base_model, mos2) thro
 as a DeePTB user runs it: from the example's folder, the input unchanged but for ``"cuda"`` ->
 ``"cpu"``, started with ``-i`` from the checkpoint of the tutorial's previous step (DeePTB's shipped
 one) where the tutorial chains its steps, for 2 epochs. The loss must be finite, and fall when the
-input is a fit from scratch. Inputs eqtb does not train yet are listed in :data:`NOT_YET` with the
-reason, and must fail with a message naming it (so the list cannot go stale). Then every band task
-of these folders runs (``eqtb run``) with an eqtb checkpoint of that test (the DeePTB checkpoints:
-``tests/test_deeptb_tasks.py``).
+input is a fit from scratch. DeePTB's ``dptb esk`` inputs (:data:`ESK_INPUTS`) run with ``eqtb
+esk`` (eqtb's built-in Slater-Koster table). Then every band task of these folders runs (``eqtb
+run``) with an eqtb checkpoint of that test (the DeePTB checkpoints: ``tests/test_deeptb_tasks.py``),
+the MoS2 one with the model of ``eqtb esk``.
 
 Small data: the MD trajectories of the silicon tutorials (``kpathmd25``, ``kpathmd100``, 10 frames
 of 8 atoms and 354 k-points) are cut to their first 2 frames in the copy the test trains on.
@@ -17,11 +17,11 @@ of 8 atoms and 354 k-points) are cut to their first 2 frames in the copy the tes
 import json
 import math
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from ase.io import read, write
 
 from eqtb.cli import main
@@ -58,17 +58,15 @@ TRAINED = {
 }
 TRAINED.update({k.replace("/inputs/", "/inputs_bak/"): v for k, v in TRAINED.items() if "/inputs/" in k})
 
-_ESK = "DeePTB's `dptb esk`"
-#: inputs of these folders that eqtb does not train, and the words of the error that says why:
-#: ``dptb esk`` inputs (only common_options.basis) ask for DeePTB's built-in empirical
-#: Slater-Koster parameter sets (its base models poly2/poly4, shipped inside DeePTB), which eqtb
-#: does not ship; the nearest route in eqtb is skf2nnsk -> ``eqtb train -i`` (the test below)
-NOT_YET = {
-    "base_model/confs/gaas.json": _ESK,
-    "base_model/confs/hbn_sp.json": _ESK,
-    "base_model/confs/hbn_spd.json": _ESK,
-    "base_model/confs/silicon.json": _ESK,
-    "mos2/conf.json": _ESK,
+#: DeePTB's `dptb esk` inputs (only common_options.basis) -> a structure of their elements: they
+#: run with ``eqtb esk`` (eqtb's built-in table), and ``eqtb train`` names that route
+ESK_INPUTS = {
+    "base_model/confs/gaas.json": "base_model/structures/gaas.vasp",
+    "base_model/confs/hbn_sp.json": "base_model/structures/hBN.vasp",
+    "base_model/confs/hbn_spd.json": "base_model/structures/hBN.vasp",
+    "base_model/confs/silicon.json": "base_model/structures/silicon.vasp",
+    "mos2/conf.json": "mos2/mos2.vasp",
+    "silicon/tutorial_v2.2/sk_in.json": "base_model/structures/silicon.vasp",
 }
 #: band task (relative to the examples) -> (working folder, the training input whose eqtb
 #: checkpoint it runs with, -stu relative to the working folder or None)
@@ -85,9 +83,8 @@ BAND_TASKS = {
     "silicon/tutorial_v2.2/band_2.json": ("silicon/tutorial_v2.2", "silicon/tutorial_v2.2/input_3.json",
                                           "../data/kpathmd100.0/struct.vasp"),
 }
-#: band tasks of these folders that eqtb cannot run, and why
-BAND_NOT_YET = {"mos2/band.json": "needs a Mo/S model: DeePTB runs it with the parameters of `dptb esk` "
-                                  "mos2/conf.json (see NOT_YET)"}
+#: band tasks DeePTB runs with a `dptb esk` model -> (working folder, esk input, -stu)
+ESK_BAND_TASKS = {"mos2/band.json": ("mos2", "conf.json", "mos2.vasp")}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -169,15 +166,23 @@ def test_trains_unchanged(name, examples, tmp_path_factory, monkeypatch):
     assert any((run / "checkpoint").glob("*.latest.pth"))
 
 
-@pytest.mark.parametrize("name", sorted(NOT_YET))
-def test_not_yet_fails_naming_the_feature(name, examples, tmp_path, monkeypatch, capsys):
-    path = tmp_path / name
-    path.parent.mkdir(parents=True)
-    shutil.copyfile(examples / name, path)
-    monkeypatch.chdir(path.parent)
-    assert main(["train", path.name, "-o", "run", "-q", "--num-epoch", "2"]) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
-    assert len(errors) == 1 and NOT_YET[name] in errors[0], errors
+@pytest.mark.parametrize("name", sorted(ESK_INPUTS))
+def test_esk_input_gives_a_starting_model(name, examples, tmp_path, monkeypatch, capsys):
+    """``eqtb esk`` on DeePTB's esk input, from its folder: an nnsk checkpoint of exactly the input's
+    basis that ``eqtb.load`` reads and that gives finite bands on a structure of its elements;
+    ``eqtb train`` on the same input says to run ``eqtb esk``."""
+    import eqtb
+
+    monkeypatch.chdir((examples / name).parent)
+    assert main(["esk", Path(name).name, "-o", str(tmp_path / "esk"), "-q"]) == 0, capsys.readouterr().err
+    model = eqtb.load(tmp_path / "esk" / "esk.pth")
+    basis = json.loads((examples / name).read_text())["common_options"]["basis"]
+    assert model.basis.spec == basis
+    pred = model.predict(examples / ESK_INPUTS[name])
+    _, bands = pred.bands(None, npoints=30)
+    assert np.isfinite(bands).all() and bands.shape[1] == pred.hamiltonian.norb
+    assert main(["train", Path(name).name, "-o", str(tmp_path / "run"), "-q"]) == 2
+    assert "eqtb esk" in capsys.readouterr().err
 
 
 def test_every_input_is_listed(examples):
@@ -186,8 +191,7 @@ def test_every_input_is_listed(examples):
     found = {str(p.relative_to(examples)) for f in folders for p in (examples / f).rglob("*.json")
              if "common_options" in json.loads(p.read_text())}
     found -= {"silicon/tutorial_v2.2/sk_in.json"}  # a `dptb esk` input too, of the tutorial's first step
-    assert found == set(TRAINED) | set(NOT_YET)
-    assert "common_options" in json.loads((examples / "silicon/tutorial_v2.2/sk_in.json").read_text())
+    assert found | {"silicon/tutorial_v2.2/sk_in.json"} == set(TRAINED) | set(ESK_INPUTS)
 
 
 @pytest.mark.parametrize("task", sorted(BAND_TASKS))
@@ -217,7 +221,25 @@ def test_band_tasks_listed(examples):
     tasks = {str(p.relative_to(examples)) for f in ("silicon", "hBN", "hBN_dftb", "mos2", "base_model", "skf2nnsk")
              for p in (examples / f).rglob("*.json")
              if json.loads(p.read_text()).get("task_options", {}).get("task") == "band"}
-    assert tasks == set(BAND_TASKS) | set(BAND_NOT_YET)
+    assert tasks == set(BAND_TASKS) | set(ESK_BAND_TASKS)
+
+
+@pytest.mark.parametrize("task", sorted(ESK_BAND_TASKS))
+def test_band_task_with_esk_model(task, examples, tmp_path, monkeypatch, capsys):
+    """DeePTB's MoS2 band task as its example runs it (``dptb esk conf.json``, then ``dptb run
+    band.json -i <model> -stu mos2.vasp``), with ``eqtb esk``: finite bands at every k-point of the
+    task's path, one per orbital of the input's basis (Mo 4d5s5p, S 3s3p d*)."""
+    cwd, conf, stu = ESK_BAND_TASKS[task]
+    monkeypatch.chdir(examples / cwd)
+    assert main(["esk", conf, "-o", str(tmp_path / "esk"), "-q"]) == 0
+    rel = str(Path(task).relative_to(cwd))
+    assert main(["run", rel, "-i", str(tmp_path / "esk" / "esk.pth"), "-stu", stu, "-o", str(tmp_path / "band"),
+                 "-q"]) == 0, capsys.readouterr().err
+    bands = np.load(tmp_path / "band" / "bands.npy")
+    kpath = json.loads((examples / task).read_text())["task_options"]["kpath"]
+    counts = Counter(read(examples / cwd / stu).get_chemical_symbols())
+    assert bands.shape == (sum(k[3] for k in kpath[:-1]) + 1, 9 * counts["Mo"] + 9 * counts["S"])
+    assert np.isfinite(bands).all()
 
 
 def test_skf2nnsk_starts_from_deeptbs_fit_and_feeds_a_tutorial(examples, tmp_path, monkeypatch):

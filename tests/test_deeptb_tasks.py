@@ -93,8 +93,8 @@ RUNS = {
 }
 #: band tasks of the examples not in RUNS, and why (tests/test_deeptb_examples.py runs the others
 #: with eqtb's own checkpoints too)
-NOT_RUN = {"mos2/band.json": "DeePTB runs it with the parameters of `dptb esk` (its built-in base models), "
-                             "which ship no checkpoint and which eqtb does not have"}
+NOT_RUN = {"mos2/band.json": "DeePTB runs it with a model of `dptb esk` (its built-in base models), which "
+                             "ships no checkpoint; tests/test_deeptb_examples.py runs it with eqtb esk's model"}
 
 
 @pytest.mark.parametrize("task", sorted(RUNS))
