@@ -194,7 +194,7 @@ def test_zero_coupling_doubles_every_band(data_dir):
     assert float(f1) == pytest.approx(float(f0), abs=1e-9)
     energies = np.linspace(-20, 5, 50)
     np.testing.assert_allclose(es1.dos((4, 4, 1), energies), es0.dos((4, 4, 1), energies), atol=1e-9)
-    (t1, lab1, p1), (t0, lab0, p0) = es1.pdos((4, 4, 1), energies, kind="shell"), es0.pdos((4, 4, 1), energies,
+    (_, lab1, p1), (_, lab0, p0) = es1.pdos((4, 4, 1), energies, kind="shell"), es0.pdos((4, 4, 1), energies,
                                                                                           kind="shell")
     assert lab1 == lab0 and np.abs(p0).max() > 0.1
     np.testing.assert_allclose(p1, p0, atol=1e-9)

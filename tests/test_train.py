@@ -156,7 +156,7 @@ def test_restart_from_a_folder_without_checkpoints_is_one_line(si64_run, capsys)
     assert main(["train", "small.json", "-o", "x", "-q", "-r", "empty"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert [line for line in err if ": error: " in line] == [
-        f"eqtb train: error: empty: no *.latest.pth to resume from; give the checkpoint file"]
+        "eqtb train: error: empty: no *.latest.pth to resume from; give the checkpoint file"]
 
 
 def test_best_is_chosen_on_the_whole_validation_set(si64_run):
