@@ -329,7 +329,7 @@ def test_training_moves_the_strengths_and_lowers_the_loss(data_dir):
         _model(HBN, {"method": "none"}, freeze=["soc"])
 
 
-def test_eqtb_train_and_run_band_with_soc(tmp_path, data_dir, monkeypatch):
+def test_eqtb_train_and_run_band_with_soc(tmp_path, data_dir, monkeypatch, capsys):
     """DeePTB's hBN input with soc {"method": "uniform"} trains with eqtb train; its checkpoint
     loads with eqtb.load and predicts 2 norb Kramers-paired bands; eqtb run band writes them and
     counts one electron per band; a spinless checkpoint starts a spinful model (-i) with its
@@ -343,6 +343,7 @@ def test_eqtb_train_and_run_band_with_soc(tmp_path, data_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.set_num_threads(1)
     assert main(["train", "input.json", "-o", "run", "-q"]) == 0
+    assert "noncollinear" in capsys.readouterr().err  # said once: spinful bands against the reference one by one
     ckpt = tmp_path / "run" / "checkpoint" / "nnsk.latest.pth"
     pred = eqtb.load(ckpt).predict(src / "data" / "struct.vasp")
     kpath, bands = pred.bands("GMKG", npoints=20)

@@ -211,6 +211,11 @@ class Trainer:
         except LossError as exc:
             raise ConfigError(cfg.source, "train_options.loss_options.train", str(exc)) from None
         self._check_data_for_loss(loss_options["method"])
+        if self.loss_fn.needs_bands and (plain["model_options"].get("nnsk") or {}).get("soc"):
+            warnings.warn(f"{cfg.source}: model_options.nnsk.soc makes the model spinful: the band loss compares its "
+                          "2 norb spin states with the reference bands one by one (as DeePTB), so the reference "
+                          "must come from a noncollinear (spin-orbit) calculation; bands of a spinless one hold "
+                          "both spins each and would have to be listed twice", ConfigWarning, stacklevel=2)
         self.ref_loss_fn = None
         if cfg.data_options.reference is not None:  # DeePTB: a reference batch's loss joins every step
             ref_options = plain["train_options"]["loss_options"].get("reference") or loss_options
