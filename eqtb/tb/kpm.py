@@ -335,15 +335,22 @@ class Preconditioner:
         return self.op @ R
 
 
+def _cdots(*pairs) -> list[np.ndarray]:
+    """:func:`_cdot` of several ``(A, B)`` pairs."""
+    return [_cdot(A, B) for A, B in pairs]
+
+
 def block_cg(matvec, B: np.ndarray, precond=None, tol: float = 1e-8, maxiter: int = 1000,
-             name: str = "S", dot=_cdot):
+             name: str = "S", dot=_cdot, dots=_cdots):
     """Solve ``S X = B`` for a block of right-hand sides by preconditioned conjugate gradients.
 
     ``matvec(P)`` returns ``S @ P`` for a whole (n, m) block (one pass over S); ``precond(R)``
     approximates ``S^-1 R``. Each column has its own step lengths alpha, beta; converged columns are
     frozen. Stops when every column's relative residual ``|B - S X| / |B|`` (2-norm, recursively
     updated) is below ``tol``. ``dot(A, B)``: the column-wise real part of ``A^dagger B`` (summed
-    over processes when the rows are distributed). Returns ``(X, iterations)``.
+    over processes when the rows are distributed); ``dots(*pairs)``: the same of several pairs at
+    once (one reduction over processes for the two products each iteration ends with). Returns
+    ``(X, iterations)``.
 
     Raises SpectrumError when S is found not positive definite (``p^dagger S p <= 0``) or the
     iteration does not converge in ``maxiter`` steps."""
@@ -374,8 +381,12 @@ def block_cg(matvec, B: np.ndarray, precond=None, tol: float = 1e-8, maxiter: in
         Q *= alpha
         R -= Q
         Z = precond(R) if precond is not None else R
-        rz_new = dot(R, Z)
-        rel = (np.sqrt(np.maximum(rz_new, 0.0)) if Z is R else np.sqrt(dot(R, R))) / bn
+        if Z is R:
+            rz_new = dot(R, Z)
+            rel = np.sqrt(np.maximum(rz_new, 0.0)) / bn
+        else:
+            rz_new, rr = dots((R, Z), (R, R))
+            rel = np.sqrt(rr) / bn
         active = rel >= tol
         if not active.any():
             return (X[:, 0] if squeeze else X), it
@@ -419,6 +430,10 @@ class Pencil:
         """Column-wise real part of ``A^dagger B``, (m,)."""
         return _cdot(A, B)
 
+    def dots(self, *pairs) -> list[np.ndarray]:
+        """:meth:`dot` of several ``(A, B)`` pairs (one reduction where the rows are distributed)."""
+        return _cdots(*pairs)
+
     def rows(self, X: np.ndarray) -> np.ndarray:
         """The rows of a global (n, m) block that this pencil's blocks hold (all of them here)."""
         return X
@@ -426,7 +441,8 @@ class Pencil:
     def solve(self, Y, tol=None):
         if self.Sop is None:
             return Y
-        X, it = block_cg(self.Sop.__matmul__, Y, self.prec, tol or self.solve_tol, self.max_cg_iter, dot=self.dot)
+        X, it = block_cg(self.Sop.__matmul__, Y, self.prec, tol or self.solve_tol, self.max_cg_iter, dot=self.dot,
+                         dots=self.dots)
         self.cg_iterations.append(it)
         return X
 
