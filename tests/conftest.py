@@ -37,21 +37,31 @@ def data_dir() -> Path:
     return DATA
 
 
+def copy_si64(data_dir: Path, root: Path) -> Path:
+    """DeePTB's tutorial layout of the Si64 ABACUS frame under ``root``: ``data/Si64.0`` (a writable
+    copy; copyfile, as the shared files are read-only) and ``data/info.json``. Returns the frame folder."""
+    import shutil
+
+    src = data_dir / "si64_abacus"
+    out = root / "data" / "Si64.0"
+    out.mkdir(parents=True)
+    for f in (src / "Si64.0").iterdir():
+        shutil.copyfile(f, out / f.name)
+    shutil.copyfile(src / "info.json", root / "data" / "info.json")
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_model(data_dir, tmp_path_factory) -> Path:
     """Checkpoint of a tiny SLEM (H and S of Si 1s1p) trained for 3 epochs on the real Si64 frame."""
     import json
-    import shutil
 
     from eqtb.config import load_config
     from eqtb.train.trainer import Trainer
 
     src = data_dir / "si64_abacus"
     tmp = tmp_path_factory.mktemp("tiny_model")
-    (tmp / "data" / "Si64.0").mkdir(parents=True)
-    for f in (src / "Si64.0").iterdir():
-        shutil.copyfile(f, tmp / "data" / "Si64.0" / f.name)  # copyfile: the shared files are read-only
-    shutil.copyfile(src / "info.json", tmp / "data" / "info.json")
+    copy_si64(data_dir, tmp)
     cfg = json.loads((src / "input_short_cpu.json").read_text())
     cfg["model_options"]["embedding"].update(irreps_hidden="8x0e+8x1o+4x2e", n_layers=1, r_max={"Si": 5.0})
     cfg["model_options"]["prediction"]["neurons"] = [16, 16]

@@ -2,11 +2,11 @@
 Si64 ABACUS frame (Si 1s1p, bonds with blocks up to 9.78 A), at NK of its k-points to stay cheap."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 
+from conftest import copy_si64
 from eqtb.cli import main
 
 NK = 4
@@ -27,13 +27,7 @@ def folder(data_dir, frame, tmp_path_factory):
     from eqtb.tb.spectrum import band_energies
 
     H, S, kpts = frame
-    src = data_dir / "si64_abacus"
-    tmp = tmp_path_factory.mktemp("cutoff")
-    out = tmp / "data" / "Si64.0"
-    out.mkdir(parents=True)
-    for f in (src / "Si64.0").iterdir():
-        shutil.copyfile(f, out / f.name)  # copyfile: the shared files are read-only
-    shutil.copyfile(src / "info.json", tmp / "data" / "info.json")
+    out = copy_si64(data_dir, tmp_path_factory.mktemp("cutoff"))
     np.save(out / "kpoints.npy", kpts)
     np.save(out / "eigenvalues.npy", band_energies(H, S, kpts)[None])
     return out

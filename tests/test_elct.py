@@ -8,13 +8,13 @@ schema and ignored keys; and examples/elct_si64.json trained with `eqtb train` o
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import copy_si64
 from eqtb.basis import Basis
 from eqtb.cli import main
 from eqtb.config import ConfigError, config_from_dict, ignored_keys
@@ -290,11 +290,7 @@ def test_config_schema_and_ignored_keys():
 @pytest.fixture()
 def si64_run(tmp_path, data_dir, monkeypatch):
     """The layout of benchmarks/train_si64.py: data/Si64.0 + data/info.json; cwd there."""
-    src = data_dir / "si64_abacus"
-    (tmp_path / "data" / "Si64.0").mkdir(parents=True)
-    for f in (src / "Si64.0").iterdir():
-        shutil.copyfile(f, tmp_path / "data" / "Si64.0" / f.name)
-    shutil.copyfile(src / "info.json", tmp_path / "data" / "info.json")
+    copy_si64(data_dir, tmp_path)
     monkeypatch.chdir(tmp_path)
     torch.set_num_threads(1)
     return tmp_path

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import copy_si64
 from eqtb.cli import main
 
 BASIS = {"Si": "1s1p"}
@@ -25,11 +26,7 @@ def setup(data_dir, tmp_path_factory):
 
     src = data_dir / "si64_abacus"
     tmp = tmp_path_factory.mktemp("evaluate")
-    folder = tmp / "data" / "Si64.0"
-    folder.mkdir(parents=True)
-    for f in (src / "Si64.0").iterdir():
-        shutil.copyfile(f, folder / f.name)  # copyfile: the shared files are read-only
-    shutil.copyfile(src / "info.json", tmp / "data" / "info.json")
+    folder = copy_si64(data_dir, tmp)
     kpts = np.load(folder / "kpoints.npy")[:: 36 // NK][:NK]
     np.save(folder / "kpoints.npy", kpts)
     fr = TrajectoryFolder(folder).frame(0, density_matrix=False, eigenvalues=False)
@@ -207,3 +204,27 @@ def test_input_errors(setup, tmp_path, capsys):
     assert rc == 2 and str(tmp_path / "nothing") in cap.err
     rc, cap = _run([setup["config"], "-i", setup["ckpt"], "--prefix", "Si64"], capsys)
     assert rc == 2 and "--prefix" in cap.err
+
+
+def test_bands_compare_the_bandinfo_window(data_dir, tmp_path):
+    """A band dataset's bandinfo [band_min, band_max) is what eqtb test compares (DeePTB's kpath_spk:
+    bands 0-6 of 14, with DeePTB's tutorial nnsk, 18 orbitals); without bandinfo, all the bands
+    both sides have."""
+    silicon = data_dir / "deeptb_examples" / "silicon"
+    ckpt = silicon / "tutorial_v2.2" / "ref_ckpt" / "nnsk_tr1.pth"
+    folder = tmp_path / "kpath_spk.0"
+    shutil.copytree(silicon / "data" / "kpath_spk.0", folder)
+    torch.set_num_threads(1)
+
+    def compared(out):
+        assert main(["test", "-i", str(ckpt), str(folder), "--bands", "-q", "-o", str(tmp_path / out)]) == 0
+        bands = json.loads((tmp_path / out / "test_results.json").read_text())["bands"]
+        return bands["nbands"], bands["align"]["mean"]["mae"]
+
+    n_window, mae_window = compared("window")
+    info = json.loads((folder / "info.json").read_text())
+    del info["bandinfo"]
+    (folder / "info.json").write_text(json.dumps(info))
+    n_all, mae_all = compared("all")
+    assert (n_window, n_all) == (6, 14)
+    assert mae_window < 100 < mae_all  # the fitted window; the conduction bands above it were never fitted

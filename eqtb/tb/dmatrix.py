@@ -39,6 +39,7 @@ from eqtb.tb.kpm import (
     Preconditioner,
     check_kpm_options,
     kpm_pencil,
+    storage_dtype,
 )
 from eqtb.tb.spectrum import SpectrumError
 
@@ -264,13 +265,7 @@ def kpm_dos_distributed(H: DistributedMatrix, S: DistributedMatrix | None = None
     t0 = time.perf_counter()
     if isinstance(dtype, str) and dtype == "auto":
         dtype = "float32" if H.global_nnz > FLOAT32_MIN_NNZ else None
-    cplx = H.dtype.kind == "c" or (S is not None and S.dtype.kind == "c")
-    if dtype is None or np.dtype(dtype) in (np.float64, np.complex128):
-        store = np.complex128 if cplx else np.float64
-    elif np.dtype(dtype) in (np.float32, np.complex64):
-        store = np.complex64 if cplx else np.float32
-    else:
-        raise SpectrumError(f"dtype must be float64 or float32 (storage precision), got {dtype!r}")
+    store = storage_dtype(dtype, H.dtype.kind == "c" or (S is not None and S.dtype.kind == "c"))
     H = H.astype(store)
     S = S.astype(store) if S is not None else None
     pen = DistributedPencil(H, S, preconditioner, blocks, solve_tol, max_cg_iter)

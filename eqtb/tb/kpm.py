@@ -153,6 +153,7 @@ __all__ = [
     "kpm_dos",
     "kpm_pencil",
     "spectral_bounds",
+    "storage_dtype",
 ]
 
 #: Lorentz kernel parameter lambda (Weisse et al. recommend 3-5)
@@ -168,6 +169,16 @@ FLOAT32_MIN_NNZ = 2e7
 
 
 # ------------------------------------------------------------------------------ input checking
+def storage_dtype(dtype, complex_: bool) -> type:
+    """The numpy type H and S are stored in: ``dtype`` None or float64 -> (complex) float64,
+    float32 -> (complex) float32; complex when ``complex_`` (either matrix is)."""
+    if dtype is None or np.dtype(dtype) in (np.float64, np.complex128):
+        return np.complex128 if complex_ else np.float64
+    if np.dtype(dtype) in (np.float32, np.complex64):
+        return np.complex64 if complex_ else np.float32
+    raise SpectrumError(f"dtype must be float64 or float32 (storage precision), got {dtype!r}")
+
+
 def as_pencil(H, S=None, dtype=None):
     """Validate and convert H (and S) to CSR with int32 indices where possible.
 
@@ -196,12 +207,7 @@ def as_pencil(H, S=None, dtype=None):
     if H.shape[0] == 0:
         raise SpectrumError("H is empty")
     cplx = H.dtype.kind == "c" or (S is not None and S.dtype.kind == "c")
-    if dtype is None or np.dtype(dtype) in (np.float64, np.complex128):
-        base = np.complex128 if cplx else np.float64
-    elif np.dtype(dtype) in (np.float32, np.complex64):
-        base = np.complex64 if cplx else np.float32
-    else:
-        raise SpectrumError(f"dtype must be float64 or float32 (storage precision), got {dtype!r}")
+    base = storage_dtype(dtype, cplx)
     out = []
     for M in (H, S):
         if M is None:

@@ -297,20 +297,27 @@ class _BandAccumulator:
         return out
 
 
+def _align_rows(results: dict, prefix: str = "") -> list[str]:
+    """One table row per alignment of :data:`BAND_ALIGNS`: MAE, max |err| and window MAE (meV)."""
+    rows = []
+    for align in BAND_ALIGNS:
+        r = results[align]
+        if r is None:
+            rows.append(f"{prefix + align:<22}{'-':>15}{'-':>16}{'-':>15}")
+            continue
+        w = r.get("window")
+        win = f"{w['mae']:>15.4f}" if w and w["mae"] is not None else f"{'-':>15}"
+        rows.append(f"{prefix + align:<22}{r['mae']:>15.4f}{r['max_abs']:>16.4f}{win}")
+    return rows
+
+
 def _band_table(b: dict) -> str:
     title = (f"bands: errors in meV ({b['frames']} frame(s), up to {b['nbands']} bands, overlap from "
              f"{b['overlap']})")
     lines = [title]
     head = f"{'alignment':<22}{'MAE (all)':>15}{'max |err|':>16}{'MAE (window)':>15}"
     lines += [head, "-" * len(head)]
-    for align in BAND_ALIGNS:
-        r = b["align"][align]
-        if r is None:
-            lines.append(f"{align:<22}{'-':>15}{'-':>16}{'-':>15}")
-            continue
-        w = r.get("window")
-        win = f"{w['mae']:>15.4f}" if w and w["mae"] is not None else f"{'-':>15}"
-        lines.append(f"{align:<22}{r['mae']:>15.4f}{r['max_abs']:>16.4f}{win}")
+    lines += _align_rows(b["align"])
     if b["window"] is None:
         lines.append("(no window: no Fermi level known; give nel_atom or a fermi_level.json)")
     else:
@@ -320,14 +327,7 @@ def _band_table(b: dict) -> str:
     if floor is not None:
         lines.append(f"cutoff floor: the dataset's exact blocks on the model's bonds (r_max {floor['r_max']}), the "
                      f"least error of any model at this cutoff:")
-        for align in BAND_ALIGNS:
-            r = floor["align"][align]
-            if r is None:
-                lines.append(f"{'floor ' + align:<22}{'-':>15}{'-':>16}{'-':>15}")
-                continue
-            w = r.get("window")
-            win = f"{w['mae']:>15.4f}" if w and w["mae"] is not None else f"{'-':>15}"
-            lines.append(f"{'floor ' + align:<22}{r['mae']:>15.4f}{r['max_abs']:>16.4f}{win}")
+        lines += _align_rows(floor["align"], "floor ")
         for f in floor["failed"]:
             lines.append(f"floor failed: {f['frame']}: {f['error']}")
     for f in b["failed"]:
