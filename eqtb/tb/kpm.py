@@ -16,10 +16,17 @@ normalization of :func:`eqtb.tb.spectrum.dos` with one k-point of weight 1: it i
   S inner product, and ``Tr f(A) = sum_n f(eps_n)`` still holds. ``A`` is rescaled to
   ``At = (A - b) / a`` with spectrum inside [-1, 1], ``b = (emax + emin)/2``, ``a = (emax - emin)/2``
   where (emin, emax) are :attr:`KPMResult.bounds` (Lanczos estimate + safety margin).
-* Chebyshev moments by a stochastic (Hutchinson) trace, per orbital:
-  ``mu_m = (1 / (R * norb)) sum_r r^dagger T_m(At) r`` with R = ``n_random`` Rademacher vectors
-  (real matrices) or random-phase vectors (complex), so ``mu_0 = 1`` exactly. The recursion
-  ``T_{m+1}(At) r = 2 At T_m(At) r - T_{m-1}(At) r`` runs on the whole (norb, R) block at once.
+* Chebyshev moments by a stochastic (Hutchinson) trace, per orbital, two moments per solve:
+  with R = ``n_random`` Rademacher vectors r (real matrices) or random-phase vectors (complex) and
+  the start vectors ``z = S^-1/2 r`` (:func:`overlap_inverse_sqrt`; ``z = r`` when S is None),
+  ``mu_m = (1 / (R * norb)) sum_r z^dagger S T_m(At) z``, whose expectation is
+  ``Tr T_m(At) / norb`` (``E[z z^dagger] = S^-1``) and which equals the plain estimator
+  ``r^dagger T_m(S^-1/2 H S^-1/2) r`` of the Loewdin-orthogonalized matrix. Because At is
+  self-adjoint in the S inner product, ``T_2m = 2 T_m^2 - T_0`` and ``T_2m+1 = 2 T_m+1 T_m - T_1``
+  give ``mu_2m = 2 u_m^dagger S u_m - z^dagger S z`` and ``mu_2m+1 = 2 u_m+1^dagger S u_m - mu_1``
+  from ``u_m = T_m(At) z`` (recursion ``u_m+1 = 2 At u_m - u_m-1`` on the whole (norb, R) block):
+  M moments take M / 2 applications of At (each one S^-1 solve), plus one product with S per
+  step and ~40 for z. ``mu_0 = r^dagger r / norb = 1`` exactly.
 * ``S^-1`` is applied by a block preconditioned conjugate gradient (:func:`block_cg`): one sparse
   product of the whole block per iteration, per-column step lengths, stopping when every
   column's relative residual is below ``solve_tol``. Preconditioner: Jacobi (the diagonal of S),
@@ -95,9 +102,12 @@ ACCURACY (what to expect)
 
 COST AND PERFORMANCE
 --------------------
-Cost = ``n_moments * (1 + n_cg)`` sparse products of H or S with the (norb, n_random) block (one
-H product plus the CG iterations of the S solve; S=None: ``n_moments`` products), plus ~40
-single-vector Lanczos steps for the bounds (~5 %). The Si overlap (ABACUS 1s1p: smallest
+Cost = ``(n_moments / 2) * (2 + n_cg)`` sparse products of H or S with the (norb, n_random) block
+(per step one H product, the CG iterations of the S solve and one S product for the two moments;
+S=None: ``n_moments / 2`` products), plus ~40 single-vector Lanczos steps for the bounds and ~40 S
+products for the start vectors S^-1/2 r. Two moments per solve (above) replaced one moment per
+solve: Si64 2x2x2 supercell (2048 orbitals), M = 256, R = 8, float32, solve_tol 1e-5: 5.9 -> 3.6 s
+CPU, 5865 -> 3061 CG iterations (the Lanczos bounds, 765 more, are now a fifth of the work). The Si overlap (ABACUS 1s1p: smallest
 eigenvalue 0.17, condition number 17, unit diagonal so Jacobi is the identity) needs
 n_cg = 35-37 (solve_tol 1e-8) / 23 (1e-5) iterations per solve, independent of the system size
 (Si64 and its 2x2x2 ... 6x6x6 supercells). ``preconditioner="ilu"`` (scipy spilu, drop 1e-3)
@@ -118,16 +128,18 @@ repeated runs, +-30 %):
     Si64 4x4x4 supercell (4096 atoms)            16384   9.7e6   5.7e6      108 s       64 s
       (same, preconditioner="ilu": 52 s incl. 7 s factorization; M = 128, float32, 1e-5: 30 s)
 
-Per moment the time is ``(nnz_H + n_cg nnz_S) * t`` with t ~ 1.6-1.8 ns (float64) /
+The wall times above were measured with one moment per solve; two per solve take ~0.6 of them.
+Per solve (two moments) the time is ``(nnz_H + (n_cg + 1) nnz_S) * t`` with t ~ 1.6-1.8 ns (float64) /
 1.1-1.3 ns (float32) per stored nonzero including the CG vector updates (measured above). For
 4e5 orbitals with nnz_H = 1.4e8 and nnz_S = 0.59 nnz_H (the Si ratio):
-``256 * 1.4e8 * (1 + 37 * 0.59) * 1.7 ns = 23 min`` with the defaults, ``256 * 1.4e8 *
-(1 + 23 * 0.59) * 1.2 ns = 10 min`` with ``dtype="float32", solve_tol=1e-5`` (5 min with
+``128 * 1.4e8 * (1 + 38 * 0.59) * 1.7 ns = 12 min`` with the defaults, ``128 * 1.4e8 *
+(1 + 24 * 0.59) * 1.2 ns = 5.3 min`` with ``dtype="float32", solve_tol=1e-5`` (2.7 min with
 M = 128); memory ~12 bytes per nonzero of H and S (float64) plus ~10 blocks of 8 vectors.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import time
@@ -152,6 +164,7 @@ __all__ = [
     "kernel_coefficients",
     "kpm_dos",
     "kpm_pencil",
+    "overlap_inverse_sqrt",
     "spectral_bounds",
     "storage_dtype",
 ]
@@ -457,6 +470,15 @@ class Pencil:
         Y = self.Hop @ X
         return self.solve(Y, tol), Y
 
+    def overlap_pencil(self) -> Pencil:
+        """The standard eigenproblem of S alone (``S x = lambda x``), with this pencil's reductions
+        and rows (e.g. for :func:`spectral_bounds` of S)."""
+        if self.Sop is None:
+            raise SpectrumError("the pencil has no overlap matrix")
+        p = copy.copy(self)
+        p.Hop, p.Sop, p.prec, p.cg_iterations = self.Sop, None, None, []
+        return p
+
 
 # ------------------------------------------------------------------------------- spectral bounds
 def spectral_bounds(H, S=None, steps: int = 40, margin: float = 0.01, seed: int = 0,
@@ -486,7 +508,7 @@ def spectral_bounds(H, S=None, steps: int = 40, margin: float = 0.01, seed: int 
     beta = 0.0
     m = min(steps, n)
     for j in range(m):
-        x, y = pen.apply(q, tol=max(solve_tol, 1e-6))  # Ritz values need far less than the moments
+        x, y = pen.apply(q, tol=max(solve_tol, 1e-4))  # Ritz values need far less than the moments (error ~ tol * width << margin)
         alpha = pen.dot(q, y)[0]
         r = x - alpha * q - beta * q_old
         Sr = y - alpha * Sq - beta * Sq_old
@@ -508,6 +530,42 @@ def spectral_bounds(H, S=None, steps: int = 40, margin: float = 0.01, seed: int 
     lo, hi = theta[0] - res[0], theta[-1] + res[-1]
     width = max(hi - lo, 1e-6 * max(abs(lo), abs(hi), 1.0))
     return float(lo - margin * width), float(hi + margin * width)
+
+
+def overlap_inverse_sqrt(pen: Pencil, X: np.ndarray, tol: float = 1e-8, steps: int = 40, seed: int = 0,
+                         max_degree: int = 4000) -> tuple[np.ndarray, int]:
+    """``(S^-1/2 X, products)``: a Chebyshev expansion of ``x^-1/2`` on bounds of the spectrum of S
+    (:func:`spectral_bounds` of :meth:`Pencil.overlap_pencil`), truncated where the sum of the
+    dropped coefficients is below ``tol`` times the smallest value of ``x^-1/2`` there (so the
+    relative error of each column is below ``tol``); ``products``: the products with S it took
+    (degree ~ ``sqrt(cond S) ln(2/tol) / 2``: 38 for the Si overlap, condition number 17, tol 1e-8).
+
+    Raises SpectrumError when the Lanczos estimate of S's smallest eigenvalue is not positive."""
+    lo, hi = spectral_bounds(None, None, steps, 0.01, seed, _pencil=pen.overlap_pencil())
+    if not lo > 0:
+        raise SpectrumError(f"S is not positive definite: a Lanczos estimate puts its smallest eigenvalue at "
+                            f"{lo:.3e} (largest {hi:.3e}); check the overlap matrix")
+    c_mid, half = 0.5 * (hi + lo), 0.5 * (hi - lo)
+    degree = 64
+    while True:
+        c = np.polynomial.chebyshev.chebinterpolate(lambda t: (c_mid + half * t) ** -0.5, degree)
+        tail = np.cumsum(np.abs(c[::-1]))[::-1]  # tail[k] = sum_{j >= k} |c_j|
+        keep = np.nonzero(tail < tol * hi ** -0.5)[0]
+        if len(keep):
+            K = max(int(keep[0]), 1)
+            break
+        if degree >= max_degree:
+            raise SpectrumError(f"S is too ill-conditioned for KPM (eigenvalues in [{lo:.3e}, {hi:.3e}]: a "
+                                f"degree-{max_degree} expansion of S^-1/2 does not reach {tol:.0e})")
+        degree *= 2
+    # Clenshaw-free three-term recursion on St = (S - c_mid) / half, summing c_k T_k(St) X
+    t_prev, t = X, (pen.Sop @ X - c_mid * X) / half
+    Z = c[0] * X + c[1] * t
+    for k in range(2, K):
+        t_next = (pen.Sop @ t - c_mid * t) * (2.0 / half) - t_prev
+        Z += c[k] * t_next
+        t_prev, t = t, t_next
+    return Z, K - 1
 
 
 # ------------------------------------------------------------------------------------ kernels
@@ -942,8 +1000,11 @@ def kpm_pencil(pen: Pencil, energies=None, n_moments: int = 256, n_random: int =
     a, b = 0.5 * (hi - lo), 0.5 * (hi + lo)
 
     r = pen.rows(_random_block(n, R, random_vectors, pen.cplx, seed))
-    mv = np.full((R, M), np.nan)
-    mv[:, 0] = pen.dot(r, r) / n
+    z, n_sqrt = (r, 0) if pen.Sop is None else overlap_inverse_sqrt(pen, r, tol=min(pen.solve_tol, 1e-6),
+                                                                     steps=lanczos_steps, seed=seed)
+
+    def times_s(X):
+        return X if pen.Sop is None else pen.Sop @ X
 
     def step(u):
         x, _ = pen.apply(u)
@@ -951,24 +1012,35 @@ def kpm_pencil(pen: Pencil, energies=None, n_moments: int = 256, n_random: int =
         x *= 1.0 / a
         return x
 
-    it = range(1, M)
+    # u_m = T_m(At) z; mu_0 from r (exact), mu_1 = z^T S u_1, then two moments per solve:
+    # mu_2m = 2 u_m^T S u_m - z^T S z, mu_2m+1 = 2 u_m+1^T S u_m - mu_1 (module docstring)
+    mv = np.full((R, M), np.nan)
+    mv[:, 0] = pen.dot(r, r) / n
+    Sz = times_s(z)
+    u = step(z)
+    m0z, m1 = pen.dots((z, Sz), (u, Sz))
+    mv[:, 1] = m1 / n
+    u_prev = z
+    steps = range(1, (M + 1) // 2)  # m = 1 .. ; moment 2m (and 2m + 1 while < M)
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(it, desc="KPM moments", unit="moment", leave=False)
-    u_prev, u = r, None
+        steps = tqdm(steps, desc="KPM moments", unit="solve", leave=False)
     growth = 0.0
-    for m in it:
-        if m == 1:
-            u = step(r)
-        else:
+    for m in steps:
+        Su = times_s(u)
+        if 2 * m + 1 < M:
             un = step(u)
             un *= 2.0
             un -= u_prev
+            uu, nu = pen.dots((u, Su), (un, Su))
+            mv[:, 2 * m + 1] = (2.0 * nu - m1) / n
             u_prev, u = u, un
-        mv[:, m] = pen.dot(r, u) / n
-        growth = max(growth, float(np.abs(mv[:, m]).max()))
-        if not np.isfinite(mv[:, m]).all() or growth > 1e3:
+        else:
+            uu = pen.dot(u, Su)
+        mv[:, 2 * m] = (2.0 * uu - m0z) / n
+        growth = max(growth, float(np.abs(mv[:, 2 * m:2 * m + 2]).max()))
+        if not np.isfinite(mv[:, 2 * m:2 * m + 2]).all() or growth > 1e3:
             break
     moments = mv.mean(axis=0)
     thresh = 1.0 + max(0.05, 8.0 / math.sqrt(R * n))
@@ -979,7 +1051,8 @@ def kpm_pencil(pen: Pencil, energies=None, n_moments: int = 256, n_random: int =
     t3 = time.perf_counter()
     its = pen.cg_iterations
     cg = {"per_solve_mean": float(np.mean(its)) if its else 0.0, "per_solve_max": int(max(its)) if its else 0,
-          "total": int(sum(its)), "lanczos_total": int(n_lanczos_cg)}
+          "total": int(sum(its)), "solves": len(its), "lanczos_total": int(n_lanczos_cg),
+          "inverse_sqrt_products": n_sqrt}
     timings = {"setup": t1 - t0, "bounds": t2 - t1, "moments": t3 - t2}
     res = KPMResult.from_moments(mv, bounds, n, energies, kernel, spin_degeneracy,
                                  cg_iterations=cg, timings=timings, dtype=dtype)
