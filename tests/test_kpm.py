@@ -13,10 +13,13 @@ from eqtb.data.folder import TrajectoryFolder
 from eqtb.tb.kpm import (
     KPMFermiLevel,
     KPMResult,
+    Pencil,
+    as_pencil,
     block_cg,
     chebyshev_moments,
     kernel_coefficients,
     kpm_dos,
+    overlap_inverse_sqrt,
 )
 from eqtb.tb.lanczos import band_edges, eigenvalues_near
 from eqtb.tb.spectrum import SpectrumError
@@ -62,6 +65,20 @@ def test_bounds_resolution_and_normalization(si64, kpm):
     assert res.integrated(hi + 1.0) == pytest.approx(G * si64["norb"], abs=1e-9)
     # the S^-1 solve of this well-conditioned overlap takes tens of CG iterations, not hundreds
     assert 10 < res.cg_iterations["per_solve_mean"] < 60
+    # two moments per S^-1 solve (doubling in the S inner product)
+    assert res.cg_iterations["solves"] == res.n_moments // 2
+
+
+def test_overlap_inverse_sqrt_matches_dense(si64):
+    """The start vectors S^-1/2 r of the moments: Chebyshev expansion vs the dense inverse square root."""
+    S = si64["S"]
+    pen = Pencil.from_matrices(*as_pencil(si64["H"], S)[:2])
+    X = np.random.default_rng(4).standard_normal((S.shape[0], 3))
+    Z, products = overlap_inverse_sqrt(pen, X, tol=1e-8)
+    w, V = np.linalg.eigh(S.toarray())
+    ref = V @ ((V.T @ X) / np.sqrt(w)[:, None])
+    assert np.linalg.norm(Z - ref, axis=0).max() < 1e-8 * np.linalg.norm(ref, axis=0).min()
+    assert products < 80  # condition number ~17: a degree ~40 expansion
 
 
 def test_integrated_dos_matches_exact_counts(si64, kpm):
