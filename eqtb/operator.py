@@ -42,6 +42,68 @@ from eqtb.structure import Structure, pair_cutoffs
 DENSE_BATCH_MAX_NORB = 47
 
 
+def compact_orbitals(basis: Basis, numbers) -> np.ndarray | None:
+    """Rows of the full-basis layout (F per atom) that the compact layout keeps, in order; None
+    when every atom has all F orbitals (the layouts coincide)."""
+    F = basis.full_norb
+    if (basis.norb_of(numbers) == F).all():
+        return None
+    types = basis.types_of(numbers)
+    return np.concatenate([a * F + np.asarray(basis.orbital_index[t]) for a, t in enumerate(types)])
+
+
+class BlockPattern:
+    """The block-sparse pattern of an operator at one k-point: atoms as block rows and columns,
+    one F x F block (full-basis layout) for every atom (onsite) and for both directions of every
+    canonical bond ``(i, j)``; images of one atom pair (bonds with other R) share their block, so
+    their blocks add up. Built from ``n_atoms`` and the bonds' ``i, j`` alone, so the blocks can be
+    added part by part as a model produces them (:meth:`add`), without an Operator in memory.
+
+    ``indptr`` (N + 1,), ``indices`` (nblocks,) int32: the BSR block structure (columns sorted);
+    ``onsite`` (N,), ``forward`` (E,), ``reverse`` (E,): the block each atom's onsite block, each
+    bond's ``O_ij`` and its transpose ``O_ji`` go to."""
+
+    def __init__(self, n_atoms: int, i, j):
+        N = int(n_atoms)
+        i, j = np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64)
+        key = np.concatenate([np.arange(N, dtype=np.int64) * (N + 1), i * N + j, j * N + i])
+        uniq, where = np.unique(key, return_inverse=True)
+        del key
+        self.n_atoms, self.n_bonds = N, len(i)
+        self.n_blocks = len(uniq)
+        self.unique = self.n_blocks == len(where)  # no two images of one pair: plain assignment
+        small = np.int32 if self.n_blocks < 2**31 else np.int64
+        self.indices = (uniq % N).astype(np.int32 if N < 2**31 else np.int64)
+        self.indptr = np.concatenate([[0], np.cumsum(np.bincount(uniq // N, minlength=N))]).astype(small)
+        del uniq
+        where = where.astype(small, copy=False)
+        self.onsite, self.forward, self.reverse = where[:N], where[N:N + len(i)], where[N + len(i):]
+
+    def zeros(self, F: int, dtype=np.float64) -> np.ndarray:
+        """Block data (nblocks, F, F) to :meth:`add` into."""
+        return np.zeros((self.n_blocks, F, F), dtype=dtype)
+
+    def add(self, data: np.ndarray, blocks: np.ndarray, bonds=None) -> None:
+        """Add blocks into ``data``: ``bonds`` None: the onsite blocks (N, F, F) of every atom; else
+        the blocks ``O_ij(R)`` (e, F, F) of the canonical bonds ``bonds`` (a slice or index array of
+        them), and their conjugate transposes at ``(j, i)``."""
+        if bonds is None:
+            targets = [(self.onsite, blocks)]
+        else:
+            targets = [(self.forward[bonds], blocks), (self.reverse[bonds], np.conj(np.swapaxes(blocks, 1, 2)))]
+        for pos, b in targets:
+            if self.unique:
+                data[pos] += b
+            else:
+                np.add.at(data, pos, b)
+
+    def bsr(self, data: np.ndarray) -> sp.bsr_matrix:
+        """The block-sparse matrix (N F x N F) of block data from :meth:`zeros` / :meth:`add`."""
+        F = data.shape[1]
+        N = self.n_atoms
+        return sp.bsr_matrix((data, self.indices, self.indptr), shape=(N * F, N * F))
+
+
 @dataclass
 class Operator:
     structure: Structure
@@ -183,6 +245,11 @@ class Operator:
         return self.structure.natoms
 
     @cached_property
+    def block_pattern(self) -> BlockPattern:
+        """The block-sparse pattern of this operator's O(k) (:class:`BlockPattern`)."""
+        return BlockPattern(self.natoms, self.i, self.j)
+
+    @cached_property
     def atom_orbital_offsets(self) -> np.ndarray:
         """(N + 1,) offsets of each atom's rows in the compact layout of O(k)."""
         return np.concatenate([[0], np.cumsum(self.basis.norb_of(self.structure.numbers))])
@@ -280,34 +347,23 @@ class Operator:
         (complex) for a spinful operator, and ``2 norb`` square for any with ``spinful=True``
         (module docstring).
 
-        Assembled block-wise (a BSR matrix of the full-basis blocks, atoms as block rows, converted
-        to CSR; padding rows of elements with fewer orbitals removed): about 2 copies of the
-        blocks in memory, no per-entry index arrays — a 10^5-atom Si 1s1p cell (4e6 bonds) takes
+        Assembled block-wise (a BSR matrix of the full-basis blocks on :attr:`block_pattern`,
+        converted to CSR; padding rows of elements with fewer orbitals removed): one copy of the
+        blocks in memory besides the operator's own, no per-entry index arrays — a 10^5-atom Si 1s1p cell (4e6 bonds) takes
         a few GB and seconds. Entries of a block that happen to be zero are stored too."""
-        N, F = self.natoms, self.basis.full_norb
+        F = self.basis.full_norb
         off = self.offsite
         if k is not None and np.any(k):
             off = off * self.phases(k)[0][:, None, None]
-        i, j = np.asarray(self.i, dtype=np.int64), np.asarray(self.j, dtype=np.int64)
-        atoms = np.arange(N, dtype=np.int64)
-        key = np.concatenate([atoms * (N + 1), i * N + j, j * N + i])  # block row * N + block column
-        order = np.argsort(key, kind="stable")
-        key = key[order]
-        data = np.concatenate([self.onsite.astype(off.dtype, copy=False), off,
-                               np.conj(np.swapaxes(off, 1, 2))])[order]
-        del order
-        first = np.ones(len(key), dtype=bool)
-        first[1:] = key[1:] != key[:-1]
-        if not first.all():  # several images of one atom pair (small cells): their blocks add up
-            data = np.add.reduceat(data, np.flatnonzero(first), axis=0)
-            key = key[first]
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(key // N, minlength=N))])
-        A = sp.bsr_matrix((data, key % N, indptr), shape=(N * F, N * F)).tocsr()
+        pattern = self.block_pattern
+        data = pattern.zeros(F, np.result_type(self.onsite.dtype, off.dtype))
+        pattern.add(data, self.onsite)
+        pattern.add(data, off, slice(None))
+        del off
+        A = pattern.bsr(data).tocsr()
         del data
-        norb = self.basis.norb_of(self.structure.numbers)
-        if (norb != F).any():  # drop the padding of the full-basis layout
-            types = self.basis.types_of(self.structure.numbers)
-            keep = np.concatenate([a * F + np.asarray(self.basis.orbital_index[t]) for a, t in enumerate(types)])
+        keep = compact_orbitals(self.basis, self.structure.numbers)
+        if keep is not None:
             A = A[keep][:, keep]
         if spinful or self.soc is not None:
             return self._spinful_sparse(A.tocsr())
