@@ -901,6 +901,10 @@ def run_run(args) -> int:
     from eqtb.tb.spectrum import progress_lines
 
     progress = _progress(args)  # predict's own bar on a terminal, a line every ~20 s in a log
+    task = opts["task"]
+    norb = int(model.basis.norb_of(structure.numbers).sum())
+    if task in ("band", "dos", "pdos", "fermi") and _sparse_method(args, norb):
+        return _run_streamed(args, opts, task, structure, model, norb, progress)
     with progress_lines(f"predicting {structure.natoms} atoms", progress):
         prediction = model.predict(structure, **({"chunk": args.chunk} if args.chunk else {}),
                                    progress=progress if getattr(sys.stderr, "isatty", lambda: False)() else False)
@@ -912,9 +916,6 @@ def run_run(args) -> int:
         t = prediction.timings
         print(f"predicted {', '.join(prediction.operators)} of {structure.formula} ({structure.natoms} atoms, "
               f"{t['n_bonds']} bonds) in {t['graph'] + t['model'] + t['operators']:.2f} s with {model.model.__class__.__name__}")
-    task = opts["task"]
-    if task in ("band", "dos", "pdos", "fermi") and _sparse_method(args, prediction.hamiltonian.norb):
-        return _run_sparse(args, opts, task)
     if task == "band":
         return run_band(args)
     if task in ("dos", "pdos"):
@@ -924,6 +925,36 @@ def run_run(args) -> int:
     if task == "fermi":
         return _run_fermi(args, opts)
     return _run_export(args, opts, task_path)
+
+
+def _run_streamed(args, opts: dict, task: str, structure, model, norb: int, progress) -> int:
+    """The sparse route of ``eqtb run`` in one process: H and S at Gamma predicted straight into
+    sparse matrices (eqtb.predict.Predictor.predict_sparse: blocks streamed part by part, no
+    Operators; float32 above MAX_NORB_3D orbitals, where only KPM runs), then :func:`_run_sparse`."""
+    import numpy as np
+
+    from eqtb.predict import PredictionError
+    from eqtb.tb.lanczos import MAX_NORB_3D
+    from eqtb.tb.spectrum import progress_lines
+
+    dtype = np.float64 if norb <= MAX_NORB_3D else np.float32
+    with progress_lines(f"predicting {structure.natoms} atoms", progress):
+        try:
+            pred = model.predict_sparse(structure, **({"chunk": args.chunk} if args.chunk else {}), dtype=dtype,
+                                        progress=progress if getattr(sys.stderr, "isatty", lambda: False)() else False)
+        except PredictionError as exc:
+            raise CLIError(f"{exc}; the sparse methods (KPM DOS, shift-invert band edges) need a spinless model: "
+                           f"use --method dense") from None
+    if "hamiltonian" not in pred.matrices:
+        raise CLIError(f"{args.init_model}: the model predicts {', '.join(pred.matrices)}, not H: only the "
+                       "export task applies")
+    args.sparse_prediction = pred
+    if not args.quiet:
+        t = pred.timings
+        print(f"predicted {', '.join(pred.matrices)} of {structure.formula} ({structure.natoms} atoms, "
+              f"{t['n_bonds']} bonds) at Gamma as {np.dtype(dtype).name} sparse matrices in "
+              f"{t['graph'] + t['model'] + t['matrices']:.2f} s with {model.model.__class__.__name__}")
+    return _run_sparse(args, opts, task)
 
 
 def _run_distributed(args, opts: dict, structure, model) -> int:
@@ -1030,7 +1061,12 @@ def _run_sparse(args, opts: dict, task: str) -> int:
     from eqtb import distributed
 
     domains = getattr(args, "domain_prediction", None)  # under torchrun: this process's rows
-    if domains is None:
+    streamed = getattr(args, "sparse_prediction", None)  # eqtb run of a model: H, S at Gamma
+    if streamed is not None:
+        structure, Hs, Ss = streamed.structure, streamed.sparse("hamiltonian"), streamed.matrices.get("overlap")
+        norb = Hs.shape[0]
+        label, origin = _prediction_origin(args, structure)
+    elif domains is None:
         ops = load_operators(args)
         structure, H, S = ops.structure, ops.frame.hamiltonian, ops.frame.overlap
         if H.spinful:
@@ -1049,7 +1085,8 @@ def _run_sparse(args, opts: dict, task: str) -> int:
     kpm_options = {"n_moments": args.moments, "n_random": args.random_vectors, "solve_tol": 1e-5, "dtype": "auto",
                    "progress": None}
     if domains is None:
-        Hs, Ss = H.sparse(), (S.sparse() if S is not None else None)
+        if streamed is None:
+            Hs, Ss = H.sparse(), (S.sparse() if S is not None else None)
         res = kpm_dos(Hs, Ss, **kpm_options)
     else:
         from eqtb.tb.dmatrix import kpm_dos_distributed

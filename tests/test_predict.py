@@ -138,3 +138,30 @@ def test_sparse_equals_dense_two_elements():
             dense = pred.operators[q].dense([k or [0, 0, 0]])[0]
             assert np.abs(dense).max() > 1e-2
             np.testing.assert_allclose(pred.sparse(q, k).toarray(), dense, rtol=0, atol=1e-12)
+
+
+def test_predict_sparse_streams_the_same_matrices(model, monkeypatch):
+    """predict_sparse (blocks streamed into BSR matrices part by part) equals predict().sparse() at
+    Gamma, also with the chunk geometry recomputed in every pass instead of kept; an 8-atom cell,
+    whose bonds to several images of one atom share a block; KPM takes the BSR matrices as they are."""
+    import scipy.sparse as sp
+
+    import eqtb.models.base as base
+    from eqtb.tb.kpm import kpm_dos
+
+    s = bulk("Si", "diamond", a=5.43, cubic=True)
+    ref = model.predict(s, chunk=100)  # the same chunks, geometry kept
+    monkeypatch.setattr(base, "GEOMETRY_CACHE_MAX_EDGES", 0)  # recompute the geometry every pass
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        got = model.predict_sparse(s, chunk=100, dtype=dtype)  # several chunks
+        for q in ("hamiltonian", "overlap"):
+            A, B = got.sparse(q), ref.sparse(q).toarray()
+            assert A.format == "bsr" and A.blocksize == (4, 4) and A.dtype == dtype
+            assert np.abs(B).max() > 0.1
+            np.testing.assert_allclose(A.toarray(), B, rtol=0, atol=tol * np.abs(B).max())
+    H, S = got.sparse("hamiltonian"), got.sparse("overlap")
+    a = kpm_dos(H, S, n_moments=64, n_random=4, seed=1)
+    b = kpm_dos(sp.csr_matrix(H), sp.csr_matrix(S), n_moments=64, n_random=4, seed=1)
+    np.testing.assert_allclose(a.moments, b.moments, rtol=0, atol=1e-6)
+    with pytest.raises(PredictionError, match="predicts"):
+        got.sparse("density_matrix")

@@ -27,7 +27,7 @@ Operators. Checkpoints record the family name and rebuild it (:func:`eqtb.models
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -96,6 +96,36 @@ class Features:
     offsite: dict[str, torch.Tensor]
     frames: list[torch.Tensor] | None = None
     onsite: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+#: chunked prediction keeps the geometry of its chunks (radial basis and Wigner-D frames, ~40 floats
+#: per directed edge) for all its passes up to this many directed edges (~3 GB); beyond, each pass
+#: recomputes it (10^6 Si atoms at 7.4 Angstrom have 8.6e7 directed edges: 14 GB if kept).
+GEOMETRY_CACHE_MAX_EDGES = 2e7
+
+
+class _Recomputed(Sequence):
+    """The geometry of every chunk, computed again on each access."""
+
+    def __init__(self, compute, chunks):
+        self.compute, self.chunks = compute, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, k):
+        return self.compute(self.chunks[k])
+
+
+def chunk_geometry(inputs: ModelInputs, key, chunks: list[slice], compute) -> Sequence:
+    """``compute(chunk)`` of every chunk of bonds, as a sequence the chunked passes of a model
+    iterate over: kept in ``inputs.cache[key]`` for at most :data:`GEOMETRY_CACHE_MAX_EDGES`
+    directed edges, recomputed on access beyond (memory bounded by one chunk)."""
+    if 2 * inputs.n_edges > GEOMETRY_CACHE_MAX_EDGES:
+        return _Recomputed(compute, chunks)
+    if key not in inputs.cache:
+        inputs.cache[key] = [compute(sl) for sl in chunks]
+    return inputs.cache[key]
 
 
 def bond_chunks(n_bonds: int, edge_chunk: int | None) -> list[slice]:
@@ -301,20 +331,35 @@ class OperatorModel(nn.Module):
                              f"{'; '.join(problems[:5])}{more}")
         self.load_state_dict(state_dict)
 
+    def block_parts(self, inputs: ModelInputs, edge_chunk: int | None = None,
+                    progress=None) -> Iterator[tuple[str, slice | None, torch.Tensor]]:
+        """The blocks of :meth:`forward` part by part, as the heads produce them: ``(quantity,
+        bonds, offsite (e, F, F))`` for the canonical bonds ``bonds`` (a slice, in order), then
+        ``(quantity, None, onsite (N, F, F))`` of every quantity at the end. Consumed by
+        :meth:`forward`, and by a prediction that streams blocks into sparse matrices (memory
+        bounded by a part)."""
+        heads = self.heads()
+        onsite: dict[str, torch.Tensor] = {}
+        for part in self.features(inputs, edge_chunk, progress):
+            for q, f in part.offsite.items():
+                yield q, part.bonds, heads[q].offsite(f, part.ti, part.tj, part.frames)
+            onsite.update(part.onsite)
+        for q in heads:
+            yield q, None, heads[q].onsite(onsite[q], inputs.types)
+
     def forward(self, inputs: ModelInputs, edge_chunk: int | None = None,
                 progress=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Blocks ``{quantity: (onsite (N, F, F), offsite (E, F, F))}`` of the atoms and canonical
         bonds of ``inputs``, assembled part by part (memory bounded by a part); a spinful model adds
         its onsite spin-orbit blocks under :data:`eqtb.quantities.SPIN_ORBIT` (:meth:`spin_orbit`)."""
-        heads = self.heads()
         onsite: dict[str, torch.Tensor] = {}
-        offsite: dict[str, list[torch.Tensor]] = {q: [] for q in heads}
-        for part in self.features(inputs, edge_chunk, progress):
-            for q, f in part.offsite.items():
-                offsite[q].append(heads[q].offsite(f, part.ti, part.tj, part.frames))
-            onsite.update(part.onsite)
-        out = {q: (heads[q].onsite(onsite[q], inputs.types),
-                   offsite[q][0] if len(offsite[q]) == 1 else torch.cat(offsite[q])) for q in heads}
+        offsite: dict[str, list[torch.Tensor]] = {q: [] for q in self.heads()}
+        for q, bonds, blocks in self.block_parts(inputs, edge_chunk, progress):
+            if bonds is None:
+                onsite[q] = blocks
+            else:
+                offsite[q].append(blocks)
+        out = {q: (onsite[q], b[0] if len(b) == 1 else torch.cat(b)) for q, b in offsite.items()}
         soc = self.spin_orbit(inputs)
         if soc is not None:
             out[SPIN_ORBIT] = soc

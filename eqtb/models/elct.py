@@ -67,6 +67,7 @@ from eqtb.models.base import (
     OperatorModel,
     bond_chunks,
     check_hidden_irreps,
+    chunk_geometry,
     register,
 )
 from eqtb.models.heads import OverlapHead
@@ -354,10 +355,8 @@ class ELCT(OperatorModel):
         types = inputs.types
         N = inputs.n_atoms
         chunks = bond_chunks(inputs.n_edges, edge_chunk)
-        key = ("elct_chunk_geometry", chunks[0].stop, self.lmax)
-        if key not in inputs.cache:
-            inputs.cache[key] = [self._bond_geometry(inputs, sl) for sl in chunks]
-        geos = inputs.cache[key]
+        geos = chunk_geometry(inputs, ("elct_chunk_geometry", chunks[0].stop, self.lmax), chunks,
+                              lambda sl: self._bond_geometry(inputs, sl))
 
         def local(sl, geo):
             src = torch.cat([inputs.i[sl], inputs.j[sl]])

@@ -41,6 +41,7 @@ from eqtb.models.base import (
     OperatorModel,
     bond_chunks,
     check_hidden_irreps,
+    chunk_geometry,
     register,
 )
 from eqtb.models.heads import OverlapHead
@@ -354,10 +355,8 @@ class SLEM(OperatorModel):
         types = inputs.types
         N = inputs.n_atoms
         chunks = bond_chunks(inputs.n_edges, edge_chunk)
-        key = ("chunk_geometry", chunks[0].stop)
-        if key not in inputs.cache:
-            inputs.cache[key] = [self._bond_geometry(inputs, sl) for sl in chunks]
-        geos = inputs.cache[key]
+        geos = chunk_geometry(inputs, ("chunk_geometry", chunks[0].stop), chunks,
+                              lambda sl: self._bond_geometry(inputs, sl))
 
         def local(sl, geo):
             i, j = inputs.i[sl], inputs.j[sl]
