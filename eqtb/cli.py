@@ -906,16 +906,8 @@ def run_run(args) -> int:
     if task in ("band", "dos", "pdos", "fermi") and _sparse_method(args, norb):
         return _run_streamed(args, opts, task, structure, model, norb, progress)
     with progress_lines(f"predicting {structure.natoms} atoms", progress):
-        prediction = model.predict(structure, **({"chunk": args.chunk} if args.chunk else {}),
-                                   progress=progress if getattr(sys.stderr, "isatty", lambda: False)() else False)
-    if prediction.hamiltonian is None and opts["task"] != "export":
-        raise CLIError(f"{args.init_model}: the model predicts {', '.join(prediction.operators)}, not H: only the "
-                       "export task applies")
-    args.prediction = prediction
-    if not args.quiet:
-        t = prediction.timings
-        print(f"predicted {', '.join(prediction.operators)} of {structure.formula} ({structure.natoms} atoms, "
-              f"{t['n_bonds']} bonds) in {t['graph'] + t['model'] + t['operators']:.2f} s with {model.model.__class__.__name__}")
+        prediction = model.predict(structure, **_predict_options(args, progress))
+    args.prediction = _predicted(args, model, prediction, prediction.operators, task, "operators")
     if task == "band":
         return run_band(args)
     if task in ("dos", "pdos"):
@@ -925,6 +917,26 @@ def run_run(args) -> int:
     if task == "fermi":
         return _run_fermi(args, opts)
     return _run_export(args, opts, task_path)
+
+
+def _predict_options(args, progress) -> dict:
+    """Keyword arguments of Predictor.predict / predict_sparse from ``eqtb run``'s options."""
+    bar = progress if getattr(sys.stderr, "isatty", lambda: False)() else False
+    return {**({"chunk": args.chunk} if args.chunk else {}), "progress": bar}
+
+
+def _predicted(args, model, pred, quantities, task: str, stage: str, how: str = ""):
+    """``pred`` after checking that it holds H where the task needs it, and saying what was predicted
+    (``stage``: its timing key after graph and model)."""
+    if "hamiltonian" not in quantities and task != "export":
+        raise CLIError(f"{args.init_model}: the model predicts {', '.join(quantities)}, not H: only the "
+                       "export task applies")
+    if not args.quiet:
+        t = pred.timings
+        print(f"predicted {', '.join(quantities)} of {pred.structure.formula} ({pred.structure.natoms} atoms, "
+              f"{t['n_bonds']} bonds){how} in {t['graph'] + t['model'] + t[stage]:.2f} s with "
+              f"{model.model.__class__.__name__}")
+    return pred
 
 
 def _run_streamed(args, opts: dict, task: str, structure, model, norb: int, progress) -> int:
@@ -940,20 +952,12 @@ def _run_streamed(args, opts: dict, task: str, structure, model, norb: int, prog
     dtype = np.float64 if norb <= MAX_NORB_3D else np.float32
     with progress_lines(f"predicting {structure.natoms} atoms", progress):
         try:
-            pred = model.predict_sparse(structure, **({"chunk": args.chunk} if args.chunk else {}), dtype=dtype,
-                                        progress=progress if getattr(sys.stderr, "isatty", lambda: False)() else False)
+            pred = model.predict_sparse(structure, **_predict_options(args, progress), dtype=dtype)
         except PredictionError as exc:
             raise CLIError(f"{exc}; the sparse methods (KPM DOS, shift-invert band edges) need a spinless model: "
                            f"use --method dense") from None
-    if "hamiltonian" not in pred.matrices:
-        raise CLIError(f"{args.init_model}: the model predicts {', '.join(pred.matrices)}, not H: only the "
-                       "export task applies")
-    args.sparse_prediction = pred
-    if not args.quiet:
-        t = pred.timings
-        print(f"predicted {', '.join(pred.matrices)} of {structure.formula} ({structure.natoms} atoms, "
-              f"{t['n_bonds']} bonds) at Gamma as {np.dtype(dtype).name} sparse matrices in "
-              f"{t['graph'] + t['model'] + t['matrices']:.2f} s with {model.model.__class__.__name__}")
+    args.sparse_prediction = _predicted(args, model, pred, pred.matrices, task, "matrices",
+                                        f" at Gamma as {np.dtype(dtype).name} sparse matrices")
     return _run_sparse(args, opts, task)
 
 
