@@ -11,7 +11,8 @@ r_max 7.4 A, overlap head; random weights unless --model gives a checkpoint — 
 depend on the weights). Timed: neighbour graph, model (chunked, eqtb.predict.DEFAULT_CHUNK), then
 the sparse H and S at Gamma: by default blocks -> Operators -> scipy CSR (``Predictor.predict``);
 ``--streamed``: blocks streamed into float32 block-sparse matrices as the model produces them
-(``Predictor.predict_sparse``: no Operators, chunk geometry not kept beyond 2e7 directed edges).
+(``Predictor.predict_sparse``: no Operators, chunk geometry not kept beyond 2e7 directed edges;
+``--no-geometry-cache``: not kept at any size, as for 10^6 atoms).
 ``--kpm`` adds the KPM DOS (eqtb.tb.kpm) of the largest size, ``--kpm-all`` of every size (256
 moments, 4 random vectors, float32 matrices, CG tolerance 1e-5; Fermi level of 4 electrons per
 atom by ``fermi_estimate``: mid-gap of the KPM gap). A warm-up prediction of the 64-atom cell
@@ -39,10 +40,11 @@ def _rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB -> GB (Linux)
 
 
-def one_size(n: int, model_path: str | None, kpm: bool, chunk: int | None, streamed: bool, sheet: bool) -> dict:
+def one_size(n: int, model_path: str | None, kpm: bool, chunk: int | None, streamed: bool, sheet: bool,
+             threads: int) -> dict:
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     from eqtb.config import config_to_dict, load_config
     from eqtb.models import build_model
     from eqtb.predict import DEFAULT_CHUNK, Predictor
@@ -108,18 +110,27 @@ def main() -> None:
     ap.add_argument("--kpm-all", action="store_true", help="KPM DOS of every size")
     ap.add_argument("--streamed", action="store_true", help="stream the blocks into float32 BSR matrices")
     ap.add_argument("--sheet", action="store_true", help="n x n x 1 supercells (64 n^2 atoms)")
+    ap.add_argument("--threads", type=int, default=1, help="torch / BLAS threads (default 1)")
+    ap.add_argument("--no-geometry-cache", action="store_true",
+                    help="recompute the chunk geometry in every pass at any size (what happens above "
+                         "eqtb.models.base.GEOMETRY_CACHE_MAX_EDGES directed edges, e.g. 10^6 atoms)")
     ap.add_argument("--chunk", type=int, default=None, help="directed edges per chunk")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one is not None:
-        print(json.dumps(one_size(args.one, args.model, args.kpm, args.chunk, args.streamed, args.sheet)))
+        if args.no_geometry_cache:
+            import eqtb.models.base
+
+            eqtb.models.base.GEOMETRY_CACHE_MAX_EDGES = 0
+        print(json.dumps(one_size(args.one, args.model, args.kpm, args.chunk, args.streamed, args.sheet, args.threads)))
         return
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    t = str(args.threads)
+    env = dict(os.environ, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t)
     rows = []
     for n in args.sizes:
         cmd = [sys.executable, __file__, "--one", str(n)] + (["--model", args.model] if args.model else [])
         cmd += ["--kpm"] if args.kpm_all or (args.kpm and n == max(args.sizes)) else []
-        cmd += ["--streamed"] * args.streamed + ["--sheet"] * args.sheet
+        cmd += ["--threads", t] + ["--streamed"] * args.streamed + ["--sheet"] * args.sheet + ["--no-geometry-cache"] * args.no_geometry_cache
         cmd += ["--chunk", str(args.chunk)] if args.chunk else []
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if r.returncode != 0:
@@ -131,7 +142,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), file=sys.stderr)
     per_atom = {r["atoms"]: r["us_per_atom"] for r in rows if "us_per_atom" in r}
     big = [a for a in per_atom if a >= 512]
-    summary = {"threads": 1, "rows": rows, "deeptb_reference_s_gb": {str(k): v for k, v in DEEPTB.items()}}
+    summary = {"threads": args.threads, "rows": rows, "deeptb_reference_s_gb": {str(k): v for k, v in DEEPTB.items()}}
     if len(big) >= 2:
         vals = [per_atom[a] for a in big]
         summary["us_per_atom_spread_512_up"] = round(max(vals) / min(vals) - 1, 3)
