@@ -1089,8 +1089,9 @@ def _run_sparse(args, opts: dict, task: str) -> int:
     kpm_options = {"n_moments": args.moments, "n_random": args.random_vectors, "solve_tol": 1e-5, "dtype": "auto",
                    "progress": None}
     if domains is None:
-        if streamed is None:
+        if streamed is None:  # atom blocks for the FSAI preconditioner (BSR matrices bring their own)
             Hs, Ss = H.sparse(), (S.sparse() if S is not None else None)
+            kpm_options["blocks"] = H.atom_orbital_offsets
         res = kpm_dos(Hs, Ss, **kpm_options)
     else:
         from eqtb.tb.dmatrix import kpm_dos_distributed

@@ -233,6 +233,8 @@ def test_precision_backend_and_tolerance_options(si64):
     loose = kpm_dos(H, S, solve_tol=1e-5, **kw)
     blk = kpm_dos(H, S, blocks=si64["frame"].overlap.atom_orbital_offsets, **kw)
     ilu = kpm_dos(H, S, preconditioner="ilu", progress=True, **kw)
+    jac = kpm_dos(H, S, preconditioner="jacobi", **kw)  # the identity here: unit diagonal
+    fsai_blocks = kpm_dos(H.tobsr(blocksize=(4, 4)), S.tobsr(blocksize=(4, 4)), **kw)  # FSAI on atom blocks
     lor = kpm_dos(H, S, kernel="lorentz", **kw)
     assert np.abs(sci.moments - base.moments).max() < 1e-10
     assert np.abs(blk.moments - base.moments).max() < 1e-7
@@ -240,7 +242,13 @@ def test_precision_backend_and_tolerance_options(si64):
     assert np.abs(loose.moments - base.moments).max() < 1e-3
     assert loose.cg_iterations["per_solve_mean"] < base.cg_iterations["per_solve_mean"]
     assert np.abs(ilu.moments - base.moments).max() < 1e-7
-    assert ilu.cg_iterations["per_solve_mean"] < 0.3 * base.cg_iterations["per_solve_mean"]
+    assert ilu.cg_iterations["per_solve_mean"] < 0.3 * jac.cg_iterations["per_solve_mean"]
+    # the default FSAI preconditioner (entry-wise on CSR, on 4 x 4 atom blocks on BSR): same moments,
+    # far fewer iterations than none
+    for pre in (base, fsai_blocks):
+        assert np.abs(pre.moments - jac.moments).max() < 1e-7
+    assert base.cg_iterations["per_solve_mean"] < 0.6 * jac.cg_iterations["per_solve_mean"]
+    assert fsai_blocks.cg_iterations["per_solve_mean"] < 0.4 * jac.cg_iterations["per_solve_mean"]
     # Lorentz kernel: same moments, other damping; resolution a * lambda / M
     np.testing.assert_allclose(lor.moments, base.moments)
     assert lor.resolution == pytest.approx(0.5 * (18.6 + 6.3) * 4.0 / 64)

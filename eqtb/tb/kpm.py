@@ -29,9 +29,10 @@ normalization of :func:`eqtb.tb.spectrum.dos` with one k-point of weight 1: it i
   step and ~40 for z. ``mu_0 = r^dagger r / norb = 1`` exactly.
 * ``S^-1`` is applied by a block preconditioned conjugate gradient (:func:`block_cg`): one sparse
   product of the whole block per iteration, per-column step lengths, stopping when every
-  column's relative residual is below ``solve_tol``. Preconditioner: Jacobi (the diagonal of S),
-  block-Jacobi on given orbital blocks (e.g. ``operator.atom_orbital_offsets``), or an
-  incomplete LU of S (``"ilu"``; see COST). The CG stopping test uses the true recursively
+  column's relative residual is below ``solve_tol``. Preconditioner: FSAI (the default: a
+  factorized sparse approximate inverse on atom blocks, :mod:`eqtb.tb.fsai`), Jacobi (the
+  diagonal of S), block-Jacobi on given orbital blocks (e.g. ``operator.atom_orbital_offsets``),
+  or an incomplete LU of S (``"ilu"``; see COST). The CG stopping test uses the true recursively
   updated residual, so the solve is as accurate whichever preconditioner is used.
 * The products, the reductions (dot products) and the rows of the random block go through a
   :class:`Pencil`, so the same code runs on matrices distributed by rows over processes
@@ -111,8 +112,12 @@ width, far inside the 1 % margin): Si64 2x2x2 supercell (2048 orbitals), M = 256
 solve_tol 1e-5: CG iterations 5865 + 956 (bounds) -> 3064 + 588, CPU 6.8 -> 3.9 s (back to back
 on a loaded machine; /tmp script comparing the two versions, not kept). The Si overlap (ABACUS 1s1p: smallest
 eigenvalue 0.17, condition number 17, unit diagonal so Jacobi is the identity) needs
-n_cg = 35-37 (solve_tol 1e-8) / 23 (1e-5) iterations per solve, independent of the system size
-(Si64 and its 2x2x2 ... 6x6x6 supercells). ``preconditioner="ilu"`` (scipy spilu, drop 1e-3)
+n_cg = 35-37 (solve_tol 1e-8) / 23 (1e-5) iterations per solve without preconditioning,
+independent of the system size (Si64 and its 2x2x2 ... 6x6x6 supercells); with the default FSAI
+on atom blocks 6 (1e-5), each iteration ~20 % dearer (two products with G, ~36 entries per row
+against S's 343), entry-wise FSAI (CSR without blocks) 11. Si64 2x2x2 supercell, M = 256, R = 8,
+float32, 1e-5, BSR: 1.7-1.9 s CPU against 7.0-7.7 s for one moment per solve without it
+(``kpm_dos`` before and after, back to back on a loaded machine). ``preconditioner="ilu"`` (scipy spilu, drop 1e-3)
 needs 5, but its factorization time grows ~ n^1.9 (Si supercells: 1.6 s at 6912 orbitals, 6.9 s
 at 16384, 27 s at 32000, 76 s at 55296, one thread): worth it up to ~1e5 orbitals, not beyond.
 
@@ -302,14 +307,34 @@ def _cdot(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------- preconditioned CG
 class Preconditioner:
-    """Jacobi (1/diag S) or block-Jacobi (inverse of the diagonal blocks of S)."""
+    """Approximations of S^-1 for the CG solves: FSAI (:mod:`eqtb.tb.fsai`, ``G^dagger G`` with
+    ``G S G^dagger ~ I``; the default), Jacobi (1/diag S), block-Jacobi (inverse of the diagonal
+    blocks of S), incomplete LU, or none. FSAI works on blocks of F orbitals: S's own blocks when
+    it is BSR, else ``blocks`` when they all have the same size, else single orbitals."""
 
-    def __init__(self, S: sp.csr_matrix, kind: str = "auto", blocks=None, backend: str = "auto"):
+    def __init__(self, S: sp.csr_matrix, kind: str = "auto", blocks=None, backend: str = "auto",
+                 fsai_threshold: float | None = None):
         if kind == "auto":
-            kind = "block-jacobi" if blocks is not None else "jacobi"
+            kind = "fsai"
         self.kind = kind
         n = S.shape[0]
         if kind == "none":
+            return
+        if kind == "fsai":
+            from eqtb.tb.fsai import DEFAULT_THRESHOLD, FSAIError, fsai_factor
+
+            F = S.blocksize[0] if S.format == "bsr" else 1
+            if S.format != "bsr" and blocks is not None:
+                sizes = np.diff(self._offsets(blocks, n))
+                F = int(sizes[0]) if (sizes == sizes[0]).all() else 1
+            try:
+                G = fsai_factor(S, F, DEFAULT_THRESHOLD if fsai_threshold is None else fsai_threshold)
+            except FSAIError as err:
+                raise SpectrumError(str(err)) from None
+            G = G.astype(S.dtype)
+            self.g_entries = G.nnz
+            self.op = BlockProduct(G, backend)
+            self.op_h = BlockProduct(G.conj().T.tobsr(), backend)
             return
         if kind == "jacobi":
             d = S.diagonal().real
@@ -328,14 +353,11 @@ class Preconditioner:
                 raise SpectrumError(f"incomplete LU of S failed ({err}); use preconditioner='jacobi'") from None
             return
         if kind != "block-jacobi":
-            raise SpectrumError(f"preconditioner must be 'auto', 'jacobi', 'block-jacobi', 'ilu' or 'none', "
-                                f"got {kind!r}")
+            raise SpectrumError(f"preconditioner must be 'auto', 'fsai', 'jacobi', 'block-jacobi', 'ilu' or "
+                                f"'none', got {kind!r}")
         if blocks is None:
             raise SpectrumError("preconditioner='block-jacobi' needs blocks (orbital offsets or sizes)")
-        b = np.asarray(blocks, dtype=np.int64).reshape(-1)
-        offs = b if (b[0] == 0 and b[-1] == n) else np.concatenate([[0], np.cumsum(b)])
-        if offs[-1] != n or (np.diff(offs) <= 0).any():
-            raise SpectrumError(f"blocks do not partition {n} orbitals (offsets end at {offs[-1]})")
+        offs = self._offsets(blocks, n)
         Sc = S.tocsr()
         invs = []
         for a, e in itertools.pairwise(offs):
@@ -349,10 +371,21 @@ class Preconditioner:
             invs.append(Li.conj().T @ Li)
         self.op = BlockProduct(sp.block_diag(invs, format="csr").astype(S.dtype), backend)
 
+    @staticmethod
+    def _offsets(blocks, n: int) -> np.ndarray:
+        """Orbital offsets (B + 1,) from offsets or sizes of blocks partitioning n orbitals."""
+        b = np.asarray(blocks, dtype=np.int64).reshape(-1)
+        offs = b if (b[0] == 0 and b[-1] == n) else np.concatenate([[0], np.cumsum(b)])
+        if offs[-1] != n or (np.diff(offs) <= 0).any():
+            raise SpectrumError(f"blocks do not partition {n} orbitals (offsets end at {offs[-1]})")
+        return offs
+
     def __call__(self, R: np.ndarray) -> np.ndarray:
         """An approximation of S^-1 R (may return R itself: callers must not modify the result)."""
         if self.kind == "none":
             return R
+        if self.kind == "fsai":
+            return self.op_h @ (self.op @ R)
         if self.kind == "jacobi":
             return R if self.unit else self.inv * R
         if self.kind == "ilu":
@@ -944,11 +977,12 @@ def kpm_dos(H, S=None, energies=None, n_moments: int = 256, n_random: int = 8,
     dtype : None/"float64", "float32" or "auto": storage precision of H and S for the products
         (float32 halves memory and is ~1.6x faster; the recursion and CG stay in float64). "auto":
         float32 when H has more than :data:`FLOAT32_MIN_NNZ` stored nonzeros, else float64.
-    preconditioner : "auto" (block-Jacobi when ``blocks`` given, else Jacobi), "jacobi",
-        "block-jacobi", "ilu" (scipy spilu of S, drop_tol 1e-3: ~7x fewer CG iterations, but a
-        factorization growing ~ n^1.9; worth it below ~1e5 orbitals), or "none".
-    blocks : orbital offsets (e.g. ``operator.atom_orbital_offsets``) or block sizes for
-        block-Jacobi.
+    preconditioner : "auto" = "fsai" (factorized sparse approximate inverse, :mod:`eqtb.tb.fsai`:
+        ~4x fewer CG iterations for the Si overlap at ~10 % extra per iteration, built in linear
+        time), "jacobi", "block-jacobi", "ilu" (scipy spilu of S, drop_tol 1e-3: ~5x fewer
+        iterations, but a factorization growing ~ n^1.9; worth it below ~1e5 orbitals), or "none".
+    blocks : orbital offsets (e.g. ``operator.atom_orbital_offsets``) or block sizes: the blocks of
+        block-Jacobi, and of FSAI when they all have one size (S in BSR brings its own).
     random_vectors : "auto" (Rademacher for real, random phase for complex), "rademacher", "phase".
     backend : "auto" (torch CSR for real matrices when importable, else scipy), "torch", "scipy".
     max_cg_iter : CG iteration limit per solve (SpectrumError beyond).
