@@ -97,10 +97,11 @@ def _labels(element) -> list[str]:
     return list(element.labels) if element.labels is not None else [_LETTERS[s.l] for s in element.shells]
 
 
-def edge_integrals(model: SlaterKoster) -> dict:
+def edge_integrals(model: SlaterKoster, overlap: bool = False) -> dict:
     """``{"A-B": {"<shell of A>-<shell of B>-<m>": [V, p2]}}`` of every ordered element pair and every
-    shell pair of a powerlaw nnsk model: ``V`` the signed integral of the directed bond at ``r_0``."""
-    basis, table = model.basis, model.hopping
+    shell pair of a powerlaw nnsk model: ``V`` the signed integral of the directed bond at ``r_0``
+    (``overlap``: of its overlap integrals, dimensionless, instead of the hopping integrals, eV)."""
+    basis, table = model.basis, (model.overlap_hopping if overlap else model.hopping)
     T, sym = basis.n_types, basis.symbols
     out = {}
     for x, ex in enumerate(basis.elements):
@@ -118,10 +119,11 @@ def edge_integrals(model: SlaterKoster) -> dict:
 
 
 @torch.no_grad()
-def set_edge_integrals(model: SlaterKoster, integrals: dict) -> None:
-    """Set the hopping parameters of ``model`` from :func:`edge_integrals`-style values (bond types and
-    shell pairs missing from ``integrals`` are left as they are)."""
-    basis, table = model.basis, model.hopping
+def set_edge_integrals(model: SlaterKoster, integrals: dict, overlap: bool = False) -> None:
+    """Set the hopping parameters (``overlap``: the overlap integrals) of ``model`` from
+    :func:`edge_integrals`-style values (bond types and shell pairs missing from ``integrals`` are
+    left as they are)."""
+    basis, table = model.basis, (model.overlap_hopping if overlap else model.hopping)
     T, sym = basis.n_types, basis.symbols
     entry_of = {e: n for n, e in enumerate(table.entries)}
     for row, (x, y, a, b, m) in enumerate(table.keys):
@@ -156,18 +158,22 @@ def _shell_sources(element, entry: dict | None) -> dict[str, str | None]:
     return out
 
 
-def _combined(table: dict, x: str, y: str, ta: str, tb: str, m: int, la: int, lb: int, r0: float) -> list[float]:
-    """The combining rule (module docstring) for the integral (shell ``ta`` of x, ``tb`` of y, ``m``)."""
+def _combined(table: dict, x: str, y: str, ta: str, tb: str, m: int, la: int, lb: int, r0: float,
+              overlap: bool = False) -> list[float]:
+    """The combining rule (module docstring) for the integral (shell ``ta`` of x, ``tb`` of y, ``m``);
+    ``overlap``: for the overlap integral (zero where an element has no overlap integrals)."""
     def own(sym: str, first: str, second: str) -> list[float] | None:
         shells = table["elements"][sym]["shells"]
         a = first if first in shells else next((s for s in shells if s[-1] == first[-1]), None)
         b = second if second in shells else next((s for s in shells if s[-1] == second[-1]), None)
         pair = table["pairs"].get(f"{sym}-{sym}")
-        return None if a is None or b is None or pair is None else pair["integrals"].get(f"{a}-{b}-{m}")
+        if a is None or b is None or pair is None:
+            return None
+        return pair.get("overlap" if overlap else "integrals", {}).get(f"{a}-{b}-{m}")
 
     vx, vy = own(x, ta, tb), own(y, ta, tb)
     if vx is None or vy is None:
-        return harrison(la, lb, m, r0, power=COMBINE_POWER)
+        return [0.0, 1.0] if overlap else harrison(la, lb, m, r0, power=COMBINE_POWER)
     return [math.copysign(math.sqrt(abs(vx[0] * vy[0])), vx[0] + vy[0]), (vx[1] + vy[1]) / 2]
 
 
@@ -215,34 +221,41 @@ def starting_model(basis, table: dict | None = None, method: str = "powerlaw") -
         rs = {k: round(v + 5 * form["w"], 6) for k, v in rs.items()}
     hopping = {"method": method, "rs": rs, "w": form["w"]}
     onsite = {"method": form["onsite"]}
+    overlap = any("overlap" in table["pairs"].get(f"{x}-{x}", {}) for x in sym)
     try:
-        model = SlaterKoster(basis, hopping, onsite, std=0.0, atomic_radius=form["atomic_radius"])
+        model = SlaterKoster(basis, hopping, onsite, std=0.0, atomic_radius=form["atomic_radius"], overlap=overlap)
     except ModelError as err:
         raise EskError(str(err)) from None
     sources = {"shells": {}, "bonds": {}}
-    integrals = {}
+    integrals, overlaps = {}, {}
     for ex in basis.elements:
         x = ex.symbol
         for ey in basis.elements:
             y = ey.symbol
             fitted = table["pairs"].get(f"{x}-{y}")
             r0 = atomic_radius(x, form["atomic_radius"]) + atomic_radius(y, form["atomic_radius"])
-            entry = {}
+            entry, s_entry = {}, {}
             for sa, na in zip(ex.shells, _labels(ex)):
                 for sb, nb in zip(ey.shells, _labels(ey)):
                     ta, tb = shells[x][na], shells[y][nb]
                     for m in range(min(sa.l, sb.l) + 1):
+                        key = f"{na}-{nb}-{m}"
                         if ta is None or tb is None:
-                            entry[f"{na}-{nb}-{m}"] = [0.0, 1.0]
+                            entry[key], s_entry[key] = [0.0, 1.0], [0.0, 1.0]
                         elif fitted:
-                            entry[f"{na}-{nb}-{m}"] = fitted["integrals"][f"{ta}-{tb}-{m}"]
+                            entry[key] = fitted["integrals"][f"{ta}-{tb}-{m}"]
+                            s_entry[key] = fitted.get("overlap", {}).get(f"{ta}-{tb}-{m}", [0.0, 1.0])
                         else:
-                            entry[f"{na}-{nb}-{m}"] = _combined(table, x, y, ta, tb, m, sa.l, sb.l, r0)
+                            entry[key] = _combined(table, x, y, ta, tb, m, sa.l, sb.l, r0)
+                            s_entry[key] = _combined(table, x, y, ta, tb, m, sa.l, sb.l, r0, overlap=True)
             integrals[f"{x}-{y}"] = {k: v[:1] + [0.0] * pad + v[1:] for k, v in entry.items()}
+            overlaps[f"{x}-{y}"] = {k: v[:1] + [0.0] * pad + v[1:] for k, v in s_entry.items()}
             if sym.index(x) <= sym.index(y):
                 sources["bonds"][f"{x}-{y}"] = (f"fitted ({fitted['system']})" if fitted else
                                                 "combined (geometric mean of the elements' own integrals)")
     set_edge_integrals(model, integrals)
+    if overlap:
+        set_edge_integrals(model, overlaps, overlap=True)
     pairs = onsite_pairs(basis)
     with torch.no_grad():
         model.onsite_params.zero_()
@@ -257,7 +270,7 @@ def starting_model(basis, table: dict | None = None, method: str = "powerlaw") -
                     f"fitted {source} ({entry['system']})" if source else
                     f"not in the table: uncoupled at {energy:.3f} eV ({EXTRA_SHELL_ABOVE:g} eV above the "
                     f"highest level of the basis' elements)")
-    common = {"basis": basis.spec, "overlap": False}
+    common = {"basis": basis.spec, "overlap": overlap}
     options = {"nnsk": {"onsite": onsite, "hopping": hopping, "std": 0.01, "atomic_radius": form["atomic_radius"],
                         "freeze": False, "push": False}}
     return model, {"common_options": common, "model_options": options}, sources

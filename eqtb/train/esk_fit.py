@@ -79,7 +79,8 @@ class System:
     """A reference system: ``name``, the ase.Atoms ``build``er of its ideal crystal, the fitted
     valence ``shells`` per element (DeePTB shell labels), the SCF ``kmesh`` (odd), the electrons of
     the pseudopotential's semicore shells per element (their bands are not fitted), the fit window
-    (eV above the highest occupied band), the shells of neighbours that interact (``reach``)."""
+    (eV above the highest occupied band), the shells of neighbours that interact (``reach``), whether
+    the model has the overlap of its basis (``overlap``: non-orthogonal)."""
 
     name: str
     build: object
@@ -88,6 +89,7 @@ class System:
     semicore: dict = field(default_factory=dict)
     window: float = WINDOW_ABOVE
     reach: int = 1
+    overlap: bool = False
 
 
 def _bulk(*args, **kw):
@@ -123,7 +125,7 @@ def _cu2():
 SP2 = {"2": ["2s", "2p"], "3": ["3s", "3p"], "4": ["4s", "4p"], "5": ["5s", "5p"]}
 #: the reference systems, in fitting order (module docstring)
 SYSTEMS = [
-    System("Si-diamond", _bulk("Si", "diamond", a=5.43), {"Si": SP2["3"]}),
+    System("Si-diamond", _bulk("Si", "diamond", a=5.43), {"Si": SP2["3"]}, overlap=True, reach=3),
     System("C-diamond", _bulk("C", "diamond", a=3.567), {"C": SP2["2"]}),
     System("hBN-sheet", _sheet("BN", 2.504, [(0, 0.0), (1, 0.0)]), {"B": SP2["2"], "N": SP2["2"]}, (3, 3, 1)),
     System("GaAs-zincblende", _bulk("GaAs", "zincblende", a=5.653), {"Ga": SP2["4"], "As": SP2["4"]},
@@ -198,8 +200,10 @@ def neighbour_shells(atoms, a: str, b: str, reach: int = 1) -> tuple[float, floa
 def reference_samples(folders, model, semicore: dict, window: float = WINDOW_ABOVE,
                       dtype=torch.float64) -> tuple[list, dict]:
     """Samples of the DFT frames in ``folders`` for the model, with their band windows (module
-    docstring), and the loss options (``diff_valence``: the semicore electrons per element)."""
+    docstring) and, for a model with overlap, PySCF's overlap blocks as targets; and the loss
+    options (``diff_valence``: the semicore electrons per element)."""
     from eqtb.data.folder import BandInfo, TrajectoryFolder
+    from eqtb.quantities import OVERLAP
     from eqtb.train.data import attach_bands, make_sample
 
     basis = model.basis
@@ -217,7 +221,8 @@ def reference_samples(folders, model, semicore: dict, window: float = WINDOW_ABO
         band_max = min(n_model, ref.shape[1])
         emax = float(ref[:, n_occ - 1].max() + window - ref[:, :band_max].min())
         info = BandInfo(band_min=0, band_max=band_max, emin=-1.0, emax=emax)
-        s = make_sample(path.name, st, {}, basis, model.r_max, dtype)
+        targets = {OVERLAP: tf.operator(OVERLAP, 0, st)} if model.has_overlap else {}
+        s = make_sample(path.name, st, targets, basis, model.r_max, dtype)
         attach_bands(s, basis, tf.kpoints(), eig, info, str(path))
         samples.append(s)
     return samples, {"method": "eigvals", "eout_weight": EOUT_WEIGHT, "diff_valence": diff_valence}
@@ -253,7 +258,7 @@ def _new_model(system: System, table: dict, atoms):
             if known:
                 rs[f"{a}-{b}"] = known["rs"]
     model = SlaterKoster(Basis(system.shells), {"method": FORM, "rs": rs, "w": W}, {"method": "uniform_noref"},
-                         std=0.0, atomic_radius=RADIUS)
+                         std=0.0, atomic_radius=RADIUS, overlap=system.overlap)
     basis = model.basis
     sym = basis.symbols
     start = {}
@@ -267,6 +272,9 @@ def _new_model(system: System, table: dict, atoms):
     pad = [0.0] * (model.form.n_params - 2)  # the higher coefficients of a poly form
     set_edge_integrals(model, {k: {n: v[:1] + pad + v[1:] for n, v in d.items()} for k, d in start.items()})
     set_edge_integrals(model, {k: v["integrals"] for k, v in table["pairs"].items()})
+    if system.overlap:  # overlap integrals from zero (they are linear in V), decaying as 1 / r^2
+        set_edge_integrals(model, {k: {n: [0.0] + pad + [1.0] for n in d} for k, d in start.items()}, overlap=True)
+        set_edge_integrals(model, {k: v["overlap"] for k, v in table["pairs"].items() if "overlap" in v}, overlap=True)
     pairs = onsite_pairs(basis)
     onsite_mask = torch.zeros_like(model.onsite_params)
     with torch.no_grad():
@@ -280,6 +288,44 @@ def _new_model(system: System, table: dict, atoms):
     hop_mask = torch.tensor([[0.0 if f"{sym[x]}-{sym[y]}" in table["pairs"] else 1.0]
                              for x, y, *_ in model.hopping.keys]).expand_as(model.hopping.params).clone()
     return model, hop_mask, onsite_mask
+
+
+def fit_overlap(model, batch, mask: torch.Tensor, steps: int = STEPS, log=print, name: str = "") -> float:
+    """Fit the overlap integrals of ``model`` (rows where ``mask`` is 1) to the overlap blocks of
+    ``batch`` (PySCF's, two-centre and so exact in Slater-Koster form up to the powerlaw's shape):
+    least squares over the bonds in reach, Adam with a cosine-decayed learning rate. Returns the
+    mean absolute error of the overlap matrix elements of those bonds."""
+    from eqtb.quantities import OVERLAP
+
+    params = model.overlap_hopping.params
+    params.register_hook(lambda g: g * mask)
+    target = batch.targets[OVERLAP][1]
+    opt = torch.optim.Adam([params], lr=LR)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=LR / 50)
+    for step in range(steps):
+        err = model(batch.inputs)[OVERLAP][1] - target
+        loss = (err ** 2).sum() / len(target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 500 == 0 or step == steps - 1:
+            log(f"{name} overlap step {step:4d} squared error per bond {float(loss):.3e}")
+    with torch.no_grad():
+        return float((model(batch.inputs)[OVERLAP][1] - target).abs().mean())
+
+
+@torch.no_grad()
+def _add_overlap_start(model, mask: torch.Tensor) -> None:
+    """The start of a non-orthogonal fit: to each hopping integral still to fit (``mask`` 1) add its
+    overlap integral times the mean onsite energy of its two shells (extended Hueckel's ``H = H_orth
+    + (e_a + e_b) / 2 S``, to first order in S), both at ``r_0``."""
+    pairs = onsite_pairs(model.basis)
+    energy = {(t, a): float(model.onsite_params[t, pairs.index((a, a)), 0]) for t, e in enumerate(model.basis.elements)
+              for a in e.shells}
+    for row, (x, y, a, b, m) in enumerate(model.hopping.keys):
+        if mask[row, 0]:
+            model.hopping.params[row, 0] += (energy[x, a] + energy[y, b]) / 2 * model.overlap_hopping.params[row, 0]
 
 
 def fit_system(system: System, table: dict, cache, steps: int = STEPS, log=print) -> dict:
@@ -297,9 +343,13 @@ def fit_system(system: System, table: dict, cache, steps: int = STEPS, log=print
     try:
         model, hop_mask, onsite_mask = _new_model(system, table, atoms)
         samples, loss_opts = reference_samples(folders, model, system.semicore, system.window)
-        loss_fn = EigvalsLoss(model.basis, loss_opts)
+        loss_fn = EigvalsLoss(model.basis, loss_opts, overlap=system.overlap)
         train = samples[:-1]  # the last frame is the test frame
         batch = make_batch(train)
+        overlap_mae = None
+        if system.overlap:
+            overlap_mae = fit_overlap(model, batch, hop_mask, steps, log, system.name)
+            _add_overlap_start(model, hop_mask)
         model.hopping.params.register_hook(lambda g: g * hop_mask)
         model.onsite_params.register_hook(lambda g: g * onsite_mask)
         decay0 = model.hopping.params[:, -1].detach().abs().clone()
@@ -342,13 +392,16 @@ def fit_system(system: System, table: dict, cache, steps: int = STEPS, log=print
         a, b = key.split("-")
         table["pairs"][key] = {"rs": rs.get(key, rs.get(f"{b}-{a}")), "system": system.name,
                                "integrals": integrals}
+        if system.overlap:
+            table["pairs"][key]["overlap"] = edge_integrals(model, overlap=True)[key]
         fitted.append(key)
     test, ideal = samples[-1], samples[0].structure
     table["systems"][system.name] = {
         "formula": test.structure.formula, "kmesh": list(system.kmesh), "semicore": dict(system.semicore),
         "crystal": {"symbols": list(ideal.symbols), "cell": np.round(ideal.cell, 6).tolist(),
                     "positions": np.round(ideal.positions, 6).tolist()},
-        "fitted": fitted, "n_kpoints": len(test.kpoints),
+        "fitted": fitted, "n_kpoints": len(test.kpoints), "reach": system.reach,
+        **({"overlap_mae": round(overlap_mae, 6)} if system.overlap else {}),
         "band_mae_meV": {"start": round(float(np.mean(start)), 2),
                          "train": round(float(np.mean(errors[:-1])), 2), "test": round(float(errors[-1]), 2)},
         "frames": [s.name for s in samples],
