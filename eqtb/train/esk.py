@@ -19,9 +19,9 @@ have (polarisation shells such as ``"d*"`` or Si ``"d"``, Mo ``"5p"``) are added
 universal integrals (:func:`harrison`, at ``r_0``) to every shell, no overlap, and the onsite energy
 :data:`EXTRA_SHELL_ABOVE` eV above the highest fitted level of the basis' elements. (Uncoupled, zero
 integrals, they hardly train: the band energies depend on a coupling between two shells to second
-order only, so its gradient at zero vanishes. In DeePTB's silicon tutorial chain, ``"d*"`` started
-uncoupled left the held-out MD frames at 192 meV band MAE after 10 epochs of its second step,
-with Harrison's integrals at 107.) Bond types the
+order only, so its gradient at zero vanishes. In DeePTB's silicon tutorial chain,
+``benchmarks/silicon_chain_md.py``, ``"d*"`` started uncoupled left the MD training frames at 192 meV
+band MAE after 10 epochs of the second step, with Harrison's integrals at 110.) Bond types the
 table has not fitted take the *combining rule*: each integral the geometric mean ``sign(V_AA + V_BB) sqrt(|V_AA V_BB|)`` of the
 two elements' own integrals of the same shells (the mean of their exponents, ``rs`` the mean of
 theirs); where an element lacks the shell, Harrison's universal value at ``r_0``

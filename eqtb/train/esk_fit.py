@@ -32,7 +32,7 @@ the second neighbours), and cut after the first shell S is not positive definite
 fitted with ``reach`` 3 (first to third neighbours). DeePTB's silicon tutorial starts from such
 a model and keeps its overlap frozen throughout (``freeze: ["overlap"]``): from the orthogonal
 table its first step ended at 278 meV band MAE on the tutorial's bands, from this one at 79 meV
-(``benchmarks/silicon_chain_md.py``).
+(``"d*"`` uncoupled in both; ``benchmarks/silicon_chain_md.py``).
 
 **Start**: onsite energies DeePTB's atomic term values (:func:`eqtb.data.sk_tables.onsite_reference`),
 integrals Harrison's universal ones (:func:`eqtb.train.esk.harrison`); with an overlap, each
@@ -326,7 +326,7 @@ def fit_overlap(model, batch, mask: torch.Tensor, steps: int = STEPS, log=print,
         opt.step()
         sched.step()
         if step % 500 == 0 or step == steps - 1:
-            log(f"{name} overlap step {step:4d} squared error per bond {float(loss):.3e}")
+            log(f"{name} overlap step {step:4d} squared error per bond {float(loss.detach()):.3e}")
     with torch.no_grad():
         return float((model(batch.inputs)[OVERLAP][1] - target).abs().mean())
 
