@@ -37,8 +37,10 @@ start decides it: an orthogonal start trains with S = 1 + N(0, 0.01) noise. Step
 73 with ``d*`` started from Harrison's integrals as well; eqtb from DeePTB's own ``dptb esk``
 output (poly2pow, converted) 73 (without its overlap 168), DeePTB's ``nnsk_tr1.pth`` 57. Ten epochs
 of step 2 from eqtb's step 1 on DeePTB's ``dptb esk`` give 136 meV held-out, from ``nnsk_tr1.pth``
-64.5: what is left is in the overlap the start brings (``nnsk_tr1.pth``'s differs from what
-``dptb esk`` 2.2.1 writes), not in eqtb's training.
+64.5, from ``nnsk_tr1.pth`` with its ``d*`` overlap integrals zeroed 114.9: what is left is in the
+overlap the start brings, above all that of ``d*`` (eqtb's table has none: PySCF's minimal basis
+has no d; the overlaps of a polarisation d function, fitted in the powerlaw form, left S(k)
+indefinite at the tutorial's cutoff), not in eqtb's training.
 """
 
 from __future__ import annotations
