@@ -15,15 +15,29 @@ coordinate). The band energies along the automatic k-path (``BAND_DENSITY``) are
 **The model** (one form for the whole table): nnsk, ``powerlaw`` hopping ``p1 (r_0 / r)^(1 + |p2|)
 f_0(r)`` with ``r_0`` from the covalent radii (``atomic_radius: "cov"``), cutoff radius ``rs`` per
 bond type and ``w`` = :data:`W`; onsite energies constant per shell (``uniform_noref``); orthogonal
-(no overlap: S is the identity, positive definite for every structure). The valence shells per
-element are those of :data:`SYSTEMS`. ``rs`` of a bond type: midway between its first and second
-shell of neighbours in the ideal reference crystal: nearest neighbours of each bond type interact
-(with both shells in reach one powerlaw per integral fitted diamond C's and Si's bands worse, 731
-and 287 meV on the training frames against 413 and 246); ``reach`` 2 (the next shell too) for the
-H2 crystal's neighbouring molecules and bcc W's second shell, 15 % beyond the first.
+(no overlap: S is the identity, positive definite for every structure) unless the system says
+``overlap`` (below). The valence shells per element are those of :data:`SYSTEMS`. ``rs`` of a bond
+type: midway between its ``reach``-th and next shell of neighbours in the ideal reference crystal:
+by default nearest neighbours of each bond type interact (orthogonal, with both shells in reach one
+powerlaw per integral fitted diamond C's and Si's bands worse, 731 and 287 meV on the training
+frames against 413 and 246); ``reach`` 2 (the next shell too) for the H2 crystal's neighbouring
+molecules and bcc W's second shell, 15 % beyond the first.
+
+**Overlap** (``System.overlap``; silicon): the model carries the overlap of PySCF's basis, its
+integrals (same powerlaw form and ``rs``) fitted first by least squares to the overlap blocks PySCF
+gives for the training frames (two-centre, so Slater-Koster up to the powerlaw's shape; their
+mean absolute error over the bonds in reach is the system's ``overlap_mae``), then held while H is
+fitted to the bands of ``H c = E S c``. The overlaps of a minimal basis reach far (Si 3s-3s 0.05 at
+the second neighbours), and cut after the first shell S is not positive definite: silicon is
+fitted with ``reach`` 3 (first to third neighbours). DeePTB's silicon tutorial starts from such
+a model and keeps its overlap frozen throughout (``freeze: ["overlap"]``): from the orthogonal
+table its first step ended at 278 meV band MAE on the tutorial's bands, from this one at 79 meV
+(``"d*"`` uncoupled in both; ``benchmarks/silicon_chain_md.py``).
 
 **Start**: onsite energies DeePTB's atomic term values (:func:`eqtb.data.sk_tables.onsite_reference`),
-integrals Harrison's universal ones (:func:`eqtb.train.esk.harrison`).
+integrals Harrison's universal ones (:func:`eqtb.train.esk.harrison`); with an overlap, each
+hopping integral plus its fitted overlap integral times the mean level of its two shells
+(extended Hueckel, :func:`_add_overlap_start`).
 
 **Fit.** The ``eigvals`` loss (:class:`eqtb.train.loss.EigvalsLoss`) on the frames but the last (0 and 1; a frame whose SCF did not converge is left out): the bands of
 the semicore shells PySCF's pseudopotential keeps (``semicore``) dropped, the model's bands against
@@ -36,7 +50,8 @@ elements and pairs of systems earlier in :data:`SYSTEMS` stay fixed (so GaAs fit
 BP only P, P-P and B-P with boron from hBN). The eigvals loss does not see a common shift of all
 energies; a system with no fixed element is shifted so that its new onsite energies lie on average
 on the atomic term values, which puts all elements on one absolute scale (that of the free-atom
-levels) for the combining rule of :mod:`eqtb.train.esk`.
+levels) for the combining rule of :mod:`eqtb.train.esk` (not a non-orthogonal one, where such a
+shift is no common shift of the bands: its levels stay where the fit, started on that scale, ends).
 
 **Errors** (``fit`` of each system in the table): mean absolute error (meV) of the aligned band
 energies inside the window, on the training frames and on the last frame (2), which the fit did not see.
@@ -79,7 +94,8 @@ class System:
     """A reference system: ``name``, the ase.Atoms ``build``er of its ideal crystal, the fitted
     valence ``shells`` per element (DeePTB shell labels), the SCF ``kmesh`` (odd), the electrons of
     the pseudopotential's semicore shells per element (their bands are not fitted), the fit window
-    (eV above the highest occupied band), the shells of neighbours that interact (``reach``)."""
+    (eV above the highest occupied band), the shells of neighbours that interact (``reach``), whether
+    the model has the overlap of its basis (``overlap``: non-orthogonal)."""
 
     name: str
     build: object
@@ -88,6 +104,7 @@ class System:
     semicore: dict = field(default_factory=dict)
     window: float = WINDOW_ABOVE
     reach: int = 1
+    overlap: bool = False
 
 
 def _bulk(*args, **kw):
@@ -123,7 +140,8 @@ def _cu2():
 SP2 = {"2": ["2s", "2p"], "3": ["3s", "3p"], "4": ["4s", "4p"], "5": ["5s", "5p"]}
 #: the reference systems, in fitting order (module docstring)
 SYSTEMS = [
-    System("Si-diamond", _bulk("Si", "diamond", a=5.43), {"Si": SP2["3"]}),
+    # non-orthogonal (module docstring): DeePTB's silicon tutorial keeps the start's overlap
+    System("Si-diamond", _bulk("Si", "diamond", a=5.43), {"Si": SP2["3"]}, overlap=True, reach=3),
     System("C-diamond", _bulk("C", "diamond", a=3.567), {"C": SP2["2"]}),
     System("hBN-sheet", _sheet("BN", 2.504, [(0, 0.0), (1, 0.0)]), {"B": SP2["2"], "N": SP2["2"]}, (3, 3, 1)),
     System("GaAs-zincblende", _bulk("GaAs", "zincblende", a=5.653), {"Ga": SP2["4"], "As": SP2["4"]},
@@ -198,8 +216,10 @@ def neighbour_shells(atoms, a: str, b: str, reach: int = 1) -> tuple[float, floa
 def reference_samples(folders, model, semicore: dict, window: float = WINDOW_ABOVE,
                       dtype=torch.float64) -> tuple[list, dict]:
     """Samples of the DFT frames in ``folders`` for the model, with their band windows (module
-    docstring), and the loss options (``diff_valence``: the semicore electrons per element)."""
+    docstring) and, for a model with overlap, PySCF's overlap blocks as targets; and the loss
+    options (``diff_valence``: the semicore electrons per element)."""
     from eqtb.data.folder import BandInfo, TrajectoryFolder
+    from eqtb.quantities import OVERLAP
     from eqtb.train.data import attach_bands, make_sample
 
     basis = model.basis
@@ -217,7 +237,8 @@ def reference_samples(folders, model, semicore: dict, window: float = WINDOW_ABO
         band_max = min(n_model, ref.shape[1])
         emax = float(ref[:, n_occ - 1].max() + window - ref[:, :band_max].min())
         info = BandInfo(band_min=0, band_max=band_max, emin=-1.0, emax=emax)
-        s = make_sample(path.name, st, {}, basis, model.r_max, dtype)
+        targets = {OVERLAP: tf.operator(OVERLAP, 0, st)} if model.has_overlap else {}
+        s = make_sample(path.name, st, targets, basis, model.r_max, dtype)
         attach_bands(s, basis, tf.kpoints(), eig, info, str(path))
         samples.append(s)
     return samples, {"method": "eigvals", "eout_weight": EOUT_WEIGHT, "diff_valence": diff_valence}
@@ -253,7 +274,7 @@ def _new_model(system: System, table: dict, atoms):
             if known:
                 rs[f"{a}-{b}"] = known["rs"]
     model = SlaterKoster(Basis(system.shells), {"method": FORM, "rs": rs, "w": W}, {"method": "uniform_noref"},
-                         std=0.0, atomic_radius=RADIUS)
+                         std=0.0, atomic_radius=RADIUS, overlap=system.overlap)
     basis = model.basis
     sym = basis.symbols
     start = {}
@@ -267,6 +288,9 @@ def _new_model(system: System, table: dict, atoms):
     pad = [0.0] * (model.form.n_params - 2)  # the higher coefficients of a poly form
     set_edge_integrals(model, {k: {n: v[:1] + pad + v[1:] for n, v in d.items()} for k, d in start.items()})
     set_edge_integrals(model, {k: v["integrals"] for k, v in table["pairs"].items()})
+    if system.overlap:  # overlap integrals from zero (they are linear in V), decaying as 1 / r^2
+        set_edge_integrals(model, {k: {n: [0.0] + pad + [1.0] for n in d} for k, d in start.items()}, overlap=True)
+        set_edge_integrals(model, {k: v["overlap"] for k, v in table["pairs"].items() if "overlap" in v}, overlap=True)
     pairs = onsite_pairs(basis)
     onsite_mask = torch.zeros_like(model.onsite_params)
     with torch.no_grad():
@@ -280,6 +304,44 @@ def _new_model(system: System, table: dict, atoms):
     hop_mask = torch.tensor([[0.0 if f"{sym[x]}-{sym[y]}" in table["pairs"] else 1.0]
                              for x, y, *_ in model.hopping.keys]).expand_as(model.hopping.params).clone()
     return model, hop_mask, onsite_mask
+
+
+def fit_overlap(model, batch, mask: torch.Tensor, steps: int = STEPS, log=print, name: str = "") -> float:
+    """Fit the overlap integrals of ``model`` (rows where ``mask`` is 1) to the overlap blocks of
+    ``batch`` (PySCF's, two-centre and so exact in Slater-Koster form up to the powerlaw's shape):
+    least squares over the bonds in reach, Adam with a cosine-decayed learning rate. Returns the
+    mean absolute error of the overlap matrix elements of those bonds."""
+    from eqtb.quantities import OVERLAP
+
+    params = model.overlap_hopping.params
+    params.register_hook(lambda g: g * mask)
+    target = batch.targets[OVERLAP][1]
+    opt = torch.optim.Adam([params], lr=LR)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=LR / 50)
+    for step in range(steps):
+        err = model(batch.inputs)[OVERLAP][1] - target
+        loss = (err ** 2).sum() / len(target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 500 == 0 or step == steps - 1:
+            log(f"{name} overlap step {step:4d} squared error per bond {float(loss.detach()):.3e}")
+    with torch.no_grad():
+        return float((model(batch.inputs)[OVERLAP][1] - target).abs().mean())
+
+
+@torch.no_grad()
+def _add_overlap_start(model, mask: torch.Tensor) -> None:
+    """The start of a non-orthogonal fit: to each hopping integral still to fit (``mask`` 1) add its
+    overlap integral times the mean onsite energy of its two shells (extended Hueckel's ``H = H_orth
+    + (e_a + e_b) / 2 S``, to first order in S), both at ``r_0``."""
+    pairs = onsite_pairs(model.basis)
+    energy = {(t, a): float(model.onsite_params[t, pairs.index((a, a)), 0]) for t, e in enumerate(model.basis.elements)
+              for a in e.shells}
+    for row, (x, y, a, b, m) in enumerate(model.hopping.keys):
+        if mask[row, 0]:
+            model.hopping.params[row, 0] += (energy[x, a] + energy[y, b]) / 2 * model.overlap_hopping.params[row, 0]
 
 
 def fit_system(system: System, table: dict, cache, steps: int = STEPS, log=print) -> dict:
@@ -297,9 +359,13 @@ def fit_system(system: System, table: dict, cache, steps: int = STEPS, log=print
     try:
         model, hop_mask, onsite_mask = _new_model(system, table, atoms)
         samples, loss_opts = reference_samples(folders, model, system.semicore, system.window)
-        loss_fn = EigvalsLoss(model.basis, loss_opts)
+        loss_fn = EigvalsLoss(model.basis, loss_opts, overlap=system.overlap)
         train = samples[:-1]  # the last frame is the test frame
         batch = make_batch(train)
+        overlap_mae = None
+        if system.overlap:
+            overlap_mae = fit_overlap(model, batch, hop_mask, steps, log, system.name)
+            _add_overlap_start(model, hop_mask)
         model.hopping.params.register_hook(lambda g: g * hop_mask)
         model.onsite_params.register_hook(lambda g: g * onsite_mask)
         decay0 = model.hopping.params[:, -1].detach().abs().clone()
@@ -318,7 +384,9 @@ def fit_system(system: System, table: dict, cache, steps: int = STEPS, log=print
                 log(f"{system.name} step {step:4d} loss {float(loss):.5f} eV^2, band MAE {info['band_mae_meV']:.1f} meV")
         new = [e for e in model.basis.elements if e.symbol not in table["elements"]]
         with torch.no_grad():
-            if len(new) == model.basis.n_types:  # nothing fixed: put the levels on the free atoms' scale
+            # nothing fixed: put the levels on the free atoms' scale (orthogonal models only: with an
+            # overlap a shift of the onsite energies is no common shift of the bands)
+            if len(new) == model.basis.n_types and not model.has_overlap:
                 pairs = onsite_pairs(model.basis)
                 diff = [onsite_reference(e.symbol, lab) - float(model.onsite_params[t, pairs.index((s, s)), 0])
                         for t, e in enumerate(model.basis.elements) for s, lab in zip(e.shells, e.labels)]
@@ -342,13 +410,16 @@ def fit_system(system: System, table: dict, cache, steps: int = STEPS, log=print
         a, b = key.split("-")
         table["pairs"][key] = {"rs": rs.get(key, rs.get(f"{b}-{a}")), "system": system.name,
                                "integrals": integrals}
+        if system.overlap:
+            table["pairs"][key]["overlap"] = edge_integrals(model, overlap=True)[key]
         fitted.append(key)
     test, ideal = samples[-1], samples[0].structure
     table["systems"][system.name] = {
         "formula": test.structure.formula, "kmesh": list(system.kmesh), "semicore": dict(system.semicore),
         "crystal": {"symbols": list(ideal.symbols), "cell": np.round(ideal.cell, 6).tolist(),
                     "positions": np.round(ideal.positions, 6).tolist()},
-        "fitted": fitted, "n_kpoints": len(test.kpoints),
+        "fitted": fitted, "n_kpoints": len(test.kpoints), "reach": system.reach,
+        **({"overlap_mae": round(overlap_mae, 6)} if system.overlap else {}),
         "band_mae_meV": {"start": round(float(np.mean(start)), 2),
                          "train": round(float(np.mean(errors[:-1])), 2), "test": round(float(errors[-1]), 2)},
         "frames": [s.name for s in samples],
@@ -383,7 +454,9 @@ def markdown(table: dict) -> str:
              f"({d['code']}, {d['xc']}, {d['basis']}, {d['pseudo']} pseudopotentials; {d['nframes']} frames per "
              f"system: the ideal crystal and strained ({d['strain']:g}) and displaced ({d['displacement']:g} "
              f"Angstrom) copies). Model: nnsk `{table['model']['hopping']}` hopping, w = {table['model']['w']} "
-             f"Angstrom, onsite `{table['model']['onsite']}`, orthogonal (no overlap). Band MAE: aligned band "
+             f"Angstrom, onsite `{table['model']['onsite']}`, orthogonal (no overlap) but for the systems marked "
+             "*overlap* (overlap integrals fitted to PySCF's overlap blocks, then H to the bands with them). "
+             "Band MAE: aligned band "
              "energies from the bottom of the fitted bands up to the system's window above the highest "
              "occupied band, meV; *test*: the frame the fit did not see.", "",
              "| element | shells | onsite energies (eV) | fitted on | band MAE train / test (meV) |",
@@ -394,19 +467,20 @@ def markdown(table: dict) -> str:
         lines.append(f"| {sym} | {' '.join(e['shells'])} | {levels} | {e['system']} | "
                      f"{mae['train']:.0f} / {mae['test']:.0f} |")
     lines += ["", "| reference system | fitted | bands fitted | window above VBM (eV) | Harrison start / train / test "
-                  "MAE (meV) |", "|---|---|---|---|---|"]
+                  "MAE (meV) | overlap MAE |", "|---|---|---|---|---|---|"]
     for name, s in table["systems"].items():
         mae = s["band_mae_meV"]
         fitted = list(dict.fromkeys("-".join(sorted(k.split("-"))) if "-" in k else k for k in s["fitted"]))
         above = s["window"].get("above_vbm_eV", d["window_above_vbm_eV"])
         lines.append(f"| {name} ({s['formula']}) | {', '.join(fitted)} | {s['window']['band_max']} | {above:g} | "
-                     f"{mae['start']:.0f} / {mae['train']:.0f} / {mae['test']:.0f} |")
+                     f"{mae['start']:.0f} / {mae['train']:.0f} / {mae['test']:.0f} | "
+                     f"{s['overlap_mae']:.4f} (reach {s['reach']}) |" if "overlap_mae" in s else "|")
     return "\n".join(lines) + "\n"
 
 
 def empty_table() -> dict:
     return {"format": "eqtb-esk-1",
-            "model": {"hopping": FORM, "w": W, "atomic_radius": RADIUS, "onsite": "uniform_noref", "overlap": False},
+            "model": {"hopping": FORM, "w": W, "atomic_radius": RADIUS, "onsite": "uniform_noref"},
             "dft": {**DFT, "code": "PySCF KRKS", "nframes": NFRAMES, "strain": STRAIN, "displacement": DISPLACEMENT,
                     "seed": SEED, "band_density": BAND_DENSITY, "window_above_vbm_eV": WINDOW_ABOVE,
                     "eout_weight": EOUT_WEIGHT, "steps": STEPS, "lr": LR},
@@ -444,7 +518,10 @@ def main(argv=None) -> None:
         print(json.dumps({system.name: table["systems"][system.name]["band_mae_meV"]}), flush=True)
         if args.test_data:
             write_test_frame(system, args.cache, args.test_data)
+        order = {s.name: k for k, s in enumerate(SYSTEMS)}
         table["systems"] = {s.name: table["systems"][s.name] for s in SYSTEMS if s.name in table["systems"]}
+        for part in ("elements", "pairs"):  # in the order of the systems that fitted them
+            table[part] = dict(sorted(table[part].items(), key=lambda kv: order[kv[1]["system"]]))
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(table, indent=1))
         tmp.replace(out)
