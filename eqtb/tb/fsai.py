@@ -65,7 +65,9 @@ def fsai_factor(S, block: int = 1, threshold: float = DEFAULT_THRESHOLD) -> sp.b
     indptr, indices = A.indptr.astype(np.int64), A.indices.astype(np.int64)
     work = np.result_type(A.dtype, np.float64)
     rows = np.repeat(np.arange(nat), np.diff(indptr))
-    mag = np.abs(A.data).reshape(len(indices), -1).max(axis=1)
+    mag = np.empty(len(indices), dtype=np.float32)  # largest |entry| of each block, in slices (no copy of S)
+    for a in range(0, len(indices), BATCH * 64):
+        mag[a:a + BATCH * 64] = np.abs(A.data[a:a + BATCH * 64]).reshape(-1, F * F).max(axis=1)
     lower = (indices < rows) & (mag > threshold)
     k_of = np.bincount(rows[lower], minlength=nat)
     nb_cols = indices[lower]  # sorted by row, then column (canonical BSR)

@@ -107,10 +107,9 @@ Cost = ``(n_moments / 2) * (2 + n_cg)`` sparse products of H or S with the (norb
 (per step one H product, the CG iterations of the S solve and one S product for the two moments;
 S=None: ``n_moments / 2`` products), plus ~40 single-vector Lanczos steps for the bounds and ~40 S
 products for the start vectors S^-1/2 r. Two moments per solve (above) replaced one moment per
-solve, and the Lanczos bounds run their solves at tolerance 1e-3 (Ritz values move by ~1e-3 of the
-width, far inside the 1 % margin): Si64 2x2x2 supercell (2048 orbitals), M = 256, R = 8, float32,
-solve_tol 1e-5: CG iterations 5865 + 956 (bounds) -> 3064 + 588, CPU 6.8 -> 3.9 s (back to back
-on a loaded machine; /tmp script comparing the two versions, not kept). The Si overlap (ABACUS 1s1p: smallest
+solve: Si64 2x2x2 supercell (2048 orbitals), M = 256, R = 8, float32, solve_tol 1e-5: CG
+iterations 5865 -> 3061 (plus 956 for the bounds), CPU 5.9 -> 3.6 s (back to back; a /tmp script
+comparing the two versions, not kept). The Si overlap (ABACUS 1s1p: smallest
 eigenvalue 0.17, condition number 17, unit diagonal so Jacobi is the identity) needs
 n_cg = 35-37 (solve_tol 1e-8) / 23 (1e-5) iterations per solve without preconditioning,
 independent of the system size (Si64 and its 2x2x2 ... 6x6x6 supercells); with the default FSAI
@@ -220,7 +219,8 @@ def as_pencil(H, S=None, dtype=None):
         M = sp.bsr_matrix(M) if bsr else sp.csr_matrix(M)
         if not np.issubdtype(M.dtype, np.number) or M.dtype.kind not in "fciu":
             raise SpectrumError(f"{name} has unsupported dtype {M.dtype}")
-        if not np.isfinite(M.data).all():
+        step = 1 << 24  # in slices: no full-size temporary for 10^9 entries
+        if not all(np.isfinite(M.data[a:a + step]).all() for a in range(0, len(M.data), step)):
             raise SpectrumError(f"{name} contains NaN or infinity")
         mats.append(M)
     H, S = mats
@@ -520,14 +520,23 @@ class Pencil:
 
 
 # ------------------------------------------------------------------------------- spectral bounds
+#: :func:`spectral_bounds` reorthogonalizes its Lanczos vectors up to this many orbitals (memory:
+#: 2 x steps vectors, 64 MB at the limit)
+REORTHOGONALIZE_MAX_N = 100_000
+
+
 def spectral_bounds(H, S=None, steps: int = 40, margin: float = 0.01, seed: int = 0,
                     solve_tol: float = 1e-8, _pencil=None) -> tuple[float, float]:
     """Bounds (emin, emax) in eV enclosing all eigenvalues of ``H c = E S c``.
 
     A ``steps``-step Lanczos run on ``S^-1 H`` in the S inner product (one random start vector,
-    no reorthogonalization: ghost copies do not affect extreme Ritz values). Each extreme Ritz
-    value is pushed outwards by its residual norm ``beta_{m+1} |s_m|`` (an eigenvalue lies within
-    that distance) and then by ``margin`` times the width."""
+    ``S r`` of each new vector by a product with S). Up to :data:`REORTHOGONALIZE_MAX_N` orbitals
+    every new vector is S-orthogonalized against all earlier ones: small cells, above all symmetric
+    ones with degenerate levels, exhaust their Krylov space within the steps (before both, an 8-atom
+    Si cell got Ritz values of thousands of eV). Larger matrices run without it (ghost copies do
+    not affect extreme Ritz values). Each extreme Ritz value is pushed outwards by its residual norm
+    ``beta_{m+1} |s_m|`` (an eigenvalue lies within that distance) and then by ``margin`` times the
+    width."""
     if _pencil is None:
         H, S, _ = as_pencil(H, S)
         _pencil = Pencil.from_matrices(H, S, solve_tol=solve_tol)
@@ -542,21 +551,34 @@ def spectral_bounds(H, S=None, steps: int = 40, margin: float = 0.01, seed: int 
     nrm = math.sqrt(pen.dot(v, Sv)[0])
     q, Sq = v / nrm, Sv / nrm
     q_old = np.zeros_like(q)
-    Sq_old = np.zeros_like(q)
+    basis = [] if n <= REORTHOGONALIZE_MAX_N else None  # (q, S q) of every step
     alphas, betas = [], []
     beta = 0.0
     m = min(steps, n)
+    tol = max(solve_tol, 1e-6)  # Ritz values need less than the moments
+
+    def times_s(X):
+        return pen.Sop @ X if pen.Sop is not None else X
+
     for j in range(m):
-        x, y = pen.apply(q, tol=max(solve_tol, 1e-3))  # Ritz values need far less than the moments (error ~ tol * width << margin)
+        x, y = pen.apply(q, tol=tol)
         alpha = pen.dot(q, y)[0]
         r = x - alpha * q - beta * q_old
-        Sr = y - alpha * Sq - beta * Sq_old
+        if basis is not None:
+            basis.append((q, Sq))
+            for _ in range(2):  # twice is enough (Kahan-Parlett)
+                c = pen.dots(*[(Sb, r) for _, Sb in basis])
+                for (b, _), ck in zip(basis, c):
+                    r -= ck[0] * b
+        # S r by a product, not by the recursion y - alpha S q - ...: that carries the solves' error,
+        # which the division by a small beta amplifies step after step
+        Sr = times_s(r)
         alphas.append(alpha)
         beta = math.sqrt(max(pen.dot(r, Sr)[0], 0.0))
         betas.append(beta)
-        if beta <= 1e-12 * max(abs(a) for a in alphas) or j == m - 1:
+        if beta <= 1e-12 * (max(abs(a) for a in alphas) + max(betas)) or j == m - 1:  # invariant subspace
             break
-        q_old, Sq_old = q, Sq
+        q_old = q
         q, Sq = r / beta, Sr / beta
     from scipy.linalg import eigh_tridiagonal
 
