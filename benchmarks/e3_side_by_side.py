@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/e3_side_by_side.py [--systems si_md,hbn,...] [--models slem,lem,elct]
         [--budget 60] [--data-root DIR] [--si-data DIR] [--markdown table.md] [--keep DIR]
     OMP_NUM_THREADS=1 python benchmarks/e3_side_by_side.py --speed [--epochs 20] [--dptb VENV]
+    python benchmarks/e3_side_by_side.py --from-json run1.json run2.json [--markdown table.md]
 
 Systems (:data:`SYSTEMS`; data made by ``eqtb generate`` with PySCF, LDA, GTH pseudopotentials,
 each frame a randomly displaced copy of one structure, the last frames never trained on):
@@ -278,7 +279,19 @@ def main() -> None:
     ap.add_argument("--speed", action="store_true", help="the Si64 speed line against DeePTB's SLEM instead")
     ap.add_argument("--epochs", type=int, default=20, help="--speed: epochs per run (default 20)")
     ap.add_argument("--dptb", type=Path, default=DPTB_VENV, help="--speed: DeePTB 2.2.1 virtual environment")
+    ap.add_argument("--from-json", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="merge the results of earlier runs (their printed JSON) into one table; trains nothing")
     args = ap.parse_args()
+    if args.from_json:
+        results: dict[str, dict] = {}
+        for path in args.from_json:
+            for s, per_model in json.loads(path.read_text())["results"].items():
+                results.setdefault(s, {}).update(per_model)
+        text = markdown(results)
+        if args.markdown:
+            args.markdown.write_text(text)
+        print(text, end="")
+        return
     if args.speed:
         print(json.dumps(speed(args.epochs, args.dptb), indent=1))
         return
