@@ -293,7 +293,7 @@ def main() -> None:
         for path in args.from_json:
             for s, per_model in json.loads(path.read_text())["results"].items():
                 results.setdefault(s, {}).update(per_model)
-        text = markdown(results)
+        text = markdown({s: results[s] for s in SYSTEMS if s in results})
         if args.markdown:
             args.markdown.write_text(text)
         print(text, end="")
