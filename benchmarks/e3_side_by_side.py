@@ -15,7 +15,7 @@ each frame a randomly displaced copy of one structure, the last frames never tra
   gth-szv, FFT cutoff 50 Ha, 8 frames, 6-7 unseen;
 * ``mos2``   -- MoS2 monolayer, the d-orbital system: gth-szv has no Mo, gth-szv-molopt-sr has
   (Mo 2s1p1d with 4s4p semicore, S 1s1p), 15 A of vacuum, k-mesh 3 3 1, FFT cutoff 60 Ha, 4 frames
-  (a frame costs ~4.5 CPU minutes), frame 3 unseen;
+  (a frame took 8-14 min on the loaded machine), frame 3 unseen;
 * ``water``  -- one H2O molecule (no periodic direction), gth-szv, 20 frames, 16-19 unseen;
 * ``si_md_dm`` -- the density matrix D(R) of ``si_md`` as the target (``get_DM``), with S.
 
@@ -40,7 +40,7 @@ Prints JSON (``results[system][model]``) and, with ``--markdown``, writes the ta
 ``elct`` and of DeePTB 2.2.1's SLEM (``dptb train``, ``--dptb`` virtual environment) on the Si64
 tutorial config (``benchmarks/timing.py``: :func:`si64_config`), ``--epochs`` each, back to back,
 one thread, CPU and wall, with the 1-minute load average before and after and each model's
-speed-up over DeePTB's SLEM (CPU medians).
+speed-up over DeePTB's SLEM (ratios of the CPU and of the wall medians).
 """
 
 from __future__ import annotations
