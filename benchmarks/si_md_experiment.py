@@ -27,7 +27,8 @@ cutoff floor at the model's r_max on the same frames (the exact blocks truncated
 model at this cutoff removes).
 
 Prints JSON: the data, the split, per model the training figures (epochs, CPU and wall seconds,
-median CPU s/epoch, peak RSS, parameters, losses) and the test figures.
+median CPU s/epoch, peak RSS, parameters, losses), the test figures, and the block errors on the
+training frames.
 
 Reuse: :func:`split_dataset`, :func:`experiment_config`, :func:`train` and :func:`test` work on any
 dataset of single-frame folders; :func:`run_model` chains them for one model.
@@ -149,24 +150,27 @@ def train(cfg: dict, out: Path, cpu_budget: float, overrides: dict | None = None
             "checkpoint": str(run / "checkpoint" / f"{family}.latest.pth")}
 
 
-def test(checkpoint: str | Path, folders: list[str], window: float = 5.0, nel_atom: dict | None = None) -> dict:
+def test(checkpoint: str | Path, folders: list[str], window: float = 5.0, nel_atom: dict | None = None,
+         bands: bool = True) -> dict:
     """Errors of the model ``checkpoint`` on the trajectory ``folders`` with eqtb's evaluation
-    (``eqtb test --bands``): H (meV) and S (1e-3) block MAE, band MAE / max (meV) within E_F +-
-    ``window`` eV (E_F from ``nel_atom``, default 4 electrons per Si) unaligned and mean-aligned,
-    and the cutoff floor at the model's r_max beside them."""
+    (``eqtb test --bands``): H (meV) and S (1e-3) block MAE, and with ``bands`` the band MAE / max
+    (meV) within E_F +- ``window`` eV (E_F from ``nel_atom``, default 4 electrons per Si) unaligned
+    and mean-aligned, with the cutoff floor at the model's r_max beside them."""
     from eqtb.predict import load_model
     from eqtb.train.evaluate import evaluate, load_test_samples
 
     model = load_model(checkpoint)
     samples, fermis = load_test_samples(folders, model.basis, model.r_max, [model.quantity], ["overlap"],
-                                        eigenvalues=True, dtype=next(model.parameters()).dtype)
-    res = evaluate(model, samples, bands=True, window=window, fermi_levels=fermis, nel_atom=nel_atom or {"Si": 4})
+                                        eigenvalues=bands, dtype=next(model.parameters()).dtype)
+    res = evaluate(model, samples, bands=bands, window=window, fermi_levels=fermis, nel_atom=nel_atom or {"Si": 4})
     blocks = res["blocks"]
     out = {"frames": res["frames"], "n_params": sum(p.numel() for p in model.parameters())}
     for q, tag in (("hamiltonian", "H"), ("overlap", "S")):
         for part in ("all", "onsite", "offsite"):
             out[f"{tag}_mae_{part}"] = round(blocks[q][part]["mae"], 4)
         out[f"{tag}_unit"] = blocks[q]["unit"]
+    if not bands:
+        return out
     b = res["bands"]
     out["bands"] = {"window_eV": b["window"], "nbands": b["nbands"], "failed": b["failed"]}
     for a in ("none", "mean"):
@@ -184,10 +188,12 @@ def _r(x):
 def run_model(model: str, split: dict, work: Path, r_max: float, cpu_budget: float,
               overrides: dict | None = None, window: float = 5.0) -> dict:
     """Train ``model`` on ``split`` (:func:`split_dataset`) for ``cpu_budget`` CPU seconds, test it on
-    the held-out folders: ``{"train": ..., "test": ...}``."""
+    the held-out folders: ``{"train": ..., "test": ..., "train_frames": ...}`` (the last: the block
+    errors on the training frames, to set the unseen frames' beside)."""
     cfg = experiment_config(model, split, r_max, mean_neighbours(split["train"], r_max))
     tr = train(cfg, work / model, cpu_budget, overrides)
-    return {"train": tr, "test": test(tr["checkpoint"], split["test"], window)}
+    return {"train": tr, "test": test(tr["checkpoint"], split["test"], window),
+            "train_frames": test(tr["checkpoint"], split["train"], bands=False)}
 
 
 def _parse_set(items: list[str]) -> dict:

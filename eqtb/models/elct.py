@@ -32,8 +32,9 @@ for each |m|, restricted only by mirror parity).
 
 * **Heads.** Off-site features from ``[LN(e_ij), LN(h)_i, LN(h)_j]`` (last features) by an SO(2)
   convolution rotated to the global frame, onsite features from ``h_i`` (gated equivariant layer,
-  then linear), both assembled by :class:`eqtb.models.assembly.IrrepsAssembler` (exact Hermitian
-  blocks); the overlap by :class:`eqtb.models.heads.OverlapHead`. Radial basis and envelope are
+  then linear) plus the two-body sums of :class:`eqtb.models.heads.PairOnsite` (normalised by one
+  over the square root of the training structures' mean neighbour count), both assembled by
+  :class:`eqtb.models.assembly.IrrepsAssembler` (exact Hermitian blocks); the overlap by :class:`eqtb.models.heads.OverlapHead`. Radial basis and envelope are
   evaluated in float64 (:meth:`ELCT._bond_geometry`).
 
 **Locality.** The default, semi-local variant: ``h_i`` starts from atom i alone and each block's
