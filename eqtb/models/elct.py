@@ -328,7 +328,7 @@ class ELCT(OperatorModel):
         s = self._edge_scalars(radial, ti, tj)
         e = self._embed_edges(s)
         h = self._embed_types(types, radial)
-        pair = self.pair_onsite.add(None, s, D, src, N)
+        pair = self.pair_onsite.add(None, s, D, src, N, env)
         hf_src, hf_dst = self._bond_frames(self.node_norm[0](h), src, D, E)
         for k in range(self.n_layers):
             en = self.edge_norm[k].frame(e)
@@ -380,7 +380,7 @@ class ELCT(OperatorModel):
         pair = None
         for sl, geo in zip(chunks, geos):
             src, _, _, s = local(sl, geo)
-            pair = self.pair_onsite.add(pair, s, geo["D"], src, N)
+            pair = self.pair_onsite.add(pair, s, geo["D"], src, N, geo["envelope"])
         for k in range(self.n_layers):
             hn = self.node_norm[k](hs[-1])
             att = self.attention[k]

@@ -72,13 +72,18 @@ class PairOnsite(nn.Module):
             state_dict.setdefault(prefix + name, torch.zeros_like(value) if name != "norm" else value.clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def add(self, acc: list | None, s: torch.Tensor, D: list[torch.Tensor], src: torch.Tensor, n_atoms: int) -> list:
+    def add(self, acc: list | None, s: torch.Tensor, D: list[torch.Tensor], src: torch.Tensor, n_atoms: int,
+            envelope: torch.Tensor | None = None) -> list:
         """``acc`` (parts of ``n_atoms`` atoms, or None for zeros) plus the terms of the directed
         edges with scalars ``s`` (e, latent_dim), frames ``D`` and source atoms ``src`` (e,): the
-        sums can be built chunk by chunk of edges."""
+        sums can be built chunk by chunk of edges. ``envelope`` (e, 1): the smooth cutoff of each
+        edge, multiplying its term, so that a neighbour crossing the cutoff enters continuously
+        (families whose other features are smooth there pass it; edge scalars alone do not vanish
+        at the cutoff)."""
         if acc is None:
             acc = self.layout.zeros(n_atoms, s)
-        parts = self.layout.along_axis(self.lin(s) * self.natural * self.norm.to(s), D)
+        w = self.lin(s) * self.natural * self.norm.to(s)
+        parts = self.layout.along_axis(w if envelope is None else w * envelope, D)
         for a, p in zip(acc, parts):
             if a is not None:
                 a.index_add_(0, src, p)

@@ -113,7 +113,7 @@ class LEM(SLEM):
         h = self.hidden.zeros(N, radial)
         self._scatter(h, src, self._init_message(s, D))
         h = self._embed_types(h, types)
-        pair = self.pair_onsite.add(None, s, D, src, N)
+        pair = self.pair_onsite.add(None, s, D, src, N, env)
         e = None
         for k in range(self.n_layers):
             hf_src, hf_dst = self._bond_frames(h, src, D, E)

@@ -17,7 +17,8 @@ hidden irreps ``H`` (e.g. ``"32x0e+32x1o+16x2e"``), frame features as in :mod:`e
 * **Heads**: onsite features from ``h_i`` by a gated equivariant layer and a linear map, plus the
   two-body sums ``sum_j w(s_ij) Y_L(r_ij)`` of :class:`eqtb.models.heads.PairOnsite` (the bulk of an
   onsite block in a solid, which the few onsite blocks of a dataset teach poorly through the node
-  layers); off-site features from the last ``[e_ij, h_i, h_j]`` by an SO(2) convolution, rotated
+  layers; without a cutoff envelope, like the initial node features: SLEM's edge scalars do not
+  vanish at r_max, LEM and ELCT multiply the sums by their envelope); off-site features from the last ``[e_ij, h_i, h_j]`` by an SO(2) convolution, rotated
   back to the lab frame; both assembled by :class:`eqtb.models.assembly.IrrepsAssembler`. Overlap from :class:`eqtb.models.heads.OverlapHead`.
 
 The costly work is a handful of dense matrix products over all directed edges per layer (one per
