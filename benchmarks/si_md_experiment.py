@@ -175,9 +175,10 @@ def test(checkpoint: str | Path, folders: list[str], window: float = 5.0, nel_at
     out["bands"] = {"window_eV": b["window"], "nbands": b["nbands"], "failed": b["failed"]}
     for a in ("none", "mean"):
         for name, src in (("model", b["align"][a]), ("floor", b["floor"]["align"][a])):
-            w = src["window"] or {}
+            src = src or {}  # None: no frame compared (a predicted S not positive definite: see "failed")
+            w = src.get("window") or {}
             out["bands"][f"{name}_{a}"] = {"mae_window": _r(w.get("mae")), "max_window": _r(w.get("max_abs")),
-                                           "mae_all": _r(src["mae"]), "max_all": _r(src["max_abs"])}
+                                           "mae_all": _r(src.get("mae")), "max_all": _r(src.get("max_abs"))}
     return out
 
 
