@@ -1456,6 +1456,9 @@ def _add_train(sub) -> None:
     p.add_argument("--num-epoch", type=int, default=None, help="override train_options.num_epoch")
     p.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
                    help="stop cleanly (with a checkpoint) after this wall time")
+    p.add_argument("--max-cpu-time", type=float, default=None, metavar="SECONDS",
+                   help="stop cleanly after this CPU time of the training process (all threads; one thread's "
+                        "time with OMP_NUM_THREADS=1): a budget a busy machine does not shorten")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or console lines (the log is kept)")
     p.set_defaults(run=run_train)
 
@@ -1488,6 +1491,9 @@ def run_train(args) -> int:
             raise CLIError(f"{args.config}: a DeePTB skf2nnsk input trains in one process: run it without torchrun")
         if args.restart:
             raise CLIError(f"{args.config}: a DeePTB skf2nnsk input does not resume (-r); start it with -i")
+        if args.max_cpu_time is not None:
+            raise CLIError(f"{args.config}: --max-cpu-time applies to model training; a DeePTB skf2nnsk fit takes "
+                           f"--max-time (wall time) or --num-epoch")
         summary = fit_skf(args.config, args.output, nstep=args.num_epoch, init_model=args.init_model,
                           max_time=args.max_time, progress=not args.quiet)
         if not args.quiet:
@@ -1499,11 +1505,14 @@ def run_train(args) -> int:
         overrides["train_options.num_epoch"] = args.num_epoch
     if args.max_time is not None:
         overrides["train_options.max_time"] = args.max_time
+    if args.max_cpu_time is not None:
+        overrides["train_options.max_cpu_time"] = args.max_cpu_time
     cfg = load_config(args.config, overrides)
     trainer = Trainer(cfg, args.output, restart=args.restart, init_model=args.init_model, progress=not args.quiet)
     summary = trainer.run()
     if not args.quiet:
-        print(f"trained {summary['epochs']} epochs ({summary['stop']}) in {summary['seconds']:.1f} s; "
+        print(f"trained {summary['epochs']} epochs ({summary['stop']}) in {summary['seconds']:.1f} s "
+              f"({summary['cpu_seconds']:.1f} s CPU); "
               f"checkpoints in {Path(args.output) / 'checkpoint'}")
     return 130 if summary["stop"] == "interrupted" else 0
 

@@ -6,12 +6,15 @@ whose value selects a variant (``embedding.method``, ``prediction.method``, ``op
 ``lr_scheduler.type``, ``loss_options.*.method``) decide which other keys are allowed.
 
 Units: lengths (``r_max``, ``rs``, ``rc``, ``er_max``, ``oer_max``) in Angstrom; learning rates
-and loss weights are plain numbers; ``max_time`` in seconds.
+and loss weights are plain numbers; ``max_time`` and ``max_cpu_time`` in seconds.
 
 eqtb-only additions (DeePTB would reject them; eqtb's own files may use them):
 
 * ``train_options.max_time``: wall-time limit in seconds (``null`` = none); training stops
   cleanly, with a checkpoint, once it is exceeded.
+* ``train_options.max_cpu_time``: the same limit on the CPU time of the training process (seconds
+  of ``time.process_time``, all its threads; one thread's time with ``OMP_NUM_THREADS=1``): a
+  budget that does not depend on how busy a shared machine is.
 * ``train_options.lr_scheduler.warmup_epochs`` (any scheduler type): epochs of linear
   learning-rate warm-up before the scheduler takes over (0 = none).
 
@@ -652,9 +655,10 @@ class TrainOptions(_Options):
     ``validation_freq`` and ``display_freq`` in epochs. The learning-rate scheduler steps once per
     epoch unless ``update_lr_per_iter`` (then once per iteration, ``rop`` on the mean of the last
     ``sliding_win_size`` iteration losses; see :class:`eqtb.train.optim.Scheduler`). ``max_time``
-    (seconds or null) is an eqtb extension: stop training cleanly once this wall time is
-    exceeded. ``batch_size``, ``ref_batch_size`` and ``val_batch_size`` count frames of the whole
-    step: with several processes (``torchrun``) they are global batches, shared among the processes
+    and ``max_cpu_time`` (seconds or null) are eqtb extensions: stop training cleanly once this
+    wall time, or this CPU time of the training process (all threads), is exceeded.
+    ``batch_size``, ``ref_batch_size`` and ``val_batch_size`` count frames of the whole step: with
+    several processes (``torchrun``) they are global batches, shared among the processes
     (:mod:`eqtb.train.trainer`), so the steps are those of one process."""
 
     num_epoch: PosInt
@@ -673,6 +677,7 @@ class TrainOptions(_Options):
     valid_fast: bool = True
     loss_options: LossOptions
     max_time: PosFloat | None = None
+    max_cpu_time: PosFloat | None = None
 
 
 # ================================================================================ data_options

@@ -76,6 +76,17 @@ def test_fine_tuning_starts_from_the_given_weights(si64_run):
     assert second[0] < 0.8 * first[0]  # not a fresh start
 
 
+def test_cpu_time_budget_stops_the_run_after_the_epoch_that_exceeds_it(si64_run):
+    """--max-cpu-time: the epoch that passes the budget is the last one (a budget far below one epoch's
+    CPU time: exactly one epoch), with its CPU time logged and the latest checkpoint written."""
+    assert main(["train", "small.json", "-o", "run", "-q", "--max-cpu-time", "1e-6"]) == 0
+    hist = [json.loads(line) for line in open(si64_run / "run" / "log" / "history.jsonl")]
+    assert [h["epoch"] for h in hist] == [1]
+    assert 0 < hist[0]["cpu_seconds"]
+    assert load_config("small.json", {"train_options.max_cpu_time": 30}).train_options.max_cpu_time == 30.0
+    assert (si64_run / "run" / "checkpoint" / "slem.latest.pth").is_file()
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda c: c["train_options"]["optimizer"].update(lrr=1.0), "did you mean 'lr'"),
     (lambda c: c["model_options"]["embedding"].update(irreps_hidden="8x0e+8x1o"), "lacks 2e"),

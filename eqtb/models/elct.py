@@ -32,8 +32,9 @@ for each |m|, restricted only by mirror parity).
 
 * **Heads.** Off-site features from ``[LN(e_ij), LN(h)_i, LN(h)_j]`` (last features) by an SO(2)
   convolution rotated to the global frame, onsite features from ``h_i`` (gated equivariant layer,
-  then linear), both assembled by :class:`eqtb.models.assembly.IrrepsAssembler` (exact Hermitian
-  blocks); the overlap by :class:`eqtb.models.heads.OverlapHead`. Radial basis and envelope are
+  then linear) plus the two-body sums of :class:`eqtb.models.heads.PairOnsite` (normalised by one
+  over the square root of the training structures' mean neighbour count), both assembled by
+  :class:`eqtb.models.assembly.IrrepsAssembler` (exact Hermitian blocks); the overlap by :class:`eqtb.models.heads.OverlapHead`. Radial basis and envelope are
   evaluated in float64 (:meth:`ELCT._bond_geometry`).
 
 **Locality.** The default, semi-local variant: ``h_i`` starts from atom i alone and each block's
@@ -70,7 +71,7 @@ from eqtb.models.base import (
     chunk_geometry,
     register,
 )
-from eqtb.models.heads import OverlapHead
+from eqtb.models.heads import OverlapHead, PairOnsite
 from eqtb.models.inputs import ModelInputs
 from eqtb.nn.attention import VertexAttention
 from eqtb.nn.irreps import IrrepsLinear, gate_frame, gate_parts, n_gates
@@ -126,8 +127,7 @@ class ELCT(OperatorModel):
         # embeddings
         self.radial = BesselBasis(n_radial_basis, cutoff_type, cutoff_p)
         self.edge_mlp = MLP([n_radial_basis + 2 * T, latent_dim, latent_dim])
-        natural = [1.0 if p == (-1) ** l else 0.0 for l, p in H.channels[0]]
-        self.register_buffer("natural", torch.tensor(natural), persistent=False)
+        self.register_buffer("natural", H.natural(), persistent=False)
         self.edge_embed = nn.Linear(latent_dim, H.sizes[0])
         self.type_embed = nn.Linear(T, H.n_scalars)
         even = [1.0 if p == 1 else 0.0 for p in H.parity.get(0, [])]
@@ -163,6 +163,7 @@ class ELCT(OperatorModel):
         self.onsite_norm = EquivariantLayerNorm(H)
         self.onsite_hidden = IrrepsLinear(H, self.gated)
         self.node_out = IrrepsLinear(H, self.onsite_layout)
+        self.pair_onsite = PairOnsite(self.onsite_layout, latent_dim)  # norm set by calibrate
         with torch.no_grad():  # an untrained model predicts the dataset means; first steps stay gentle
             for w in [self.edge_out.w0, *self.edge_out.wa, *self.edge_out.wb, *self.node_out.weights.values()]:
                 w.mul_(0.01)
@@ -277,8 +278,11 @@ class ELCT(OperatorModel):
         y, _ = self.edge_out([self.out_norm.frame(e), hf_src, hf_dst], s)
         return self.out_layout.merge(self.out_layout.from_frame(y, D))
 
-    def _onsite_output(self, h):
-        return self.onsite_layout.merge(self.node_out(self._gate(self.onsite_hidden(self.onsite_norm(h)))))
+    def _onsite_output(self, h, pair: list):
+        """Flat onsite features: the gated readout of ``h`` plus the two-body sums ``pair``
+        (:class:`eqtb.models.heads.PairOnsite`)."""
+        own = self.node_out(self._gate(self.onsite_hidden(self.onsite_norm(h))))
+        return self.onsite_layout.merge([a if a is None else a + b for a, b in zip(own, pair)])
 
     def _gate(self, u):
         """Gated nonlinearity of features in the gated layout (hidden + trailing gate scalars)."""
@@ -303,6 +307,8 @@ class ELCT(OperatorModel):
         mu, sd = e.mean(0), e.std(0).clamp(min=1e-3) if len(e) > 1 else torch.ones(e.shape[1])
         last.weight.div_(sd[:, None])
         last.bias.sub_(mu).div_(sd)
+        degree = sum(x.n_edges for x in inputs) * 2 / max(1, sum(x.n_atoms for x in inputs))
+        self.pair_onsite.norm.fill_(max(degree, 1.0) ** -0.5)  # two-body onsite sums: 1 / sqrt(neighbours)
 
     # ------------------------------------------------------------------ features
     def features(self, inputs: ModelInputs, edge_chunk: int | None = None, progress=None):
@@ -323,6 +329,7 @@ class ELCT(OperatorModel):
         s = self._edge_scalars(radial, ti, tj)
         e = self._embed_edges(s)
         h = self._embed_types(types, radial)
+        pair = self.pair_onsite.add(None, s, D, src, N, env)
         hf_src, hf_dst = self._bond_frames(self.node_norm[0](h), src, D, E)
         for k in range(self.n_layers):
             en = self.edge_norm[k].frame(e)
@@ -332,7 +339,7 @@ class ELCT(OperatorModel):
             hf_src, hf_dst = self._bond_frames(self.node_norm[k + 1](h), src, D, E)
             e = self._edge_update(k, e, en, hf_src, hf_dst, s)
         part = Features(slice(0, E), ti, tj, {self.quantity: self._edge_output(e, hf_src, hf_dst, s, D)}, D,
-                        {self.quantity: self._onsite_output(h)})
+                        {self.quantity: self._onsite_output(h, pair)})
         self._add_overlap(part, radial, types)
         if progress is not None:
             progress.update(self.chunk_steps(inputs, None))
@@ -369,6 +376,10 @@ class ELCT(OperatorModel):
 
         like = geos[0]["radial"]
         hs = [self._embed_types(types, like)]
+        pair = None
+        for sl, geo in zip(chunks, geos):
+            src, _, _, s = local(sl, geo)
+            pair = self.pair_onsite.add(pair, s, geo["D"], src, N, geo["envelope"])
         for k in range(self.n_layers):
             hn = self.node_norm[k](hs[-1])
             att = self.attention[k]
@@ -392,7 +403,7 @@ class ELCT(OperatorModel):
             part = Features(sl, ti, tj, {self.quantity: self._edge_output(e, hf_src, hf_dst, s, D)}, D)
             last = n == len(chunks) - 1
             if last:
-                part.onsite[self.quantity] = self._onsite_output(hs[-1])
+                part.onsite[self.quantity] = self._onsite_output(hs[-1], pair)
             self._add_overlap(part, geo["radial"], types if last else None)
             tick()
             yield part

@@ -113,6 +113,7 @@ class LEM(SLEM):
         h = self.hidden.zeros(N, radial)
         self._scatter(h, src, self._init_message(s, D))
         h = self._embed_types(h, types)
+        pair = self.pair_onsite.add(None, s, D, src, N, env)
         e = None
         for k in range(self.n_layers):
             hf_src, hf_dst = self._bond_frames(h, src, D, E)
@@ -122,7 +123,7 @@ class LEM(SLEM):
             h = self._node_update(k, h, msg)
         hf_src, hf_dst = self._bond_frames(h, src, D, E)
         part = Features(slice(0, E), ti, tj, {self.quantity: self._edge_output(e, hf_src, hf_dst, s, D)}, D,
-                        {self.quantity: self._onsite_features_flat(h)})
+                        {self.quantity: self._onsite_features_flat(h, pair)})
         self._add_overlap(part, radial, types)
         if progress is not None:
             progress.update(1)

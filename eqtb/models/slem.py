@@ -14,9 +14,12 @@ hidden irreps ``H`` (e.g. ``"32x0e+32x1o+16x2e"``), frame features as in :mod:`e
   convolution of ``[e_ij, h_i, h_j]`` (node features rotated into the bond frame) with ``s_ij``
   appended to the invariant inputs, a gated nonlinearity and a channel-wise radial modulation, added
   residually. ``e_ij`` depends only on atoms within r_max of i or of j.
-* **Heads**: onsite features from ``h_i`` by an equivariant linear map; off-site features from the
-  last ``[e_ij, h_i, h_j]`` by an SO(2) convolution, rotated back to the lab frame; both assembled by
-  :class:`eqtb.models.assembly.IrrepsAssembler`. Overlap from :class:`eqtb.models.heads.OverlapHead`.
+* **Heads**: onsite features from ``h_i`` by a gated equivariant layer and a linear map, plus the
+  two-body sums ``sum_j w(s_ij) Y_L(r_ij)`` of :class:`eqtb.models.heads.PairOnsite` (the bulk of an
+  onsite block in a solid, which the few onsite blocks of a dataset teach poorly through the node
+  layers; without a cutoff envelope, like the initial node features: SLEM's edge scalars do not
+  vanish at r_max, LEM and ELCT multiply the sums by their envelope); off-site features from the last ``[e_ij, h_i, h_j]`` by an SO(2) convolution, rotated
+  back to the lab frame; both assembled by :class:`eqtb.models.assembly.IrrepsAssembler`. Overlap from :class:`eqtb.models.heads.OverlapHead`.
 
 The costly work is a handful of dense matrix products over all directed edges per layer (one per
 |m|), with edge dependence entering only through elementwise modulation. Since node features never
@@ -44,7 +47,7 @@ from eqtb.models.base import (
     chunk_geometry,
     register,
 )
-from eqtb.models.heads import OverlapHead
+from eqtb.models.heads import OverlapHead, PairOnsite
 from eqtb.models.inputs import ModelInputs
 from eqtb.nn.irreps import IrrepsLinear, gate_frame, gate_parts, n_gates
 from eqtb.nn.radial import MLP, BesselBasis
@@ -106,8 +109,7 @@ class SLEM(OperatorModel):
         self.type_embed = nn.Linear(T, self.hidden.n_scalars)
         even = [1.0 if p == 1 else 0.0 for p in self.hidden.parity.get(0, [])]
         self.register_buffer("even_scalars", torch.tensor(even), persistent=False)  # types are parity-even
-        natural = [1 if p == (-1) ** l else 0 for l, p in self.hidden.channels[0]]
-        self.register_buffer("natural", torch.tensor(natural, dtype=torch.get_default_dtype()), persistent=False)
+        self.register_buffer("natural", self.hidden.natural(), persistent=False)
         self.init_weights = nn.Linear(latent_dim, self.hidden.sizes[0])
 
         hh = IrrepsLayout.concat(self.hidden, self.hidden)
@@ -123,6 +125,7 @@ class SLEM(OperatorModel):
         self.edge_out = SO2Linear(hhh, self.out_layout, latent_dim)
         self.onsite_hidden = IrrepsLinear(self.hidden, self.gated)
         self.node_out = IrrepsLinear(self.hidden, self.onsite_layout)
+        self.pair_onsite = PairOnsite(self.onsite_layout, latent_dim, self.norm)
         with torch.no_grad():  # an untrained model predicts the dataset means; first steps stay gentle
             for w in [self.edge_out.w0, *self.edge_out.wa, *self.edge_out.wb, *self.node_out.weights.values()]:
                 w.mul_(0.01)
@@ -235,13 +238,7 @@ class SLEM(OperatorModel):
 
     def _init_message(self, s, D):
         """Parts (E, 2l+1, n_l) of sum_j w(s_ij) Y_l(r_ij) / sqrt(avg_num_neighbors)."""
-        w = self.init_weights(s) * self.natural * self.norm
-        out, k = [None] * (self.hidden.lmax + 1), 0
-        for l in self.hidden.ls:
-            n = len(self.hidden.parity[l])
-            out[l] = D[l][:, :, l:l + 1] * w[:, None, k:k + n]  # m = 0 column of D_l = Y_l / sqrt(2l+1)
-            k += n
-        return out
+        return self.hidden.along_axis(self.init_weights(s) * self.natural * self.norm, D)
 
     def _node_message(self, k, hf_src, s, D):
         y, _ = self.node_conv[k](hf_src, s)
@@ -307,6 +304,7 @@ class SLEM(OperatorModel):
         h = self.hidden.zeros(N, radial)
         self._scatter(h, src, self._init_message(s, D))
         h = self._embed_types(h, types)
+        pair = self.pair_onsite.add(None, s, D, src, N)
         e = None
         for k in range(self.n_layers + 1):
             hf_src, hf_dst = self._bond_frames(h, src, D, E)
@@ -316,7 +314,7 @@ class SLEM(OperatorModel):
                 self._scatter(msg, src, self._node_message(k, hf_src, s, D))
                 h = self._node_update(k, h, msg)
         part = Features(slice(0, E), ti, tj, {self.quantity: self._edge_output(e, hf_src, hf_dst, s, D)}, D,
-                        {self.quantity: self._onsite_features_flat(h)})
+                        {self.quantity: self._onsite_features_flat(h, pair)})
         self._add_overlap(part, radial, types)
         if progress is not None:
             progress.update(self.chunk_steps(inputs, None))
@@ -344,8 +342,10 @@ class SLEM(OperatorModel):
         signs = [g.to(hf_src[0]) for g in self.flip]
         return hf_src, [torch.roll(x, n_bonds, 0) * g for x, g in zip(hf_src, signs)]
 
-    def _onsite_features_flat(self, h):
-        return self.onsite_layout.merge(self._onsite_features(h))
+    def _onsite_features_flat(self, h, pair: list):
+        """Flat onsite features: the readout of ``h`` plus the two-body sums ``pair``
+        (:class:`eqtb.models.heads.PairOnsite`)."""
+        return self.onsite_layout.merge([a if a is None else a + b for a, b in zip(self._onsite_features(h), pair)])
 
     def _features_chunked(self, inputs, edge_chunk, progress=None):
         """The same features in chunks of canonical bonds (each chunk holds both directions of its
@@ -369,9 +369,11 @@ class SLEM(OperatorModel):
 
         like = geos[0]["radial"]
         h = self.hidden.zeros(N, like)
+        pair = None
         for sl, geo in zip(chunks, geos):
             src, _, _, s = local(sl, geo)
             self._scatter(h, src, self._init_message(s, geo["D"]))
+            pair = self.pair_onsite.add(pair, s, geo["D"], src, N)
             tick()
         hs = [self._embed_types(h, types)]
         for k in range(self.n_layers):
@@ -392,7 +394,7 @@ class SLEM(OperatorModel):
             part = Features(sl, ti, tj, {self.quantity: self._edge_output(e, hf_src, hf_dst, s, D)}, D)
             last = n == len(chunks) - 1
             if last:
-                part.onsite[self.quantity] = self._onsite_features_flat(hs[-1])
+                part.onsite[self.quantity] = self._onsite_features_flat(hs[-1], pair)
             self._add_overlap(part, geo["radial"], types if last else None)
             tick()
             yield part

@@ -165,6 +165,25 @@ class IrrepsLayout:
             out[:, idx.to(ref.device)] = parts[l]
         return out
 
+    def natural(self) -> torch.Tensor:
+        """(C_0,) float: 1 for the channels of frame group 0 of natural parity ``p = (-1)^l`` (the
+        only ones a function of a bond vector alone, ``f(|r|) Y_l(r)``, can fill), 0 for the others."""
+        return torch.tensor([1.0 if p == (-1) ** l else 0.0 for l, p in self.channels[0]],
+                            dtype=torch.get_default_dtype())
+
+    def along_axis(self, w: torch.Tensor, D: list[torch.Tensor]) -> list:
+        """Parts (E, 2l+1, n_l) in the global frame of the features that hold ``w[:, c]`` (E, C_0)
+        on the m = 0 component of channel c in the frame of each edge and zero elsewhere:
+        ``w_c Y_l(r) / sqrt(2l + 1)``, the m = 0 column of the edge's Wigner-D (``D``,
+        :func:`directed_frames`). Only natural-parity channels transform as such; mask ``w`` with
+        :meth:`natural` unless it is zero on the others."""
+        out, k = [None] * (self.lmax + 1), 0
+        for l in self.ls:
+            n = len(self.parity[l])
+            out[l] = D[l][:, :, l:l + 1] * w[:, None, k:k + n]
+            k += n
+        return out
+
     def zeros(self, n: int, like: torch.Tensor) -> list:
         out = [None] * (self.lmax + 1)
         for l, pars in self.parity.items():

@@ -36,8 +36,11 @@ time limit), ``<name>.best.pth`` (lowest loss over the *whole* validation set --
 ``max_ckpt`` kept), ``log/log.txt`` (one line per display step) and ``log/history.jsonl`` (the same
 figures as JSON lines: losses in the loss's unit -- eV for block losses, eV^2 for ``eigvals`` --,
 ``*_onsite_mae``/``*_hopping_mae`` in eV, ``*_overlap_mae`` dimensionless, ``*_band_mae_meV`` in
-meV; a restart drops the lines of epochs after its checkpoint). All checkpoints are written
-atomically.
+meV, ``seconds`` and ``cpu_seconds`` the epoch's wall and process CPU time; a restart drops the
+lines of epochs after its checkpoint). All checkpoints are written atomically. ``max_time`` and
+``max_cpu_time`` stop a run at the end of the first epoch after which the wall time, or the CPU
+time of the process (``time.process_time``, all threads), spent in the training loop since this
+run started exceeds them.
 
 Several processes (``torchrun --nproc_per_node N -m eqtb.cli train ...``, :mod:`eqtb.distributed`):
 every process loads the datasets and builds the same model (rank 0's weights are broadcast), and
@@ -446,7 +449,7 @@ class Trainer:
         procs = f", {world_size()} processes" if world_size() > 1 else ""
         log.info(f"eqtb {__version__}: {len(self.train_set)} training frames, {len(self.val_set)} validation "
                  f"frames, {n_params} parameters, device {self.device}{procs}, {self.dtype}")
-        start, t0 = self.epoch, time.perf_counter()
+        start, t0, c0 = self.epoch, time.perf_counter(), time.process_time()
         stop_reason = "done"
         best = None
         diverged = False
@@ -454,7 +457,7 @@ class Trainer:
                    dynamic_ncols=True)
         try:
             for epoch in range(start + 1, o.num_epoch + 1):
-                te = time.perf_counter()
+                te, ce = time.perf_counter(), time.process_time()
                 order = np.random.default_rng(self.seed + epoch).permutation(len(self.train_set))
                 batches = [order[b:b + o.batch_size] for b in range(0, len(order), o.batch_size)]
                 done = self._progress or {"losses": [], "infos": []}
@@ -500,11 +503,16 @@ class Trainer:
                 if save_at_end:
                     self._save_iter()
                 rec["seconds"] = time.perf_counter() - te
+                rec["cpu_seconds"] = time.process_time() - ce
                 if self.main and (epoch % o.display_freq == 0 or epoch == o.num_epoch):
                     self._display(rec, bar, history, writer)
                 bar.update(1)
-                if o.max_time is not None and broadcast_flag(time.perf_counter() - t0 > o.max_time):  # rank 0 decides
-                    stop_reason = f"time limit {o.max_time:g} s reached"
+                over = [f"{name} limit {limit:g} s reached" for name, limit, used in
+                        (("time", o.max_time, time.perf_counter() - t0),
+                         ("CPU time", o.max_cpu_time, time.process_time() - c0))
+                        if limit is not None and used > limit]
+                if broadcast_flag(bool(over)):  # rank 0 decides
+                    stop_reason = over[0] if over else "time limit reached on rank 0"
                     break
         except KeyboardInterrupt:
             stop_reason = "interrupted"
@@ -517,7 +525,8 @@ class Trainer:
             if writer is not None:
                 writer.close()
         summary = {"epochs": self.epoch, "iterations": self.iteration, "stop": stop_reason,
-                   "seconds": time.perf_counter() - t0, "best_metric": self.ckpt.best_metric if best is None else best,
+                   "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+                   "best_metric": self.ckpt.best_metric if best is None else best,
                    "latest": str(self.ckpt.latest_path), "best": str(self.ckpt.best_path)}
         log.info(f"stopped after epoch {self.epoch} ({stop_reason}); latest checkpoint {self.ckpt.latest_path}")
         if handler is not None:
