@@ -25,8 +25,8 @@ Every model trains with the hyperparameters of DeePTB's Si64 tutorial (hidden ir
 ``32x0e+32x1o+16x2e``, plus l = 3, 4 channels where the basis has d shells; 3 layers; Adam 5e-3,
 ``rop`` 0.8/50; ``hamil_abs``; batch 1; ELCT with 4 heads of 16, as ``examples/elct_si64.json``),
 r_max per system (:data:`SYSTEMS`), on the training frames, for ``--budget`` CPU seconds of its
-own process (``eqtb train`` stopped with Ctrl-C once it has used them, see
-``benchmarks/timing.py``; start-up included), so each row costs the same on a loaded machine. The
+own process (``eqtb train --max-cpu-time``: it stops after the epoch that reaches them; start-up
+not counted), so each row costs the same on a loaded machine. The
 latest model is then tested on the unseen frames with ``eqtb test``'s engine
 (:func:`eqtb.train.evaluate.evaluate`): block MAE of the target (H in meV, D in 1e-3) and of S
 (1e-3), onsite / off-site, and the band MAE (meV, no shift) over all compared bands and within

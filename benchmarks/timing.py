@@ -4,9 +4,8 @@ One training process (``eqtb train`` or DeePTB's ``dptb train``) is run by :func
 it follows the epochs as they finish -- new lines of eqtb's ``log/history.jsonl``, or DeePTB's
 ``iteration:`` log lines -- and stamps each with the wall clock and the process's CPU time (user +
 system, from ``/proc/<pid>/stat``), so seconds per epoch are available both ways: on a shared,
-loaded machine the CPU figures are the ones that compare. Optionally it stops the process with
-SIGINT (eqtb: Ctrl-C, which writes the latest checkpoint) once it has used a CPU-time budget.
-The peak RSS and total CPU time come from ``wait4``.
+loaded machine the CPU figures are the ones that compare. A CPU-time budget of an eqtb run is
+eqtb's own ``--max-cpu-time`` (:func:`eqtb_train`). The peak RSS and total CPU time come from ``wait4``.
 
 Also here: the Si64 tutorial work folder laid out like DeePTB's tutorial, the tutorial config with
 one model swapped in (:func:`si64_config`), and the in-process alternating training steps used
@@ -18,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -46,15 +44,15 @@ def cpu_seconds(pid: int) -> float | None:
 class ProcessRun:
     """What :func:`train_process` measured: ``epoch_wall`` / ``epoch_cpu`` (seconds of each epoch
     after the first, from consecutive stamps), ``epochs`` (stamps seen), ``cpu_s`` / ``wall_s`` of
-    the whole process, ``peak_rss_GB``, ``stopped`` (True when the CPU budget stopped it), ``tail``
+    the whole process, ``peak_rss_GB``, ``tail``
     (its last output lines)."""
 
     def __init__(self, stamps: list[tuple[float, float]], cpu_s: float, wall_s: float, peak_rss_GB: float,
-                 stopped: bool, tail: list[str]):
+                 tail: list[str]):
         self.epochs = len(stamps)
         self.epoch_wall = [b[0] - a[0] for a, b in zip(stamps, stamps[1:])]
         self.epoch_cpu = [b[1] - a[1] for a, b in zip(stamps, stamps[1:])]
-        self.cpu_s, self.wall_s, self.peak_rss_GB, self.stopped, self.tail = cpu_s, wall_s, peak_rss_GB, stopped, tail
+        self.cpu_s, self.wall_s, self.peak_rss_GB, self.tail = cpu_s, wall_s, peak_rss_GB, tail
 
     def summary(self) -> dict:
         """Median and fastest seconds per epoch (first epoch excluded: graph cache, warm-up), CPU
@@ -69,18 +67,13 @@ class ProcessRun:
 
 
 def train_process(cmd: list[str], cwd: Path, history: Path | None = None, marker: str | None = None,
-                  cpu_budget: float | None = None, poll: float = 0.05) -> ProcessRun:
+                  poll: float = 0.05) -> ProcessRun:
     """Run ``cmd`` in ``cwd`` with ``OMP_NUM_THREADS`` (default 1) and stamp its epochs: a new line
     of the file ``history`` (eqtb) or an output line containing ``marker`` (DeePTB's
-    ``"iteration:"``). With ``cpu_budget`` (seconds), SIGINT is sent once the process has used that
-    much CPU time and finished at least one epoch. Raises RuntimeError with the output's tail when
-    the process fails (a stop by the budget is not a failure)."""
+    ``"iteration:"``). Raises RuntimeError with the output's tail when the process fails."""
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     t0 = time.perf_counter()
-    # SIGINT back to its default: a background job of a shell inherits it ignored, and Python then
-    # installs no KeyboardInterrupt handler (the budget's Ctrl-C would be lost)
-    p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tail: list[str] = []
     marked = [0]
 
@@ -94,7 +87,6 @@ def train_process(cmd: list[str], cwd: Path, history: Path | None = None, marker
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     stamps: list[tuple[float, float]] = []
-    stopped = False
     last_cpu = 0.0
     while True:
         pid, status, usage = os.wait4(p.pid, os.WNOHANG)
@@ -111,23 +103,23 @@ def train_process(cmd: list[str], cwd: Path, history: Path | None = None, marker
             done = marked[0]
         now = time.perf_counter()
         stamps += [(now, last_cpu)] * (done - len(stamps))
-        if cpu_budget is not None and not stopped and stamps and last_cpu >= cpu_budget:
-            p.send_signal(signal.SIGINT)
-            stopped = True
         time.sleep(poll)
     p.returncode = os.waitstatus_to_exitcode(status)
     reader.join()
-    if p.returncode and not stopped:
+    if p.returncode:
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{''.join(tail)}")
     return ProcessRun(stamps, usage.ru_utime + usage.ru_stime, time.perf_counter() - t0,
-                      round(usage.ru_maxrss / 1024**2, 3), stopped, tail)
+                      round(usage.ru_maxrss / 1024**2, 3), tail)
 
 
 def eqtb_train(config: Path, out: Path, cwd: Path, extra: list[str] = (), cpu_budget: float | None = None) -> ProcessRun:
-    """``eqtb train config -o out -q extra`` in its own process (see :func:`train_process`)."""
+    """``eqtb train config -o out -q extra`` in its own process (see :func:`train_process`);
+    ``cpu_budget``: seconds of its CPU time (``--max-cpu-time``: it stops after the epoch that
+    reaches them and writes its checkpoints)."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "eqtb.cli", "train", str(config), "-o", str(out), "-q", *extra]
-    return train_process(cmd, cwd, history=out / "log" / "history.jsonl", cpu_budget=cpu_budget)
+    budget = ["--max-cpu-time", str(cpu_budget)] if cpu_budget is not None else []
+    cmd = [sys.executable, "-m", "eqtb.cli", "train", str(config), "-o", str(out), "-q", *budget, *extra]
+    return train_process(cmd, cwd, history=out / "log" / "history.jsonl")
 
 
 def dptb_train(config: Path, out: Path, cwd: Path, venv: Path = DPTB_VENV) -> ProcessRun:
