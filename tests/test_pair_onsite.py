@@ -92,6 +92,9 @@ def test_a_checkpoint_without_the_term_loads_as_the_same_model(si64_slem):
         model.pair_onsite.lin.weight.normal_()
         model.load_state_dict(state)
         assert model.pair_onsite.lin.weight.abs().max() == 0.0
+        model.pair_onsite.lin.weight.normal_()
+        model.init_from(model.family, state)  # eqtb train -i from such a checkpoint
+        assert model.pair_onsite.lin.weight.abs().max() == 0.0
         inputs = sample.inputs.to(torch.device("cpu"), torch.float64)
         before = model(inputs)["hamiltonian"][0]
         model.pair_onsite.lin.bias.fill_(0.1)

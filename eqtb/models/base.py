@@ -156,9 +156,12 @@ def check_hidden_irreps(hidden: str, basis: Basis) -> o3.Irreps:
 
 def state_mismatch(model: nn.Module, saved: dict) -> list[str]:
     """What keeps ``saved`` (a state dict) from loading into ``model``: missing, unexpected and
-    differently shaped entries."""
+    differently shaped entries. Entries a submodule lists in ``optional_state`` may be missing (it
+    fills them when loading: e.g. a term added to a family after the checkpoint was written)."""
     own = model.state_dict()
-    out = [f"{k} is missing" for k in own if k not in saved]
+    optional = {f"{name}.{k}" if name else k for name, m in model.named_modules()
+                for k in getattr(m, "optional_state", ())}  # modules that start themselves when absent
+    out = [f"{k} is missing" for k in own if k not in saved and k not in optional]
     out += [f"{k} is not in the configured model" for k in saved if k not in own]
     out += [f"{k} has shape {tuple(saved[k].shape)}, the configured model {tuple(v.shape)}"
             for k, v in own.items() if k in saved and tuple(saved[k].shape) != tuple(v.shape)]

@@ -65,6 +65,9 @@ class PairOnsite(nn.Module):
         nn.init.zeros_(self.lin.weight)
         nn.init.zeros_(self.lin.bias)
 
+    #: entries a checkpoint written before this head existed lacks (:func:`eqtb.models.base.state_mismatch`)
+    optional_state = ("norm", "lin.weight", "lin.bias")
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """A checkpoint written before this head existed loads with zero weights: the model it
         describes, exactly (the head then adds nothing)."""

@@ -345,7 +345,9 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer_state_dict"])
             self.scheduler.load_state_dict(state["lr_scheduler_state_dict"])
         except (KeyError, ValueError) as err:
-            raise CheckpointError(f"{path}: cannot restore the optimizer/scheduler ({err})") from None
+            raise CheckpointError(f"{path}: cannot restore the optimizer/scheduler ({err}); a checkpoint of an "
+                                  f"earlier eqtb whose model had fewer weights (e.g. without the onsite pair term) "
+                                  f"is continued with -i") from None
         self.epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
         self.ckpt.load_state_dict(state.get("checkpoints", {}))
         self.last_val_loss = state.get("last_val_loss")
