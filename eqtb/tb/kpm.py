@@ -198,6 +198,13 @@ def storage_dtype(dtype, complex_: bool) -> type:
     raise SpectrumError(f"dtype must be float64 or float32 (storage precision), got {dtype!r}")
 
 
+def _slices(data: np.ndarray, step: int = 1 << 22):
+    """The entries of ``data`` (any shape, e.g. BSR blocks) in consecutive slices of ``step``:
+    element-wise checks of 10^9 stored entries without a temporary of their size."""
+    flat = data.reshape(-1)
+    return (flat[a:a + step] for a in range(0, len(flat), step))
+
+
 def as_pencil(H, S=None, dtype=None):
     """Validate and convert H (and S) to CSR (block-sparse BSR with square blocks stays BSR) with
     int32 indices where possible.
@@ -219,8 +226,7 @@ def as_pencil(H, S=None, dtype=None):
         M = sp.bsr_matrix(M) if bsr else sp.csr_matrix(M)
         if not np.issubdtype(M.dtype, np.number) or M.dtype.kind not in "fciu":
             raise SpectrumError(f"{name} has unsupported dtype {M.dtype}")
-        step = 1 << 24  # in slices: no full-size temporary for 10^9 entries
-        if not all(np.isfinite(M.data[a:a + step]).all() for a in range(0, len(M.data), step)):
+        if not all(np.isfinite(part).all() for part in _slices(M.data)):
             raise SpectrumError(f"{name} contains NaN or infinity")
         mats.append(M)
     H, S = mats
@@ -250,8 +256,10 @@ def as_pencil(H, S=None, dtype=None):
     for name, M in (("H", H), ("S", S)):
         if M is None:
             continue
-        a, b = np.vdot(x, M @ y), np.vdot(M @ x, y)
-        scale = max(abs(a), abs(b), float(np.abs(M.data).max(initial=0.0)) * 1e-3, 1e-300)
+        xs, ys = x.astype(M.dtype), y.astype(M.dtype)  # a float64 vector would upcast (copy) a float32 M
+        a, b = np.vdot(xs, M @ ys), np.vdot(M @ xs, ys)
+        top = max((float(np.abs(part).max(initial=0.0)) for part in _slices(M.data)), default=0.0)
+        scale = max(abs(a), abs(b), top * 1e-3, 1e-300)
         tol = 1e-5 if M.dtype in (np.float32, np.complex64) else 1e-9
         if abs(a - b) > tol * scale * math.sqrt(n):
             raise SpectrumError(f"{name} is not Hermitian (x.{name}y - ({name}x).y = {abs(a - b):.3e})")
