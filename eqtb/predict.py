@@ -242,16 +242,13 @@ class Predictor:
         to the rounding of ``dtype``. Spinful models (spin-orbit coupling): use :meth:`predict`."""
         import time
 
-        from tqdm.auto import tqdm
-
-        from eqtb.models.inputs import ModelInputs
         from eqtb.operator import BlockPattern, compact_orbitals
-        from eqtb.quantities import SPIN_ORBIT
 
         s = self._checked(structure)
         t0 = time.perf_counter()
-        graph = build_graph(s, self.model.r_max, self.basis.symbols)
-        inputs = ModelInputs.from_graph(graph, self.basis, self.dtype).to(self.device)
+        graph, inputs = self._inputs(s)
+        if self.model.spin_orbit(inputs) is not None:
+            raise PredictionError("predict_sparse does not take a spinful model (spin-orbit coupling); use predict()")
         inputs.R = inputs.R[:0]  # no Bloch phases at Gamma, and the models read bond vectors only: 24 B a bond freed
         pattern = BlockPattern(s.natoms, graph.i, graph.j)
         n_bonds = graph.n_edges
@@ -259,17 +256,10 @@ class Predictor:
         F = self.basis.full_norb
         data = {q: pattern.zeros(F, dtype) for q in self.quantities}
         t1 = time.perf_counter()
-        if not self.model.locality.strictly_local:
-            chunk = None
-        steps = self.model.chunk_steps(inputs, chunk)
-        disable = (True if steps < 20 else None) if progress is None else not progress
-        with torch.no_grad(), tqdm(total=steps, desc=f"predict {s.natoms} atoms", unit="chunk", disable=disable,
-                                   leave=False) as bar:
+        chunk, bar = self._chunks(s, inputs, chunk, progress)
+        with torch.no_grad(), bar:
             for q, bonds, blocks in self.model.block_parts(inputs, edge_chunk=chunk, progress=bar):
-                if q == SPIN_ORBIT:
-                    raise PredictionError("predict_sparse does not take a spinful model (spin-orbit coupling); "
-                                          "use predict()")
-                pattern.add(data[q], blocks.detach().cpu().numpy().astype(dtype, copy=False), bonds)
+                pattern.add(data[q], blocks.cpu().numpy().astype(dtype, copy=False), bonds)
         t2 = time.perf_counter()
         keep = compact_orbitals(self.basis, s.numbers)
         mats = {}
@@ -279,6 +269,24 @@ class Predictor:
         timings = {"graph": t1 - t0, "model": t2 - t1, "matrices": time.perf_counter() - t2,
                    "n_atoms": s.natoms, "n_bonds": n_bonds}
         return SparsePrediction(s, mats, timings)
+
+    def _inputs(self, s: Structure):
+        """(graph, model inputs) of ``s`` at the model's cutoff."""
+        from eqtb.models.inputs import ModelInputs
+
+        graph = build_graph(s, self.model.r_max, self.basis.symbols)
+        return graph, ModelInputs.from_graph(graph, self.basis, self.dtype).to(self.device)
+
+    def _chunks(self, s: Structure, inputs, chunk: int | None, progress: bool | None):
+        """(the chunk the model's locality allows, a tqdm bar over its steps; ``progress`` None:
+        drawn only for 20 steps or more, on a terminal)."""
+        from tqdm.auto import tqdm
+
+        if not self.model.locality.strictly_local:
+            chunk = None
+        steps = self.model.chunk_steps(inputs, chunk)
+        disable = (True if steps < 20 else None) if progress is None else not progress
+        return chunk, tqdm(total=steps, desc=f"predict {s.natoms} atoms", unit="chunk", disable=disable, leave=False)
 
     def _checked(self, structure) -> Structure:
         s = as_structure(structure)
@@ -298,24 +306,13 @@ class Predictor:
         bonds where the locality allows), blocks -> Operators."""
         import time
 
-        from tqdm.auto import tqdm
-
         from eqtb.models.assembly import to_operators
-        from eqtb.models.inputs import ModelInputs
 
         t0 = time.perf_counter()
-        graph = build_graph(s, self.model.r_max, self.basis.symbols)
-        inputs = ModelInputs.from_graph(graph, self.basis, self.dtype).to(self.device)
+        graph, inputs = self._inputs(s)
         t1 = time.perf_counter()
-        if not self.model.locality.strictly_local:
-            chunk = None
-        steps = self.model.chunk_steps(inputs, chunk)
-        if progress is None:
-            disable = True if steps < 20 else None  # None: tqdm draws the bar only on a terminal
-        else:
-            disable = not progress
-        with torch.no_grad(), tqdm(total=steps, desc=f"predict {s.natoms} atoms", unit="chunk", disable=disable,
-                                   leave=False) as bar:
+        chunk, bar = self._chunks(s, inputs, chunk, progress)
+        with torch.no_grad(), bar:
             out = self.model(inputs, edge_chunk=chunk, progress=bar)
         t2 = time.perf_counter()
         ops = to_operators(s, self.basis, graph.i, graph.j, graph.R, out)

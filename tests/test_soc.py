@@ -141,6 +141,18 @@ def test_time_reversal_and_kramers(case, data_dir):
         assert np.abs(e[0::2] - e[1::2]).max() > 1e-3
 
 
+def test_streamed_sparse_prediction_refuses_a_spinful_model(data_dir):
+    """predict_sparse (the spinless Gamma matrices of eqtb run's sparse route) says so for a model
+    with spin-orbit coupling instead of dropping its spin-orbit blocks; the spinless model runs."""
+    from eqtb.predict import PredictionError
+
+    s = _hbn(data_dir)
+    with pytest.raises(PredictionError, match="spinful model"):
+        Predictor(_model(HBN)).predict_sparse(s)
+    H = Predictor(_model(HBN, soc={})).predict_sparse(s).sparse("hamiltonian")
+    assert H.shape == (8, 8)  # 2 atoms x 4 orbitals, no spin doubling
+
+
 def test_spinful_operator_layout_and_hermiticity(data_dir):
     """H(k) is 2 norb square, Hermitian, its spin-diagonal blocks are the spinless H(k) plus the
     onsite spin-orbit blocks, dense = sparse (the batched path below 48 orbitals and the per-k sparse
