@@ -945,7 +945,7 @@ def _run_streamed(args, opts: dict, task: str, structure, model, norb: int, prog
     Operators; float32 above MAX_NORB_3D orbitals, where only KPM runs), then :func:`_run_sparse`."""
     import numpy as np
 
-    from eqtb.predict import PredictionError
+    from eqtb.predict import SpinfulModelError
     from eqtb.tb.lanczos import MAX_NORB_3D
     from eqtb.tb.spectrum import progress_lines
 
@@ -953,7 +953,7 @@ def _run_streamed(args, opts: dict, task: str, structure, model, norb: int, prog
     with progress_lines(f"predicting {structure.natoms} atoms", progress):
         try:
             pred = model.predict_sparse(structure, **_predict_options(args, progress), dtype=dtype)
-        except PredictionError as exc:
+        except SpinfulModelError as exc:
             raise CLIError(f"{exc}; the sparse methods (KPM DOS, shift-invert band edges) need a spinless model: "
                            f"use --method dense") from None
     args.sparse_prediction = _predicted(args, model, pred, pred.matrices, task, "matrices",

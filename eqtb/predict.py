@@ -46,6 +46,10 @@ class PredictionError(ValueError):
     """A structure the model cannot be applied to (unknown element, atoms on top of each other)."""
 
 
+class SpinfulModelError(PredictionError):
+    """A spinful model (spin-orbit coupling) asked for spinless matrices (:meth:`Predictor.predict_sparse`)."""
+
+
 def as_structure(structure) -> Structure:
     """An eqtb :class:`Structure` from a Structure, an ``ase.Atoms`` or a structure file path."""
     if isinstance(structure, Structure):
@@ -248,7 +252,7 @@ class Predictor:
         t0 = time.perf_counter()
         graph, inputs = self._inputs(s)
         if self.model.spin_orbit(inputs) is not None:
-            raise PredictionError("predict_sparse does not take a spinful model (spin-orbit coupling); use predict()")
+            raise SpinfulModelError("predict_sparse does not take a spinful model (spin-orbit coupling); use predict()")
         inputs.R = inputs.R[:0]  # no Bloch phases at Gamma, and the models read bond vectors only: 24 B a bond freed
         pattern = BlockPattern(s.natoms, graph.i, graph.j)
         n_bonds = graph.n_edges

@@ -320,8 +320,7 @@ class Preconditioner:
     blocks of S), incomplete LU, or none. FSAI works on blocks of F orbitals: S's own blocks when
     it is BSR, else ``blocks`` when they all have the same size, else single orbitals."""
 
-    def __init__(self, S: sp.csr_matrix, kind: str = "auto", blocks=None, backend: str = "auto",
-                 fsai_threshold: float | None = None):
+    def __init__(self, S: sp.csr_matrix, kind: str = "auto", blocks=None, backend: str = "auto"):
         if kind == "auto":
             kind = "fsai"
         self.kind = kind
@@ -329,18 +328,17 @@ class Preconditioner:
         if kind == "none":
             return
         if kind == "fsai":
-            from eqtb.tb.fsai import DEFAULT_THRESHOLD, FSAIError, fsai_factor
+            from eqtb.tb.fsai import FSAIError, fsai_factor
 
             F = S.blocksize[0] if S.format == "bsr" else 1
             if S.format != "bsr" and blocks is not None:
                 sizes = np.diff(self._offsets(blocks, n))
                 F = int(sizes[0]) if (sizes == sizes[0]).all() else 1
             try:
-                G = fsai_factor(S, F, DEFAULT_THRESHOLD if fsai_threshold is None else fsai_threshold)
+                G = fsai_factor(S, F)
             except FSAIError as err:
                 raise SpectrumError(str(err)) from None
             G = G.astype(S.dtype)
-            self.g_entries = G.nnz
             self.op = BlockProduct(G, backend)
             self.op_h = BlockProduct(G.conj().T.tobsr(), backend)
             return
@@ -512,6 +510,10 @@ class Pencil:
         self.cg_iterations.append(it)
         return X
 
+    def times_s(self, X):
+        """``S @ X`` (X itself when S is None)."""
+        return X if self.Sop is None else self.Sop @ X
+
     def apply(self, X, tol=None):
         """(S^-1 H X, H X)"""
         Y = self.Hop @ X
@@ -555,7 +557,7 @@ def spectral_bounds(H, S=None, steps: int = 40, margin: float = 0.01, seed: int 
     if pen.cplx:
         v = v + 1j * rng.standard_normal((n, 1))
     v = pen.rows(v)
-    Sv = pen.Sop @ v if pen.Sop is not None else v.copy()
+    Sv = pen.times_s(v)
     nrm = math.sqrt(pen.dot(v, Sv)[0])
     q, Sq = v / nrm, Sv / nrm
     q_old = np.zeros_like(q)
@@ -564,10 +566,6 @@ def spectral_bounds(H, S=None, steps: int = 40, margin: float = 0.01, seed: int 
     beta = 0.0
     m = min(steps, n)
     tol = max(solve_tol, 1e-6)  # Ritz values need less than the moments
-
-    def times_s(X):
-        return pen.Sop @ X if pen.Sop is not None else X
-
     for j in range(m):
         x, y = pen.apply(q, tol=tol)
         alpha = pen.dot(q, y)[0]
@@ -580,7 +578,7 @@ def spectral_bounds(H, S=None, steps: int = 40, margin: float = 0.01, seed: int 
                     r -= ck[0] * b
         # S r by a product, not by the recursion y - alpha S q - ...: that carries the solves' error,
         # which the division by a small beta amplifies step after step
-        Sr = times_s(r)
+        Sr = pen.times_s(r)
         alphas.append(alpha)
         beta = math.sqrt(max(pen.dot(r, Sr)[0], 0.0))
         betas.append(beta)
@@ -1008,7 +1006,7 @@ def kpm_dos(H, S=None, energies=None, n_moments: int = 256, n_random: int = 8,
         (float32 halves memory and is ~1.6x faster; the recursion and CG stay in float64). "auto":
         float32 when H has more than :data:`FLOAT32_MIN_NNZ` stored nonzeros, else float64.
     preconditioner : "auto" = "fsai" (factorized sparse approximate inverse, :mod:`eqtb.tb.fsai`:
-        ~4x fewer CG iterations for the Si overlap at ~10 % extra per iteration, built in linear
+        ~4x fewer CG iterations for the Si overlap at ~20 % extra per iteration, built in linear
         time), "jacobi", "block-jacobi", "ilu" (scipy spilu of S, drop_tol 1e-3: ~5x fewer
         iterations, but a factorization growing ~ n^1.9; worth it below ~1e5 orbitals), or "none".
     blocks : orbital offsets (e.g. ``operator.atom_orbital_offsets``) or block sizes: the blocks of
@@ -1073,9 +1071,6 @@ def kpm_pencil(pen: Pencil, energies=None, n_moments: int = 256, n_random: int =
     z, n_sqrt = (r, 0) if pen.Sop is None else overlap_inverse_sqrt(pen, r, tol=min(pen.solve_tol, 1e-6),
                                                                      steps=lanczos_steps, seed=seed)
 
-    def times_s(X):
-        return X if pen.Sop is None else pen.Sop @ X
-
     def step(u):
         x, _ = pen.apply(u)
         x -= b * u
@@ -1086,7 +1081,7 @@ def kpm_pencil(pen: Pencil, energies=None, n_moments: int = 256, n_random: int =
     # mu_2m = 2 u_m^T S u_m - z^T S z, mu_2m+1 = 2 u_m+1^T S u_m - mu_1 (module docstring)
     mv = np.full((R, M), np.nan)
     mv[:, 0] = pen.dot(r, r) / n
-    Sz = times_s(z)
+    Sz = pen.times_s(z)
     u = step(z)
     m0z, m1 = pen.dots((z, Sz), (u, Sz))
     mv[:, 1] = m1 / n
@@ -1098,7 +1093,7 @@ def kpm_pencil(pen: Pencil, energies=None, n_moments: int = 256, n_random: int =
         steps = tqdm(steps, desc="KPM moments", unit="solve", leave=False)
     growth = 0.0
     for m in steps:
-        Su = times_s(u)
+        Su = pen.times_s(u)
         if 2 * m + 1 < M:
             un = step(u)
             un *= 2.0
