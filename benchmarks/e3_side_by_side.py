@@ -56,6 +56,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from si_md_experiment import mean_neighbours  # noqa: E402
 from timing import DPTB_VENV, dptb_train, eqtb_train, si64_config, si64_workdir  # noqa: E402
 
 DATA_ROOT = HERE.parent.parent / "data" / "side_by_side"
@@ -145,17 +146,6 @@ def split(name: str, root: Path, work: Path) -> tuple[Path, list[Path]]:
 
 
 # ------------------------------------------------------------------------------------ models
-def avg_neighbours(folder: Path, r_max: float) -> float:
-    """Mean number of neighbours within r_max per atom in the first frame of ``folder``."""
-    from eqtb.data.folder import TrajectoryFolder
-    from eqtb.train.data import make_sample
-
-    tf = TrajectoryFolder(folder)
-    st = tf.structure(0)
-    s = make_sample(folder.name, st, {}, tf.basis, r_max)
-    return round(2 * len(s.inputs.i) / st.natoms, 1)  # the graph holds each bond once
-
-
 def train_config(name: str, model: str, train_root: Path, work: Path) -> Path:
     """The training config of ``model`` on system ``name`` (see the module docstring)."""
     from eqtb.data.folder import TrajectoryFolder
@@ -166,7 +156,7 @@ def train_config(name: str, model: str, train_root: Path, work: Path) -> Path:
     if model == "elct":
         emb.update(n_heads=4, head_dim=16, latent_dim=64)
     else:
-        emb.update(avg_num_neighbors=avg_neighbours(first, s["r_max"]), tp_radial_emb=True)
+        emb.update(avg_num_neighbors=round(mean_neighbours([first], s["r_max"]), 1), tp_radial_emb=True)
     dm = s["quantity"] == "density_matrix"
     cfg = {
         "common_options": {"basis": TrajectoryFolder(first).basis.spec, "device": "cpu", "overlap": True},
