@@ -253,7 +253,9 @@ class Predictor:
         graph, inputs = self._inputs(s)
         if self.model.spin_orbit(inputs) is not None:
             raise SpinfulModelError("predict_sparse does not take a spinful model (spin-orbit coupling); use predict()")
-        inputs.R = inputs.R[:0]  # no Bloch phases at Gamma, and the models read bond vectors only: 24 B a bond freed
+        # no Bloch phases at Gamma, and the models read bond vectors only: 24 B a bond freed (a new
+        # empty tensor: R shares the graph's array, which a slice of it would keep alive)
+        inputs.R = inputs.R.new_zeros((0, 3))
         pattern = BlockPattern(s.natoms, graph.i, graph.j)
         n_bonds = graph.n_edges
         del graph

@@ -138,6 +138,27 @@ def bond_chunks(n_bonds: int, edge_chunk: int | None) -> list[slice]:
     return [slice(a, min(a + size, n_bonds)) for a in range(0, n_bonds, size)]
 
 
+def by_rows(fn, n_rows: int, step: int, *parts):
+    """``fn(*parts)`` computed on ``step`` rows (atoms) at a time and written into one result: for
+    row-wise maps (node updates, readouts) whose temporaries would otherwise be several copies of
+    all ``n_rows`` rows. ``parts``: lists of tensors with ``n_rows`` rows (None entries pass
+    through); ``fn`` returns a tensor or such a list, which is returned whole."""
+    if n_rows <= step:
+        return fn(*parts)
+    out = None
+    for a in range(0, n_rows, step):
+        sl = slice(a, min(a + step, n_rows))
+        got = fn(*[[None if x is None else x[sl] for x in p] for p in parts])
+        single = isinstance(got, torch.Tensor)
+        got = [got] if single else got
+        if out is None:
+            out = [None if y is None else y.new_empty((n_rows, *y.shape[1:])) for y in got]
+        for o, y in zip(out, got):
+            if o is not None:
+                o[sl] = y
+    return out[0] if single else out
+
+
 def check_hidden_irreps(hidden: str, basis: Basis) -> o3.Irreps:
     """``hidden`` as sorted, simplified irreps; :class:`ModelError` unless it holds every irrep the
     basis needs (:attr:`eqtb.basis.Basis.essential_irreps`)."""

@@ -43,6 +43,7 @@ from eqtb.models.base import (
     ModelError,
     OperatorModel,
     bond_chunks,
+    by_rows,
     check_hidden_irreps,
     chunk_geometry,
     register,
@@ -351,7 +352,9 @@ class SLEM(OperatorModel):
         """The same features in chunks of canonical bonds (each chunk holds both directions of its
         bonds, so its blocks are complete): node passes over the chunks, layer by layer (node
         features never read edge features), then every chunk through all edge stages and the
-        heads. Geometry is kept per chunk (~40 floats per directed edge)."""
+        heads. Geometry is kept per chunk (~40 floats per directed edge). The atom-wise updates and
+        the onsite readout run on ``edge_chunk`` atoms at a time (:func:`by_rows`), so their
+        temporaries do not grow with the structure."""
         types = inputs.types
         N = inputs.n_atoms
         chunks = bond_chunks(inputs.n_edges, edge_chunk)
@@ -383,7 +386,8 @@ class SLEM(OperatorModel):
                 hf = self.hidden.to_frame(self._gather(hs[-1], src), geo["D"])
                 self._scatter(msg, src, self._node_message(k, hf, s, geo["D"]))
                 tick()
-            hs.append(self._node_update(k, hs[-1], msg))
+            hs.append(by_rows(lambda h, m: self._node_update(k, h, m), N, edge_chunk, hs[-1], msg))
+            del msg
         for n, (sl, geo) in enumerate(zip(chunks, geos)):
             src, ti, tj, s = local(sl, geo)
             D, nb = geo["D"], sl.stop - sl.start
@@ -394,7 +398,7 @@ class SLEM(OperatorModel):
             part = Features(sl, ti, tj, {self.quantity: self._edge_output(e, hf_src, hf_dst, s, D)}, D)
             last = n == len(chunks) - 1
             if last:
-                part.onsite[self.quantity] = self._onsite_features_flat(hs[-1], pair)
+                part.onsite[self.quantity] = by_rows(self._onsite_features_flat, N, edge_chunk, hs[-1], pair)
             self._add_overlap(part, geo["radial"], types if last else None)
             tick()
             yield part

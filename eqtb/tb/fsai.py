@@ -31,8 +31,9 @@ import scipy.sparse as sp
 #: default block magnitude above which a neighbour enters the pattern of G (|S_ab| dimensionless)
 DEFAULT_THRESHOLD = 0.05
 
-#: atoms whose rows are solved at once (memory ~ BATCH * ((k + 1) F)^2 * 16 bytes)
-BATCH = 20000
+#: atoms whose rows are solved at once (memory ~ BATCH * ((k + 1) F)^2 * 24 bytes: ~0.2 GB for
+#: k = 8 neighbours of F = 4 orbitals)
+BATCH = 8192
 
 
 class FSAIError(ValueError):
@@ -62,17 +63,24 @@ def fsai_factor(S, block: int = 1, threshold: float = DEFAULT_THRESHOLD) -> sp.b
         raise ValueError(f"block size {F} does not divide the matrix size {n}")
     A = _block_view(S, F)
     nat = n // F
-    indptr, indices = A.indptr.astype(np.int64), A.indices.astype(np.int64)
+    indices = A.indices
     work = np.result_type(A.dtype, np.float64)
-    rows = np.repeat(np.arange(nat), np.diff(indptr))
-    mag = np.empty(len(indices), dtype=np.float32)  # largest |entry| of each block, in slices (no copy of S)
-    for a in range(0, len(indices), BATCH * 64):
-        mag[a:a + BATCH * 64] = np.abs(A.data[a:a + BATCH * 64]).reshape(-1, F * F).max(axis=1)
-    lower = (indices < rows) & (mag > threshold)
+    # per stored block: its row, and whether it enters G (below the diagonal, |S_ab| > threshold);
+    # in slices, so that no full-length temporaries of S's size are made
+    rows = np.repeat(np.arange(nat, dtype=indices.dtype), np.diff(A.indptr))
+    lower = np.empty(len(indices), dtype=bool)
+    step = BATCH * 64
+    for a in range(0, len(indices), step):
+        sl = slice(a, a + step)
+        mag = np.abs(A.data[sl]).reshape(-1, F * F).max(axis=1)
+        lower[sl] = (indices[sl] < rows[sl]) & (mag > threshold)
     k_of = np.bincount(rows[lower], minlength=nat)
-    nb_cols = indices[lower]  # sorted by row, then column (canonical BSR)
+    nb_cols = indices[lower].astype(np.int64)  # sorted by row, then column (canonical BSR)
     nb_start = np.concatenate([[0], np.cumsum(k_of)])
-    keys = rows * nat + indices  # ascending: the block lookup table
+    keys = rows.astype(np.int64)  # row * nat + column, ascending: the block lookup table
+    del rows, lower
+    keys *= nat
+    keys += indices
     eye = np.eye(F, dtype=work)
     g_blocks = np.zeros((int(k_of.sum()) + nat, F, F), dtype=work)
     g_start = nb_start + np.arange(nat + 1)  # block row a of G: its k_a neighbours, then (a, a)
@@ -91,7 +99,8 @@ def fsai_factor(S, block: int = 1, threshold: float = DEFAULT_THRESHOLD) -> sp.b
             pos = np.searchsorted(keys, want)
             pos = np.minimum(pos, len(keys) - 1)
             found = keys[pos] == want
-            blocks = np.where(found[:, None, None], A.data[pos], 0).astype(work, copy=False)
+            blocks = A.data[pos].astype(work, copy=False)
+            blocks[~found] = 0
             M = blocks.reshape(m, k + 1, k + 1, F, F).transpose(0, 1, 3, 2, 4).reshape(m, (k + 1) * F, (k + 1) * F)
             E = np.zeros((m, (k + 1) * F, F), dtype=work)
             E[:, k * F:, :] = eye
