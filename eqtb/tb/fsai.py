@@ -52,11 +52,12 @@ def _block_view(S, block: int) -> sp.bsr_matrix:
     return A
 
 
-def fsai_factor(S, block: int = 1, threshold: float = DEFAULT_THRESHOLD) -> sp.bsr_matrix:
-    """The FSAI factor G (block lower triangular, BSR with ``block`` x ``block`` blocks, in S's dtype
-    promoted to at least float64) of the Hermitian positive definite sparse matrix S (module
-    docstring). ``block`` must divide n. Raises :class:`FSAIError` when S is found not positive
-    definite."""
+def fsai_factor(S, block: int = 1, threshold: float = DEFAULT_THRESHOLD, dtype=None) -> sp.bsr_matrix:
+    """The FSAI factor G (block lower triangular, BSR with ``block`` x ``block`` blocks) of the
+    Hermitian positive definite sparse matrix S (module docstring). The local systems are solved in
+    S's dtype promoted to at least float64; G is stored in ``dtype`` (default: that working dtype;
+    S's own dtype for a float32 S saves the float64 copy). ``block`` must divide n. Raises
+    :class:`FSAIError` when S is found not positive definite."""
     n = S.shape[0]
     F = int(block)
     if F < 1 or n % F:
@@ -82,7 +83,7 @@ def fsai_factor(S, block: int = 1, threshold: float = DEFAULT_THRESHOLD) -> sp.b
     keys *= nat
     keys += indices
     eye = np.eye(F, dtype=work)
-    g_blocks = np.zeros((int(k_of.sum()) + nat, F, F), dtype=work)
+    g_blocks = np.zeros((int(k_of.sum()) + nat, F, F), dtype=work if dtype is None else dtype)
     g_start = nb_start + np.arange(nat + 1)  # block row a of G: its k_a neighbours, then (a, a)
     for k in np.unique(k_of):
         atoms = np.flatnonzero(k_of == k)

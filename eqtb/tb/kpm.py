@@ -335,12 +335,11 @@ class Preconditioner:
                 sizes = np.diff(self._offsets(blocks, n))
                 F = int(sizes[0]) if (sizes == sizes[0]).all() else 1
             try:
-                G = fsai_factor(S, F)
+                G = fsai_factor(S, F, dtype=S.dtype)
             except FSAIError as err:
                 raise SpectrumError(str(err)) from None
-            G = G.astype(S.dtype)
             self.op = BlockProduct(G, backend)
-            self.op_h = BlockProduct(G.conj().T.tobsr(), backend)
+            self.op_h = BlockProduct((G.conj() if G.dtype.kind == "c" else G).T.tobsr(), backend)
             return
         if kind == "jacobi":
             d = S.diagonal().real
