@@ -124,23 +124,21 @@ Products: for real matrices the block product uses torch's MKL sparse CSR kernel
 indices) when torch is importable (``backend="auto"``), else ``scipy CSR @ ndarray``. Per stored
 nonzero for a block of 8, one thread (Si64 4x4x4 supercell S): scipy 4.7 ns, torch float64
 1.6 ns, torch float32 1.0 ns (``dtype="float32"``: storage and products in float32, CG and
-recursion in float64). Complex matrices use scipy (7 ns/nnz, complex128). Whole-DOS wall
-times, M = 256, R = 8, one thread (``OMP_NUM_THREADS=1``; a shared 2-core machine, best of
-repeated runs, +-30 %):
+recursion in float64). Complex matrices use scipy (7 ns/nnz, complex128). Whole DOS, M = 256, R = 8, seed 0, default
+preconditioner (FSAI: on atom blocks for BSR input, entry-wise for CSR), CPU seconds of one
+thread (``OMP_NUM_THREADS=1``, measured on a shared 2-core machine under load 2-3; CG iterations
+per solve in brackets):
 
-    system (Gamma)                            orbitals  nnz(H)  nnz(S)   defaults  float32 + tol 1e-5
-    Si64                                           256   6.5e4   6.1e4      1.3 s      0.9 s (tol only)
-    64 block_diag copies of Si64                 16384   4.1e6   3.9e6       60 s       30 s
-    Si64 4x4x4 supercell (4096 atoms)            16384   9.7e6   5.7e6      108 s       64 s
-      (same, preconditioner="ilu": 52 s incl. 7 s factorization; M = 128, float32, 1e-5: 30 s)
+    system (Gamma)                            orbitals  nnz(H)  nnz(S)   defaults      float32 + tol 1e-5
+    Si64 (CSR)                                     256   6.5e4   6.1e4    0.52 s (13)   0.41 s (9)
+    64 block_diag copies of Si64 (CSR)           16384   4.1e6   3.9e6    22 s (13)     10 s (9)
+    Si64 4x4x4 supercell (4096 atoms, BSR)       16384   9.7e6   5.7e6    30 s (9)      13 s (6)
 
-The wall times above were measured with one moment per solve; two per solve take ~0.6 of them.
-Per solve (two moments) the time is ``(nnz_H + (n_cg + 1) nnz_S) * t`` with t ~ 1.6-1.8 ns (float64) /
-1.1-1.3 ns (float32) per stored nonzero including the CG vector updates (measured above). For
-4e5 orbitals with nnz_H = 1.4e8 and nnz_S = 0.59 nnz_H (the Si ratio):
-``128 * 1.4e8 * (1 + 38 * 0.59) * 1.7 ns = 12 min`` with the defaults, ``128 * 1.4e8 *
-(1 + 24 * 0.59) * 1.2 ns = 5.3 min`` with ``dtype="float32", solve_tol=1e-5`` (2.7 min with
-M = 128); memory ~12 bytes per nonzero of H and S (float64) plus ~10 blocks of 8 vectors.
+(one moment per solve and no preconditioner, before: 108 s and 64 s wall for the supercell).
+At scale (``benchmarks/inference_scaling.py --kpm-all --streamed``: predicted Si supercells,
+float32 BSR, M = 256, R = 4, tol 1e-5, one thread): 2.0-2.6 ms per atom from 13,824 to 110,592
+atoms (220 s for 442,368 orbitals); memory: H and S (4.25 bytes per stored float32 entry), G and
+its transpose (~36 entries per row), and ~10 blocks of R vectors.
 """
 
 from __future__ import annotations
