@@ -16,8 +16,10 @@ orthogonal); per reference system the fit errors.
 Shells of the basis are matched to the table's by label (``"3p"``); a bare letter (``"p"``, DeePTB's
 base-model inputs) takes the table's shell of that angular momentum. Shells the table does not
 have (polarisation shells such as ``"d*"`` or Si ``"d"``, Mo ``"5p"``) are added with Harrison's
-universal integrals (:func:`harrison`, at ``r_0``) to every shell, no overlap, and the onsite energy
-:data:`EXTRA_SHELL_ABOVE` eV above the highest fitted level of the basis' elements. (Uncoupled, zero
+universal integrals (:func:`harrison`, at ``r_0``) to every shell, and the onsite energy
+:data:`EXTRA_SHELL_ABOVE` eV above the highest fitted level of the basis' elements; no overlap, but
+for a polarisation shell whose overlap the table holds (the element's ``polarisation``: Si
+``"d*"``, matched by that label; :func:`eqtb.train.esk_fit.fit_polarisation`). (Uncoupled, zero
 integrals, they hardly train: the band energies depend on a coupling between two shells to second
 order only, so its gradient at zero vanishes. In DeePTB's silicon tutorial chain,
 ``benchmarks/silicon_chain_md.py``, ``"d*"`` started uncoupled left the MD training frames at 192 meV
@@ -250,8 +252,11 @@ def starting_model(basis, table: dict | None = None, method: str = "powerlaw") -
                     ta, tb = shells[x][na], shells[y][nb]
                     for m in range(min(sa.l, sb.l) + 1):
                         key = f"{na}-{nb}-{m}"
-                        if ta is None or tb is None:  # a shell the table lacks: Harrison's, no overlap
-                            entry[key], s_entry[key] = harrison(sa.l, sb.l, m, r0), [0.0, 1.0]
+                        if ta is None or tb is None:  # a shell the table lacks: Harrison's; no overlap
+                            # but a polarisation shell's the element was fitted with (Si "d*")
+                            entry[key] = harrison(sa.l, sb.l, m, r0)
+                            s_entry[key] = (fitted or {}).get("overlap", {}).get(f"{ta or na}-{tb or nb}-{m}",
+                                                                                 [0.0, 1.0])
                         elif fitted:
                             entry[key] = fitted["integrals"][f"{ta}-{tb}-{m}"]
                             s_entry[key] = fitted.get("overlap", {}).get(f"{ta}-{tb}-{m}", [0.0, 1.0])
@@ -276,10 +281,12 @@ def starting_model(basis, table: dict | None = None, method: str = "powerlaw") -
                 source = shells[e.symbol][name]
                 energy = entry["onsite"][source] if source else top + EXTRA_SHELL_ABOVE
                 model.onsite_params[t, pairs.index((shell, shell)), 0] = energy
+                polarisation = entry.get("polarisation", {}).get(name)
                 sources["shells"][f"{e.symbol} {name}"] = (
                     f"fitted {source} ({entry['system']})" if source else
                     f"not in the table: Harrison's integrals, at {energy:.3f} eV ({EXTRA_SHELL_ABOVE:g} eV above "
-                    f"the highest level of the basis' elements)")
+                    f"the highest level of the basis' elements)" + (
+                        f"; overlap fitted to PySCF's ({polarisation['basis']} function)" if polarisation else ""))
     common = {"basis": basis.spec, "overlap": overlap}
     options = {"nnsk": {"onsite": onsite, "hopping": hopping, "std": 0.01, "atomic_radius": form["atomic_radius"],
                         "freeze": False, "push": False}}
