@@ -198,8 +198,9 @@ def test_fitted_overlap_is_pyscfs(name):
 
 
 def test_silicon_polarisation_overlap(float64, data_dir):
-    """Si's ``"d*"`` (DeePTB's silicon tutorial basis 3s 3p d*): Harrison's hopping integrals and
-    the overlap of gth-dzvp's d function with the minimal basis' 3s, 3p (``esk_fit.fit_polarisation``).
+    """Si's ``"d*"`` (DeePTB's silicon tutorial basis 3s 3p d*): the overlap of gth-dzvp's d function
+    with the minimal basis' 3s, 3p (``esk_fit.fit_polarisation``), hopping integrals Harrison's plus
+    the mean level times it (extended Hueckel).
     Each overlap integral has the sign opposite to its hopping integral's (H ~ mean level x S, the
     levels negative: the radial functions positive far out, as Harrison's; PySCF's s and p
     contractions are negative there and taken as they are gave the d* start the wrong sign);
@@ -211,7 +212,7 @@ def test_silicon_polarisation_overlap(float64, data_dir):
     from pyscf.pbc import gto as pgto
 
     from eqtb.models.sk import SlaterKoster
-    from eqtb.train.esk import edge_integrals
+    from eqtb.train.esk import edge_integrals, harrison
     from eqtb.train.esk_fit import element_functions
 
     model, config, sources = starting_model({"Si": ["3s", "3p", "d*"]}, method="poly4pow")
@@ -221,6 +222,13 @@ def test_silicon_polarisation_overlap(float64, data_dir):
     assert len(d_star) == 9
     for key in ovl:
         assert ovl[key][0] * hop[key][0] < 0, key
+    level = dict(zip(["3s", "3p", "d*"], model.onsite_params[0, :, 0].tolist()))
+    assert level["d*"] == pytest.approx(max(TABLE["elements"]["Si"]["onsite"].values()) + EXTRA_SHELL_ABOVE)
+    r0 = 2 * __import__("eqtb.data.sk_tables", fromlist=["x"]).atomic_radius("Si", "cov")
+    for key in d_star:  # extended Hueckel: Harrison's + the mean level times the overlap
+        a, b, m = key.split("-")
+        harrison_v = harrison("spd".index(a[-1].rstrip("*")), "spd".index(b.rstrip("*")[-1]), int(m), r0)[0]
+        assert hop[key][0] == pytest.approx(harrison_v + (level[a] + level[b]) / 2 * ovl[key][0])
     nnsk = json.loads((data_dir / "deeptb_examples/silicon/tutorial_v2.2/input_1.json").read_text())["model_options"]["nnsk"]
     tutorial = SlaterKoster(model.basis, nnsk["hopping"], nnsk["onsite"], atomic_radius=nnsk["atomic_radius"], overlap=True)
     tutorial.init_from("nnsk", model.state_dict(), config)
