@@ -227,7 +227,7 @@ def test_silicon_polarisation_overlap(float64, data_dir):
     r0 = 2 * __import__("eqtb.data.sk_tables", fromlist=["x"]).atomic_radius("Si", "cov")
     for key in d_star:  # extended Hueckel: Harrison's + the mean level times the overlap
         a, b, m = key.split("-")
-        harrison_v = harrison("spd".index(a[-1].rstrip("*")), "spd".index(b.rstrip("*")[-1]), int(m), r0)[0]
+        harrison_v = harrison("spd".index(a.rstrip("*")[-1]), "spd".index(b.rstrip("*")[-1]), int(m), r0)[0]
         assert hop[key][0] == pytest.approx(harrison_v + (level[a] + level[b]) / 2 * ovl[key][0])
     nnsk = json.loads((data_dir / "deeptb_examples/silicon/tutorial_v2.2/input_1.json").read_text())["model_options"]["nnsk"]
     tutorial = SlaterKoster(model.basis, nnsk["hopping"], nnsk["onsite"], atomic_radius=nnsk["atomic_radius"], overlap=True)

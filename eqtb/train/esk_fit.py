@@ -84,7 +84,8 @@ import torch
 
 from eqtb.models.sk import onsite_pairs
 
-__all__ = ["DFT", "SYSTEMS", "System", "fit_system", "main", "reference_samples"]
+__all__ = ["DFT", "SYSTEMS", "System", "dimer_overlaps", "element_functions", "fit_polarisation", "fit_system", "main",
+           "reference_samples"]
 
 #: PySCF settings of every reference calculation
 DFT = {"basis": "gth-szv-molopt-sr", "pseudo": "gth-pbe", "xc": "pbe,pbe"}
