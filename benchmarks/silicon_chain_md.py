@@ -48,7 +48,9 @@ gives ``d*`` the overlap of gth-dzvp's d function with the minimal basis' 3s, 3p
 alone (Harrison's integrals are orthogonal-TB ones: with S, the s-d* coupling left after Loewdin
 orthogonalisation, H - mean level x S, is about +0.25 eV instead of -1.3); 64.4 with the hopping
 started as Harrison's plus the mean level times the overlap (extended Hueckel, as the fitted
-shells' fits start), the same as from ``nnsk_tr1.pth``.
+shells' fits start), the same as from ``nnsk_tr1.pth``; 287 with that start but PySCF's own signs of
+the s-d* and p-d* overlaps (its GTH s and p functions are negative far out; step 1 then ended at
+217 meV on ``kpath_spk``): the d* overlap helps only with signs and hopping that agree with it.
 """
 
 from __future__ import annotations

@@ -41,11 +41,15 @@ basis' 3s and 3p and itself, from dimers (:func:`dimer_overlaps`, exact two-cent
 fitted in the table's form by least squares at the bond lengths of the ideal crystal in reach
 (each length as often as it occurs, and strained by +-``STRAIN``). Every function is taken with
 the sign that makes it positive far from the nucleus (:func:`_tail_positive`), the convention of
-Harrison's integrals that start the shell's hopping: PySCF's GTH s and p contractions are negative
-there, and their s-d and p-d overlaps taken as they are have the sign of H's, not the opposite
-(a d* start with H ~ -mean level x S violated; the s, s-p and p overlaps are the same either way).
-The d function of ``gth-dzvp-molopt-sr`` instead reaches far (d-d sigma 0.12 at the second
-neighbours) and the powerlaw form cannot follow its sign change.
+Harrison's integrals that start the shell's hopping (:mod:`eqtb.train.esk`): PySCF's GTH s and p
+contractions are negative there, and their s-d and p-d overlaps taken as they are have the sign
+opposite to that convention (the s, s-p and p overlaps are the same either way). In DeePTB's
+silicon tutorial (``benchmarks/silicon_chain_md.py``) step 1 ended at 217 meV band MAE with those
+signs, at 68 with these. S(k) of the diamond crystal stays positive definite: smallest eigenvalue
+0.08 in the table's form (PySCF's own 0.12), 0.13 at the tutorial's cutoff. Other choices leave it
+about singular or indefinite there: gth-dzvp-molopt-sr's d (far-reaching, d-d sigma 0.12 at the
+second neighbours) 0.03 / 0.05, 3s, 3p and d all from gth-dzvp -0.10 / 0.03, its second (diffuse)
+s and p -0.97 / -0.91.
 
 **Start**: onsite energies DeePTB's atomic term values (:func:`eqtb.data.sk_tables.onsite_reference`),
 integrals Harrison's universal ones (:func:`eqtb.train.esk.harrison`); with an overlap, each
@@ -443,11 +447,12 @@ def _bond_lengths(atoms, a: str, b: str, cutoff: float) -> np.ndarray:
 def fit_polarisation(system: System, table: dict, atoms) -> dict:
     """Add the overlap integrals of each polarisation shell of ``system`` (``System.polarisation``)
     to the table's bond types of the system: every integral between it and the fitted shells (or
-    itself), fitted in the table's form (least squares, ``r_0`` and ``rs`` of the bond type) to the
-    dimer overlaps of :func:`dimer_overlaps` at 40 distances from 3 % inside the nearest neighbours
-    to 3 ``w`` inside ``rs``. No band data holds such a shell (the DFT basis lacks it), so its
-    hopping integrals and level stay :mod:`eqtb.train.esk`'s. Returns ``{element: {label: basis,
-    overlap_mae}}`` (mean absolute error of the fit over the distances)."""
+    itself), fitted in the table's form (``r_0`` and ``rs`` of the bond type) to the dimer overlaps
+    of :func:`dimer_overlaps`: least squares over the bond lengths of the crystal ``atoms`` shorter
+    than ``rs - 3 w`` and the same times ``1 +- STRAIN``, each as often as it occurs (the nearest
+    neighbours weigh, not the tail between the shells). No band data holds such a shell (the DFT basis lacks it), so its
+    hopping integrals and level stay :mod:`eqtb.train.esk`'s. Returns ``{element: {label: {"basis",
+    "overlap_mae"}}}`` (mean absolute error of the fitted integrals over those bonds)."""
     from scipy.optimize import least_squares
 
     from eqtb.data.sk_tables import atomic_radius
