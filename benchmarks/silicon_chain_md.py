@@ -26,21 +26,31 @@ Measured (defaults, one thread; held-out band MAE over both temperatures, meV):
 
 | start | step 1 | step 2 | 3 (mix) |
 |---|---|---|---|
-| ``esk`` (Si with its PySCF overlap, ``d*`` Harrison's) | 341 | 80.1 | 80.0 |
-| ``esk``, the orthogonal table and ``d*`` uncoupled (before) | | | 211 |
+| ``esk`` (Si with its PySCF overlap, ``d*`` too: gth-dzvp's d, hopping extended Hueckel) | 283 | 43.4 | 43.3 |
+| ``esk``, ``d*`` Harrison's and without overlap (before) | 341 | 80.1 | 80.0 |
+| ``esk``, the orthogonal table and ``d*`` uncoupled (before that) | | | 211 |
 | ``deeptb`` (DeePTB's ``nnsk_tr1.pth``) | | | 46.8 |
 | DeePTB's own ``mix.md100.pth`` | | | 57.2 |
+
+(first row: ``PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/silicon_chain_md.py --start esk``, training
+45 + 513 + 357 s on a loaded machine, 720 s CPU for the whole run; max |err| 519 meV at the mix.)
 
 Step 1 never sees the MD frames. The tutorial freezes the start's overlap in every step, so the
 start decides it: an orthogonal start trains with S = 1 + N(0, 0.01) noise. Step 1 on its own
 (band MAE on ``kpath_spk``): 278 meV from the orthogonal table, 79 with silicon's fitted overlap,
-73 with ``d*`` started from Harrison's integrals as well; eqtb from DeePTB's own ``dptb esk``
-output (poly2pow, converted) 73 (without its overlap 168), DeePTB's ``nnsk_tr1.pth`` 57. Ten epochs
-of step 2 from eqtb's step 1 on DeePTB's ``dptb esk`` give 136 meV held-out, from ``nnsk_tr1.pth``
-64.5, from ``nnsk_tr1.pth`` with its ``d*`` overlap integrals zeroed 114.9: what is left is in the
-overlap the start brings, above all that of ``d*`` (eqtb's table has none: PySCF's minimal basis
-has no d; the overlaps of a polarisation d function, fitted in the powerlaw form, left S(k)
-indefinite at the tutorial's cutoff), not in eqtb's training.
+73 with ``d*`` started from Harrison's integrals as well, 68 with ``d*``'s overlap and the extended
+Hueckel start; DeePTB's ``nnsk_tr1.pth`` 57. What was left was the overlap of ``d*`` (PySCF's
+minimal basis, from which the table is fitted, has no d): ten epochs of step 2 from DeePTB's
+``nnsk_tr1.pth`` 64.5 meV held-out, with its ``d*`` overlap integrals zeroed 114.9. ``eqtb esk`` now
+gives ``d*`` the overlap of gth-dzvp's d function with the minimal basis' 3s, 3p
+(``eqtb.train.esk_fit.fit_polarisation``). Ten epochs of step 2 after the 500 of step 1
+(``--epochs 500 10 10``): 107 meV without that overlap; 209 with it but ``d*``'s hopping Harrison's
+alone (Harrison's integrals are orthogonal-TB ones: with S, the s-d* coupling left after Loewdin
+orthogonalisation, H - mean level x S, is about +0.25 eV instead of -1.3); 64.4 with the hopping
+started as Harrison's plus the mean level times the overlap (extended Hueckel, as the fitted
+shells' fits start), the same as from ``nnsk_tr1.pth``; 287 with that start but PySCF's own signs of
+the s-d* and p-d* overlaps (its GTH s and p functions are negative far out; step 1 then ended at
+217 meV on ``kpath_spk``): the d* overlap helps only with signs and hopping that agree with it.
 """
 
 from __future__ import annotations

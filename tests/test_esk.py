@@ -91,13 +91,13 @@ def test_extra_shells_combining_rule_and_unknown_elements():
     from eqtb.train.esk import edge_integrals, harrison
 
     si = TABLE["elements"]["Si"]
-    model, _, sources = starting_model({"Si": ["3s", "3p", "d*"]})
-    assert sources["shells"]["Si d*"].startswith("not in the table")
+    model, _, sources = starting_model({"Si": ["3s", "3p", "d"]})  # "d": no polarisation shell of the table
+    assert sources["shells"]["Si d"].startswith("not in the table")
     energies = model.onsite_params[0, :, 0].detach().numpy()
     assert max(energies) == pytest.approx(max(si["onsite"].values()) + EXTRA_SHELL_ABOVE)
     hop, ovl = edge_integrals(model)["Si-Si"], edge_integrals(model, overlap=True)["Si-Si"]
     r0 = 2 * __import__("eqtb.data.sk_tables", fromlist=["x"]).atomic_radius("Si", "cov")
-    for key, (la, lb, m) in {"3s-d*-0": (0, 2, 0), "3p-d*-1": (1, 2, 1), "d*-d*-0": (2, 2, 0)}.items():
+    for key, (la, lb, m) in {"3s-d-0": (0, 2, 0), "3p-d-1": (1, 2, 1), "d-d-0": (2, 2, 0)}.items():
         assert hop[key] == pytest.approx(harrison(la, lb, m, r0)) and hop[key][0] != 0
         assert ovl[key][0] == 0.0
     assert ovl["3s-3p-0"] == pytest.approx(TABLE["pairs"]["Si-Si"]["overlap"]["3s-3p-0"])
@@ -195,3 +195,50 @@ def test_fitted_overlap_is_pyscfs(name):
     assert theirs.min() < 0.5 and np.ptp(theirs) > 1.0  # far from orthogonal: the test has teeth
     err = np.abs(ours - theirs)
     assert err.max() < 0.15 and np.median(err) < 0.05
+
+
+def test_silicon_polarisation_overlap(float64, data_dir):
+    """Si's ``"d*"`` (DeePTB's silicon tutorial basis 3s 3p d*): the overlap of gth-dzvp's d function
+    with the minimal basis' 3s, 3p (``esk_fit.fit_polarisation``), hopping integrals Harrison's plus
+    the mean level times it (extended Hueckel).
+    Each overlap integral has the sign opposite to its hopping integral's (H ~ mean level x S, the
+    levels negative: the radial functions positive far out, as Harrison's; PySCF's s and p
+    contractions are negative there and taken as they are gave the d* start the wrong sign);
+    S(k) of the reference crystal is positive definite in the table's form and at the tutorial's
+    cutoff (poly4pow, rs 5.64, w 0.2) and its spectrum is PySCF's in that basis (all within 0.15, the median within 0.05)."""
+    import json
+
+    from ase.build import bulk
+    from pyscf.pbc import gto as pgto
+
+    from eqtb.models.sk import SlaterKoster
+    from eqtb.train.esk import edge_integrals, harrison
+    from eqtb.train.esk_fit import element_functions
+
+    model, config, sources = starting_model({"Si": ["3s", "3p", "d*"]}, method="poly4pow")
+    assert "gth-dzvp" in sources["shells"]["Si d*"]
+    hop, ovl = edge_integrals(model)["Si-Si"], edge_integrals(model, overlap=True)["Si-Si"]
+    d_star = [k for k in ovl if "d*" in k]
+    assert len(d_star) == 9
+    for key in ovl:
+        assert ovl[key][0] * hop[key][0] < 0, key
+    level = dict(zip(["3s", "3p", "d*"], model.onsite_params[0, :, 0].tolist()))
+    assert level["d*"] == pytest.approx(max(TABLE["elements"]["Si"]["onsite"].values()) + EXTRA_SHELL_ABOVE)
+    r0 = 2 * __import__("eqtb.data.sk_tables", fromlist=["x"]).atomic_radius("Si", "cov")
+    for key in d_star:  # extended Hueckel: Harrison's + the mean level times the overlap
+        a, b, m = key.split("-")
+        harrison_v = harrison("spd".index(a.rstrip("*")[-1]), "spd".index(b.rstrip("*")[-1]), int(m), r0)[0]
+        assert hop[key][0] == pytest.approx(harrison_v + (level[a] + level[b]) / 2 * ovl[key][0])
+    nnsk = json.loads((data_dir / "deeptb_examples/silicon/tutorial_v2.2/input_1.json").read_text())["model_options"]["nnsk"]
+    tutorial = SlaterKoster(model.basis, nnsk["hopping"], nnsk["onsite"], atomic_radius=nnsk["atomic_radius"], overlap=True)
+    tutorial.init_from("nnsk", model.state_dict(), config)
+    atoms = bulk("Si", "diamond", a=5.43)
+    k = np.stack(np.meshgrid(*[np.linspace(0, 1, 4, endpoint=False)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    cell = pgto.Cell(atom=[["Si", p] for p in atoms.positions], a=atoms.cell[:], unit="Angstrom", pseudo="gth-pbe",
+                     basis={"Si": [sh for _, sh in element_functions("Si", ["3s", "3p"], ("d*", "gth-dzvp"))]},
+                     verbose=0).build()
+    theirs = np.linalg.eigvalsh(np.asarray(cell.pbc_intor("int1e_ovlp", hermi=1, kpts=cell.get_abs_kpts(k))))
+    for m in (model, tutorial):
+        ours = np.linalg.eigvalsh(Predictor(m).predict(atoms).sk(k))
+        err = np.abs(ours - theirs)
+        assert ours.min() > 0.05 and err.max() < 0.15 and np.median(err) < 0.05

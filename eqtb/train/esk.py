@@ -16,8 +16,14 @@ orthogonal); per reference system the fit errors.
 Shells of the basis are matched to the table's by label (``"3p"``); a bare letter (``"p"``, DeePTB's
 base-model inputs) takes the table's shell of that angular momentum. Shells the table does not
 have (polarisation shells such as ``"d*"`` or Si ``"d"``, Mo ``"5p"``) are added with Harrison's
-universal integrals (:func:`harrison`, at ``r_0``) to every shell, no overlap, and the onsite energy
-:data:`EXTRA_SHELL_ABOVE` eV above the highest fitted level of the basis' elements. (Uncoupled, zero
+universal integrals (:func:`harrison`, at ``r_0``) to every shell, and the onsite energy
+:data:`EXTRA_SHELL_ABOVE` eV above the highest fitted level of the basis' elements; no overlap, but
+for a polarisation shell whose overlap the table holds (the element's ``polarisation``: Si
+``"d*"``, matched by that label; :func:`eqtb.train.esk_fit.fit_polarisation`), whose hopping
+integrals then start as the fitted shells' fits did: Harrison's plus the mean level of the two
+shells times the overlap integral (extended Hueckel, H = H_orth + (e_a + e_b) / 2 S at ``r_0``;
+Harrison's alone, with the overlap, left the s-d* coupling of Si near zero, of the wrong sign
+after Loewdin orthogonalisation). (Uncoupled, zero
 integrals, they hardly train: the band energies depend on a coupling between two shells to second
 order only, so its gradient at zero vanishes. In DeePTB's silicon tutorial chain,
 ``benchmarks/silicon_chain_md.py``, ``"d*"`` started uncoupled left the MD training frames at 192 meV
@@ -237,6 +243,9 @@ def starting_model(basis, table: dict | None = None, method: str = "powerlaw") -
     except ModelError as err:
         raise EskError(str(err)) from None
     sources = {"shells": {}, "bonds": {}}
+    top = max(max(have[e.symbol]["onsite"].values()) for e in basis.elements)
+    level = {(e.symbol, name): have[e.symbol]["onsite"][shells[e.symbol][name]] if shells[e.symbol][name]
+             else top + EXTRA_SHELL_ABOVE for e in basis.elements for name in _labels(e)}
     integrals, overlaps = {}, {}
     for ex in basis.elements:
         x = ex.symbol
@@ -250,8 +259,13 @@ def starting_model(basis, table: dict | None = None, method: str = "powerlaw") -
                     ta, tb = shells[x][na], shells[y][nb]
                     for m in range(min(sa.l, sb.l) + 1):
                         key = f"{na}-{nb}-{m}"
-                        if ta is None or tb is None:  # a shell the table lacks: Harrison's, no overlap
-                            entry[key], s_entry[key] = harrison(sa.l, sb.l, m, r0), [0.0, 1.0]
+                        if ta is None or tb is None:  # a shell the table lacks: Harrison's; no overlap
+                            # but a polarisation shell's the element was fitted with (Si "d*"), and
+                            # then Harrison's plus the mean level times it (extended Hueckel)
+                            s_entry[key] = (fitted or {}).get("overlap", {}).get(f"{ta or na}-{tb or nb}-{m}",
+                                                                                 [0.0, 1.0])
+                            v, power = harrison(sa.l, sb.l, m, r0)
+                            entry[key] = [v + (level[x, na] + level[y, nb]) / 2 * s_entry[key][0], power]
                         elif fitted:
                             entry[key] = fitted["integrals"][f"{ta}-{tb}-{m}"]
                             s_entry[key] = fitted.get("overlap", {}).get(f"{ta}-{tb}-{m}", [0.0, 1.0])
@@ -269,17 +283,19 @@ def starting_model(basis, table: dict | None = None, method: str = "powerlaw") -
     pairs = onsite_pairs(basis)
     with torch.no_grad():
         model.onsite_params.zero_()
-        top = max(max(have[e.symbol]["onsite"].values()) for e in basis.elements)
         for t, e in enumerate(basis.elements):
             entry = have[e.symbol]
             for shell, name in zip(e.shells, _labels(e)):
                 source = shells[e.symbol][name]
-                energy = entry["onsite"][source] if source else top + EXTRA_SHELL_ABOVE
+                energy = level[e.symbol, name]
                 model.onsite_params[t, pairs.index((shell, shell)), 0] = energy
+                polarisation = entry.get("polarisation", {}).get(name)
                 sources["shells"][f"{e.symbol} {name}"] = (
                     f"fitted {source} ({entry['system']})" if source else
                     f"not in the table: Harrison's integrals, at {energy:.3f} eV ({EXTRA_SHELL_ABOVE:g} eV above "
-                    f"the highest level of the basis' elements)")
+                    f"the highest level of the basis' elements)" + (
+                        f"; overlap fitted to PySCF's ({polarisation['basis']} function), hopping Harrison's plus "
+                        f"the mean level times it" if polarisation else ""))
     common = {"basis": basis.spec, "overlap": overlap}
     options = {"nnsk": {"onsite": onsite, "hopping": hopping, "std": 0.01, "atomic_radius": form["atomic_radius"],
                         "freeze": False, "push": False}}
