@@ -55,6 +55,11 @@ def test_training_reduces_the_loss_and_writes_checkpoints(si64_run):
     assert saved["model_options"]["embedding"]["n_radial_basis"] == 10  # defaults filled
 
 
+def test_a_run_shorter_than_validation_freq_leaves_a_best_checkpoint(si64_run):
+    assert main(["train", "small.json", "-o", "short", "-q", "--num-epoch", "2"]) == 0  # validation_freq 4
+    assert (si64_run / "short" / "checkpoint" / "slem.best.pth").is_file()
+
+
 def test_restart_reproduces_the_uninterrupted_run(si64_run):
     cfg = load_config("small.json")
     full = Trainer(cfg, "full", progress=False)

@@ -32,7 +32,7 @@ Outputs in ``out_dir``: ``train_config.json`` (the configuration with defaults f
 ``checkpoint/<name>.latest.pth`` (every ``save_freq`` iterations, at the end, on Ctrl-C and on the
 time limit), ``<name>.best.pth`` (lowest loss over the *whole* validation set -- also with
 ``valid_fast``, logged as ``val_loss_whole`` --, else the lowest training loss, checked every
-``validation_freq`` epochs), ``<name>.iter<N>.pth`` (every ``save_freq`` iterations, the newest
+``validation_freq`` epochs, and at the last epoch when none was saved yet), ``<name>.iter<N>.pth`` (every ``save_freq`` iterations, the newest
 ``max_ckpt`` kept), ``log/log.txt`` (one line per display step) and ``log/history.jsonl`` (the same
 figures as JSON lines: losses in the loss's unit -- eV for block losses, eV^2 for ``eigvals`` --,
 ``*_onsite_mae``/``*_hopping_mae`` in eV, ``*_overlap_mae`` dimensionless, ``*_band_mae_meV`` in
@@ -487,7 +487,10 @@ class Trainer:
                 train_loss = float(np.mean(losses))
                 rec = {"epoch": epoch, "iteration": self.iteration, "lr": self.scheduler.lr, "train_loss": train_loss}
                 rec.update({f"train_{k}": float(np.mean([i[k] for i in infos])) for k in infos[0]})
-                validation_epoch = epoch % o.validation_freq == 0
+                # the last epoch checks too when no best exists yet (a run shorter than
+                # validation_freq still leaves the best.pth that a next step's -i names)
+                validation_epoch = epoch % o.validation_freq == 0 or (
+                    epoch == o.num_epoch and not self.ckpt.best_path.exists())
                 if self.val_set and (validation_epoch or self._rop_needs_validation()):
                     val_loss, vinfo = self.validate()
                     rec["val_loss"] = self.last_val_loss = val_loss
