@@ -153,6 +153,35 @@ def test_smooth_at_the_cutoff(si64_displaced):
     assert rel(blocks["in"], blocks["out"]) < 1e-6
 
 
+@pytest.mark.parametrize("strict", [False, True], ids=["semi-local", "strictly-local"])
+def test_inputs_shared_with_other_models(strict, gaas_displaced):
+    """Models handed one ModelInputs (a comparison, an ensemble) each compute and keep their own
+    geometry: ELCT before and after a LEM of the same cutoff with another radial basis, and after an
+    ELCT of higher l_max, gives what it gives on fresh inputs, chunked and in one pass."""
+    from eqtb.models.inputs import ModelInputs
+    from eqtb.models.lem import LEM
+
+    model = elct(GAAS, strictly_local=strict)
+    graph, alone = predict_blocks(model, gaas_displaced)
+    options = LEM.example_options(GAAS)
+    options["embedding"]["n_radial_basis"] = 5
+    torch.manual_seed(3)
+    lem = randomize(model_from_options(options, GAAS, overlap=True)).double().eval()
+    _, lem_alone = predict_blocks(lem, gaas_displaced)
+    higher = elct(GAAS, seed=1, irreps_hidden="8x0e+4x1o+4x2e+4x3o+2x4e")
+    assert lem.r_max == model.r_max == higher.r_max
+    shared = ModelInputs.from_graph(graph, GAAS, torch.float64)
+    kw = {"edge_chunk": 40} if strict else {}
+    for other in (None, lem, higher):
+        if other is not None:
+            predict_blocks(other, gaas_displaced, inputs=shared)
+        _, again = predict_blocks(model, gaas_displaced, inputs=shared, **kw)
+        for q in alone:
+            assert rel(again[q][0], alone[q][0]) < 1e-10 and rel(again[q][1], alone[q][1]) < 1e-10
+    _, lem_again = predict_blocks(lem, gaas_displaced, inputs=shared)
+    assert rel(lem_again["hamiltonian"][1], lem_alone["hamiltonian"][1]) < 1e-10
+
+
 # ------------------------------------------------------------------------------ building blocks
 def test_segment_softmax():
     torch.manual_seed(0)

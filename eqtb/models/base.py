@@ -27,6 +27,7 @@ Operators. Checkpoints record the family name and rebuild it (:func:`eqtb.models
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -104,6 +105,9 @@ class Features:
 GEOMETRY_CACHE_MAX_EDGES = 2e7
 
 
+_GEOMETRY_TOKENS = itertools.count()
+
+
 class _Recomputed(Sequence):
     """The geometry of every chunk, computed again on each access."""
 
@@ -117,15 +121,17 @@ class _Recomputed(Sequence):
         return self.compute(self.chunks[k])
 
 
-def chunk_geometry(inputs: ModelInputs, key, chunks: list[slice], compute) -> Sequence:
-    """``compute(chunk)`` of every chunk of bonds, as a sequence the chunked passes of a model
-    iterate over: kept in ``inputs.cache[key]`` for at most :data:`GEOMETRY_CACHE_MAX_EDGES`
-    directed edges, recomputed on access beyond (memory bounded by one chunk)."""
+def chunk_geometry(model: "OperatorModel", inputs: ModelInputs, key, chunks: list[slice], compute) -> Sequence:
+    """``compute(chunk)`` of every chunk of bonds, as a sequence the chunked passes of ``model``
+    iterate over: kept in ``model.geometry_cache(inputs)[key]`` for at most
+    :data:`GEOMETRY_CACHE_MAX_EDGES` directed edges, recomputed on access beyond (memory bounded by
+    one chunk)."""
     if 2 * inputs.n_edges > GEOMETRY_CACHE_MAX_EDGES:
         return _Recomputed(compute, chunks)
-    if key not in inputs.cache:
-        inputs.cache[key] = [compute(sl) for sl in chunks]
-    return inputs.cache[key]
+    cache = model.geometry_cache(inputs)
+    if key not in cache:
+        cache[key] = [compute(sl) for sl in chunks]
+    return cache[key]
 
 
 def bond_chunks(n_bonds: int, edge_chunk: int | None) -> list[slice]:
@@ -276,6 +282,16 @@ class OperatorModel(nn.Module):
         if quantity not in MAIN_QUANTITIES:
             raise ModelError(f"a model predicts one of {', '.join(MAIN_QUANTITIES)} (plus the overlap), "
                              f"not {quantity!r}")
+
+    def geometry_cache(self, inputs: ModelInputs) -> dict:
+        """This model's part of ``inputs.cache`` (parameter-free per-edge geometry: radial basis,
+        frames, envelopes), keyed by a token each model instance draws once (a copy keeps it: same
+        radial basis, cutoffs and l_max), so two models given the same inputs never read each
+        other's geometry."""
+        token = self.__dict__.get("_geometry_token")
+        if token is None:
+            token = self.__dict__["_geometry_token"] = next(_GEOMETRY_TOKENS)
+        return inputs.cache.setdefault(token, {})
 
     # ------------------------------------------------------------------ declarations
     @property

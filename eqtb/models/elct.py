@@ -215,9 +215,9 @@ class ELCT(OperatorModel):
     # ------------------------------------------------------------------ geometry
     def geometry(self, inputs: ModelInputs) -> dict:
         """Radial basis (2E, n_radial), frames (:func:`eqtb.nn.so2.directed_frames`) and smooth
-        cutoff envelope (2E, 1) of every directed edge; cached on ``inputs``."""
-        c = inputs.cache
-        if "envelope" not in c or "radial" not in c or len(c["D"]) <= self.lmax:
+        cutoff envelope (2E, 1) of every directed edge; cached in :meth:`geometry_cache`."""
+        c = self.geometry_cache(inputs)
+        if "envelope" not in c:
             c.update(self._bond_geometry(inputs, slice(None)))
         return c
 
@@ -362,7 +362,7 @@ class ELCT(OperatorModel):
         types = inputs.types
         N = inputs.n_atoms
         chunks = bond_chunks(inputs.n_edges, edge_chunk)
-        geos = chunk_geometry(inputs, ("elct_chunk_geometry", chunks[0].stop, self.lmax), chunks,
+        geos = chunk_geometry(self, inputs, ("elct_chunk_geometry", chunks[0].stop), chunks,
                               lambda sl: self._bond_geometry(inputs, sl))
 
         def local(sl, geo):

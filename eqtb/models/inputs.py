@@ -32,7 +32,7 @@ class ModelInputs:
     R: torch.Tensor
     atom_offsets: torch.Tensor
     edge_offsets: torch.Tensor
-    cache: dict = field(default_factory=dict, repr=False)  # per-model precomputed geometry
+    cache: dict = field(default_factory=dict, repr=False)  # model token -> its precomputed geometry
 
     @property
     def n_atoms(self) -> int:
@@ -69,8 +69,8 @@ class ModelInputs:
 
 
 def collate(items: list[ModelInputs]) -> ModelInputs:
-    """One batch from several structures (atom indices shifted; caches concatenated when every
-    item has the same cached keys)."""
+    """One batch from several structures (atom indices shifted; each model's geometry cache merged
+    when every item holds caches of the same models)."""
     if len(items) == 1:
         return items[0]
     na = np.cumsum([0] + [x.n_atoms for x in items])
@@ -82,10 +82,20 @@ def collate(items: list[ModelInputs]) -> ModelInputs:
         torch.cat([x.vectors for x in items]),
         torch.cat([x.R for x in items]),
         torch.as_tensor(na), torch.as_tensor(ne))
-    keys = set(items[0].cache)
-    if keys and all(set(x.cache) == keys for x in items):
-        out.cache = {k: _cat_directed([x.cache[k] for x in items], [x.n_edges for x in items]) for k in keys}
+    tokens = set(items[0].cache)
+    if tokens and all(set(x.cache) == tokens for x in items):
+        out.cache = {t: _merge_geometry([x.cache[t] for x in items], [x.n_edges for x in items]) for t in tokens}
     return out
+
+
+def _merge_geometry(caches: list[dict], n_edges) -> dict:
+    """One model's geometry caches of several structures merged: the entries every structure has
+    that are per-directed-edge tensors (or lists of them, one per l); per-chunk geometry (it
+    depends on the chunking of one structure) is left to be recomputed."""
+    keys = set(caches[0]).intersection(*caches[1:])
+    keep = [k for k in keys if all(isinstance(v, torch.Tensor) or (isinstance(v, list) and all(
+        isinstance(t, torch.Tensor) for t in v)) for v in (c[k] for c in caches))]
+    return {k: _cat_directed([c[k] for c in caches], n_edges) for k in keep}
 
 
 def _cat_directed(parts, n_edges):

@@ -88,9 +88,10 @@ class LEM(SLEM):
         return out
 
     def geometry(self, inputs: ModelInputs) -> dict:
-        if "envelope" not in inputs.cache:
-            inputs.cache.update(self._bond_geometry(inputs, slice(None)))
-        return inputs.cache
+        cache = self.geometry_cache(inputs)
+        if "envelope" not in cache:
+            cache.update(self._bond_geometry(inputs, slice(None)))
+        return cache
 
     # ------------------------------------------------------------------ stages
     def _neighbour_message(self, k, e, hf_dst, s, env, D):

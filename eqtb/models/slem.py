@@ -176,10 +176,11 @@ class SLEM(OperatorModel):
     # ------------------------------------------------------------------ geometry
     def geometry(self, inputs: ModelInputs) -> dict:
         """Per-directed-edge quantities that depend on the structure only (no parameters): radial
-        basis (2E, n_radial) and frames (:func:`eqtb.nn.so2.directed_frames`). Cached on ``inputs``."""
-        if "radial" not in inputs.cache:
-            inputs.cache.update(self._bond_geometry(inputs, slice(None)))
-        return inputs.cache
+        basis (2E, n_radial) and frames (:func:`eqtb.nn.so2.directed_frames`). Cached in :meth:`geometry_cache`."""
+        cache = self.geometry_cache(inputs)
+        if "radial" not in cache:
+            cache.update(self._bond_geometry(inputs, slice(None)))
+        return cache
 
     def _bond_geometry(self, inputs: ModelInputs, bonds: slice) -> dict:
         """Radial basis and frames of the directed edges ``[fwd; rev]`` of the canonical bonds ``bonds``."""
@@ -358,7 +359,7 @@ class SLEM(OperatorModel):
         types = inputs.types
         N = inputs.n_atoms
         chunks = bond_chunks(inputs.n_edges, edge_chunk)
-        geos = chunk_geometry(inputs, ("chunk_geometry", chunks[0].stop), chunks,
+        geos = chunk_geometry(self, inputs, ("chunk_geometry", chunks[0].stop), chunks,
                               lambda sl: self._bond_geometry(inputs, sl))
 
         def local(sl, geo):
