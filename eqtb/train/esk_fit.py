@@ -15,7 +15,7 @@ Metals (``System.smearing``; fcc copper, :data:`CU_SMEARING` 0.01 Hartree): the 
 Fermi-Dirac occupations of that width (generate's ``smearing``): with integer occupations Cu's SCF
 does not converge (a metal: no gap at the Fermi level, which the partly filled 4s band crosses). A
 metal's "highest occupied band" (the fit window's reference, below) is band ``N_el / 2`` as for an
-insulator (there partly empty).
+insulator.
 
 **The model** (one form for the whole table): nnsk, ``powerlaw`` hopping ``p1 (r_0 / r)^(1 + |p2|)
 f_0(r)`` with ``r_0`` from the covalent radii (``atomic_radius: "cov"``), cutoff radius ``rs`` per
@@ -574,6 +574,7 @@ def fit_system(system: System, table: dict, cache, steps: int = STEPS, log=print
         "crystal": {"symbols": list(ideal.symbols), "cell": np.round(ideal.cell, 6).tolist(),
                     "positions": np.round(ideal.positions, 6).tolist()},
         "fitted": fitted, "n_kpoints": len(test.kpoints), "reach": system.reach,
+        **({"smearing_hartree": system.smearing} if system.smearing is not None else {}),
         **({"overlap_mae": round(overlap_mae, 6)} if system.overlap else {}),
         "band_mae_meV": {"start": round(float(np.mean(start)), 2),
                          "train": round(float(np.mean(errors[:-1])), 2), "test": round(float(errors[-1]), 2)},
@@ -634,7 +635,8 @@ def markdown(table: dict) -> str:
         mae = s["band_mae_meV"]
         fitted = list(dict.fromkeys("-".join(sorted(k.split("-"))) if "-" in k else k for k in s["fitted"]))
         above = s["window"].get("above_vbm_eV", d["window_above_vbm_eV"])
-        lines.append(f"| {name} ({s['formula']}) | {', '.join(fitted)} | {s['window']['band_max']} | {above:g} | "
+        smeared = f"; Fermi-Dirac {s['smearing_hartree']:g} Ha" if "smearing_hartree" in s else ""
+        lines.append(f"| {name} ({s['formula']}{smeared}) | {', '.join(fitted)} | {s['window']['band_max']} | {above:g} | "
                      f"{mae['start']:.0f} / {mae['train']:.0f} / {mae['test']:.0f} | "
                      + (f"{s['overlap_mae']:.4f} (reach {s['reach']}) |" if "overlap_mae" in s else "|"))
     return "\n".join(lines) + "\n"
