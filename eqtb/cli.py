@@ -1405,6 +1405,9 @@ def _add_generate(sub) -> None:
                    help="Fourier mesh for H(R) (default: smallest odd N with N |a| >= 25 Angstrom)")
     p.add_argument("--ke-cutoff", type=float, default=None, metavar="HARTREE",
                    help="FFT-grid cutoff in Hartree (default: 0.25 x PySCF's estimate)")
+    p.add_argument("--smearing", type=float, default=None, metavar="HARTREE",
+                   help="Fermi-Dirac width of the occupations in Hartree, e.g. 0.01 for a metal, whose SCF "
+                        "with integer occupations does not converge (default: integer occupations)")
     p.add_argument("--workers", type=int, default=1, help="frames computed in parallel (default 1)")
     p.add_argument("--no-dm", action="store_true", help="do not write the density matrix")
     p.add_argument("--no-check", action="store_true", help="skip the self-check")
@@ -1424,7 +1427,7 @@ def run_generate(args) -> int:
         report = generate(args.structure, args.output, nframes=args.nframes, displacement=args.displacement,
                           strain=args.strain, seed=args.seed, basis=args.basis, pseudo=args.pseudo, xc=args.xc,
                           kmesh=tuple(args.kmesh), kmesh_fourier=args.kmesh_fourier, ke_cutoff=args.ke_cutoff,
-                          with_dm=not args.no_dm, workers=args.workers, check=not args.no_check,
+                          smearing=args.smearing, with_dm=not args.no_dm, workers=args.workers, check=not args.no_check,
                           overwrite=args.overwrite, progress=False if args.quiet else None, verbose=not args.quiet)
     bad = report["failed"] + report["check_failed"]
     if not args.quiet:

@@ -230,3 +230,45 @@ def test_cli_generate_bad_input(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyscf", None)  # import pyscf now raises ImportError
     assert main(["generate", str(tmp_path / "h2o.xyz"), "-o", str(tmp_path / "o")]) == 2
     assert "pip install 'eqtb[pyscf]'" in capsys.readouterr().err
+
+
+def _occupations(fr):
+    """Natural occupations of a molecular frame: the eigenvalues of D S (both spins), ascending."""
+    g = np.zeros((1, 3))
+    D, S = fr.density_matrix.dense(g)[0], fr.overlap.dense(g)[0]
+    return np.sort(np.linalg.eigvals(D @ S).real)
+
+
+def test_cli_generate_smearing(tmp_path, capsys):
+    """--smearing: Fermi-Dirac occupations in the written D (PySCF's own, electron count kept), the width
+    recorded, a rerun with integer occupations refused. Stretched H2 (1.8 Angstrom): gap 0.14 Ha."""
+    from ase.io import write
+    from pyscf import dft, gto
+    from pyscf.scf.addons import smearing
+
+    from eqtb.cli import main
+
+    h2 = Atoms("H2", positions=[[0, 0, 0], [0, 0, 1.8]])
+    write(tmp_path / "h2.xyz", h2)
+    common = [str(tmp_path / "h2.xyz"), "-n", "1", "--basis", "sto-3g", "-q"]
+    assert main(["generate", *common, "-o", str(tmp_path / "int")]) == 0
+    assert main(["generate", *common, "-o", str(tmp_path / "fd"), "--smearing", "0.05"]) == 0
+    rep = json.loads((tmp_path / "fd" / gen.REPORT).read_text())
+    assert rep["settings"]["smearing"] == 0.05
+    assert json.loads((tmp_path / "int" / gen.REPORT).read_text())["settings"]["smearing"] is None
+    assert rep["frames"][0]["n_electrons"] == 2 and rep["frames"][0]["n_electrons_blocks"] == pytest.approx(2, abs=1e-8)
+    fd, integer = (TrajectoryFolder(tmp_path / name / "H2.0").frame(0) for name in ("fd", "int"))
+    np.testing.assert_allclose(_occupations(integer), [0, 2], atol=1e-8)
+    mf = smearing(dft.RKS(gto.M(atom=[["H", (0, 0, 0)], ["H", (0, 0, 1.8)]], basis="sto-3g", verbose=0)),
+                  sigma=0.05, method="fermi")
+    mf.xc = "lda,vwn"
+    mf.kernel()
+    assert 0.1 < mf.mo_occ.min()  # the width does act here
+    np.testing.assert_allclose(_occupations(fd), np.sort(mf.mo_occ), atol=1e-6)
+    # the band energies differ too (the density does)
+    assert np.abs(fd.eigenvalues - integer.eigenvalues).max() > 1e-3
+    capsys.readouterr()
+    assert main(["generate", *common, "-o", str(tmp_path / "fd")]) == 2  # integer occupations: not these frames
+    assert "different settings (smearing)" in capsys.readouterr().err
+    assert main(["generate", *common, "-o", str(tmp_path / "fd"), "--smearing", "0.05"]) == 0  # same: reused
+    assert json.loads((tmp_path / "fd" / gen.REPORT).read_text())["skipped"] == 1

@@ -34,7 +34,8 @@ DFT
 ---
 Molecules (no periodic direction): ``pyscf.dft.RKS``. Periodic cells (all three directions):
 ``pyscf.pbc.dft.KRKS`` on a Gamma-centred ``kmesh`` (``cell.make_kpts``), GTH pseudopotentials.
-Restricted, closed shell, neutral; partially periodic cells are not supported. ``pseudo=None``
+Restricted, closed shell (integer occupations, or Fermi-Dirac ones with ``smearing``: metals),
+neutral; partially periodic cells are not supported. ``pseudo=None``
 picks ``"gth-pade"`` for GTH bases (names starting with ``gth``) and all-electron otherwise.
 ``xc`` is PySCF's functional string; note that in PySCF ``"lda"`` alone is Slater exchange only,
 so the default is ``"lda,vwn"`` (Slater + VWN correlation, the usual LDA).
@@ -280,6 +281,10 @@ def _run_scf(obj, settings: dict):
         from pyscf import dft
 
         mf = dft.RKS(obj)
+    if settings.get("smearing") is not None:  # fractional (Fermi-Dirac) occupations
+        from pyscf.scf.addons import smearing
+
+        mf = smearing(mf, sigma=float(settings["smearing"]), method="fermi")
     mf.xc = settings["xc"]
     mf.conv_tol = float(settings["conv_tol"])
     mf.max_cycle = int(settings.get("max_cycle", 100))
@@ -481,8 +486,8 @@ def generate(structure, out, nframes: int = 4, displacement: float = 0.05, strai
              kmesh=(2, 2, 2), kmesh_fourier=None, with_dm: bool = True, band_kpoints=None,
              band_density: float = BAND_DENSITY, workers: int = 1, check: bool = True,
              ke_cutoff: float | None = None, conv_tol: float | None = None, max_cycle: int = 100,
-             overwrite: bool = False, progress: bool | None = None, verbose: bool = True,
-             pyscf_mesh=None) -> dict:
+             smearing: float | None = None, overwrite: bool = False, progress: bool | None = None,
+             verbose: bool = True, pyscf_mesh=None) -> dict:
     """Generate a PySCF DFT dataset of ``nframes`` perturbed copies of ``structure`` in ``out``.
 
     Parameters (lengths in Angstrom, energies in eV unless stated; see the module docstring)
@@ -507,6 +512,11 @@ def generate(structure, out, nframes: int = 4, displacement: float = 0.05, strai
         estimate). ``pyscf_mesh`` (testing only) sets the FFT mesh directly.
     conv_tol : SCF energy convergence (Hartree; default :data:`CONV_TOL` 1e-9 for periodic cells,
         :data:`CONV_TOL_MOLECULE` 1e-11 for molecules); ``max_cycle`` SCF iterations.
+    smearing : Fermi-Dirac width ``sigma`` of the occupations in Hartree (``k_B T``; 0.01 Ha = 0.27 eV),
+        PySCF's ``scf.addons.smearing(mf, sigma, method="fermi")``; None (default): integer
+        occupations (aufbau, closed shell). Metals need it: their SCF with integer occupations
+        oscillates between k-points and does not converge. Part of the settings a reused frame
+        must agree with.
     overwrite : recompute frames that exist (default: skip complete frames with the same settings).
     progress : tqdm bar (None: only on a terminal); ``verbose``: one status line per frame.
 
@@ -541,12 +551,15 @@ def generate(structure, out, nframes: int = 4, displacement: float = 0.05, strai
     kmesh = tuple(int(k) for k in kmesh)
     if len(kmesh) != 3 or min(kmesh) < 1:
         raise GenerateError(f"kmesh must be three positive integers, got {kmesh}")
+    if smearing is not None and not float(smearing) > 0:
+        raise GenerateError(f"smearing (Fermi-Dirac width, Hartree) must be positive or None, got {smearing}")
 
     if conv_tol is None:
         conv_tol = CONV_TOL if periodic else CONV_TOL_MOLECULE
     settings = {"formula": base.formula, "basis": basis, "pseudo": _pseudo_for(basis, pseudo), "xc": xc,
                 "conv_tol": float(conv_tol), "with_dm": bool(with_dm), "displacement": float(displacement),
-                "strain": float(strain), "seed": int(seed), "periodic": periodic}
+                "strain": float(strain), "seed": int(seed), "periodic": periodic,
+                "smearing": None if smearing is None else float(smearing)}
     if pyscf_mesh is not None:
         settings["pyscf_mesh"] = [int(x) for x in pyscf_mesh]
     probe = build_pyscf(base, settings)  # validates basis / pseudo / electron count early
@@ -579,7 +592,9 @@ def generate(structure, out, nframes: int = 4, displacement: float = 0.05, strai
     settings["check"] = bool(check)
     settings["max_cycle"] = int(max_cycle)
     # what must agree for a frame on disk to be reused
-    identity = {k: v for k, v in settings.items() if k not in ("check", "max_cycle", "check_kpoints")}
+    # (smearing only when set: frames written before the option, with integer occupations, stay reusable)
+    identity = {k: v for k, v in settings.items() if k not in ("check", "max_cycle", "check_kpoints")
+                and not (k == "smearing" and v is None)}
     identity["structure"] = {"numbers": base.numbers.tolist(), "positions": base.positions.tolist(),
                              "cell": base.cell.tolist(), "pbc": base.pbc.tolist()}
     settings["identity"] = _jsonable(identity)

@@ -11,6 +11,11 @@ MOLOPT basis ``gth-szv-molopt-sr``; the FFT grid's cutoff generate's default but
 semicore pseudopotentials: the cost of a frame stays at a minute or two) on ``NFRAMES`` frames: frame 0 the ideal crystal, frames
 1, 2 strained (each strain component up to ``STRAIN``) and displaced (``DISPLACEMENT`` Angstrom per
 coordinate). The band energies along the automatic k-path (``BAND_DENSITY``) are the reference.
+Metals (``System.smearing``; fcc copper, :data:`CU_SMEARING` 0.01 Hartree): the SCF runs with
+Fermi-Dirac occupations of that width (generate's ``smearing``): with integer occupations Cu's SCF
+does not converge (a metal: no gap at the Fermi level, which the partly filled 4s band crosses). A
+metal's "highest occupied band" (the fit window's reference, below) is band ``N_el / 2`` as for an
+insulator.
 
 **The model** (one form for the whole table): nnsk, ``powerlaw`` hopping ``p1 (r_0 / r)^(1 + |p2|)
 f_0(r)`` with ``r_0`` from the covalent radii (``atomic_radius: "cov"``), cutoff radius ``rs`` per
@@ -107,6 +112,8 @@ STEPS, LR = 1500, 0.05
 #: Harrison's own powers); DECAY_WEIGHT (eV^2) times the mean square of (fitted decay - start decay)
 #: is added to the loss: two frames hardly fix the decay, the test frame shows it
 START_POWER, DECAY_WEIGHT = None, 0.01
+#: Fermi-Dirac width (Hartree) of metallic copper's SCF occupations (module docstring)
+CU_SMEARING = 0.01
 @dataclass(frozen=True)
 class System:
     """A reference system: ``name``, the ase.Atoms ``build``er of its ideal crystal, the fitted
@@ -115,7 +122,8 @@ class System:
     (eV above the highest occupied band), the shells of neighbours that interact (``reach``), whether
     the model has the overlap of its basis (``overlap``: non-orthogonal), and per element a
     polarisation shell whose overlap integrals the table adds (``polarisation``: ``{element: (DeePTB
-    label, PySCF basis of its function)}``, :func:`fit_polarisation`)."""
+    label, PySCF basis of its function)}``, :func:`fit_polarisation`), and the Fermi-Dirac width of
+    the SCF's occupations (``smearing``, Hartree; None: integer occupations; metals, module docstring)."""
 
     name: str
     build: object
@@ -126,6 +134,7 @@ class System:
     reach: int = 1
     overlap: bool = False
     polarisation: dict = field(default_factory=dict)
+    smearing: float | None = None
 
 
 def _bulk(*args, **kw):
@@ -179,7 +188,7 @@ SYSTEMS = [
     System("Sn-diamond", _bulk("Sn", "diamond", a=6.489), {"Sn": SP2["5"]}),
     # bcc: the second shell (3.17 Angstrom) is only 15 % beyond the first
     System("W-bcc", _bulk("W", "bcc", a=3.165, cubic=True), {"W": ["5d", "6s"]}, semicore={"W": 8}, reach=2),
-    System("Cu-fcc", _cu2, {"Cu": ["3d", "4s"]}),
+    System("Cu-fcc", _cu2, {"Cu": ["3d", "4s"]}, smearing=CU_SMEARING),
     System("Ge-diamond", _bulk("Ge", "diamond", a=5.658), {"Ge": SP2["4"]}),
     System("AlP-zincblende", _bulk("AlP", "zincblende", a=5.463), {"Al": SP2["3"], "P": SP2["3"]}),
     System("NaCl-rocksalt", _bulk("NaCl", "rocksalt", a=5.64), {"Na": ["3s"], "Cl": SP2["3"]}, semicore={"Na": 8}),
@@ -214,7 +223,8 @@ def reference_data(system: System, cache) -> list[Path]:
     cell = build_pyscf(structure, DFT)
     ke_cutoff = min(KE_FRACTION * float(estimate_ke_cutoff(cell)), KE_CUTOFF_MAX)
     generate(structure, out, ke_cutoff=ke_cutoff, nframes=NFRAMES, displacement=DISPLACEMENT, strain=STRAIN, seed=SEED,
-             kmesh=system.kmesh, kmesh_fourier=system.kmesh, with_dm=False, band_density=BAND_DENSITY,
+             kmesh=system.kmesh, kmesh_fourier=system.kmesh, smearing=system.smearing, with_dm=False,
+             band_density=BAND_DENSITY,
              check=False, progress=False, verbose=True, **DFT)
     return find_folders(out, structure.formula)
 
@@ -564,6 +574,7 @@ def fit_system(system: System, table: dict, cache, steps: int = STEPS, log=print
         "crystal": {"symbols": list(ideal.symbols), "cell": np.round(ideal.cell, 6).tolist(),
                     "positions": np.round(ideal.positions, 6).tolist()},
         "fitted": fitted, "n_kpoints": len(test.kpoints), "reach": system.reach,
+        **({"smearing_hartree": system.smearing} if system.smearing is not None else {}),
         **({"overlap_mae": round(overlap_mae, 6)} if system.overlap else {}),
         "band_mae_meV": {"start": round(float(np.mean(start)), 2),
                          "train": round(float(np.mean(errors[:-1])), 2), "test": round(float(errors[-1]), 2)},
@@ -624,7 +635,8 @@ def markdown(table: dict) -> str:
         mae = s["band_mae_meV"]
         fitted = list(dict.fromkeys("-".join(sorted(k.split("-"))) if "-" in k else k for k in s["fitted"]))
         above = s["window"].get("above_vbm_eV", d["window_above_vbm_eV"])
-        lines.append(f"| {name} ({s['formula']}) | {', '.join(fitted)} | {s['window']['band_max']} | {above:g} | "
+        smeared = f"; Fermi-Dirac {s['smearing_hartree']:g} Ha" if "smearing_hartree" in s else ""
+        lines.append(f"| {name} ({s['formula']}{smeared}) | {', '.join(fitted)} | {s['window']['band_max']} | {above:g} | "
                      f"{mae['start']:.0f} / {mae['train']:.0f} / {mae['test']:.0f} | "
                      + (f"{s['overlap_mae']:.4f} (reach {s['reach']}) |" if "overlap_mae" in s else "|"))
     return "\n".join(lines) + "\n"
