@@ -1,7 +1,8 @@
 """The PySCF Si MD experiment (issue 12): SLEM, LEM and ELCT on unseen frames, equal CPU time.
 
     OMP_NUM_THREADS=1 python benchmarks/si_md_experiment.py DATA [--models slem lem elct] [--rmax 9]
-        [--budget 690] [--test-frames 8 9 10 11] [--set train_options.lr_scheduler.type=exp ...] [--keep DIR]
+        [--budget 690] [--bands-phase SECONDS] [--test-frames 8 9 10 11]
+        [--set train_options.lr_scheduler.type=exp ...] [--keep DIR]
 
 ``DATA``: a dataset root of single-frame trajectory folders ``<prefix>.<n>`` written by
 ``eqtb generate`` (e.g. ``eqtb generate si8.vasp -o DATA -n 12 --displacement 0.07 --seed 1``: the
@@ -10,7 +11,7 @@
 hyperparameters (``../shared/data/si64_abacus/input_short_cpu.json``: hidden irreps
 ``32x0e+32x1o+16x2e``, 3 layers, Adam at 5e-3, ``rop`` factor 0.8 patience 50, batch 1,
 ``hamil_abs``, H and S of Si 1s1p -- which is gth-szv's basis) with ``r_max`` set to ``--rmax``
-(default 9 A, what ``eqtb cutoff`` recommends on this data for 20 meV) and ``avg_num_neighbors``
+(default 9 A, what ``eqtb cutoff`` recommends on this data for 20 meV; 10 A for 10 meV) and ``avg_num_neighbors``
 to the training frames' mean neighbour count at that cutoff; ``lem`` the same with its embedding
 method, ``elct`` ``examples/elct_si64.json`` with the same cutoff. ``--set KEY=VALUE`` (JSON value,
 dotted path, :func:`eqtb.config.load_config` overrides) changes every model's config, e.g. a
@@ -19,7 +20,10 @@ learning-rate schedule a user would set.
 Each model trains in its own ``eqtb train`` process for ``--budget`` seconds of that process's CPU
 time (``--max-cpu-time``: one thread with ``OMP_NUM_THREADS=1``, independent of how busy a shared
 machine is; DeePTB needs ~690 s of one thread for the tutorial's 300 epochs); wall time is
-reported beside it. The latest checkpoint is then tested on the held-out frames with eqtb's own
+reported beside it. ``--bands-phase S``: the last S seconds of that budget fine-tune the block
+phase's latest checkpoint on the training frames' band energies (``eig_ham``,
+:func:`bands_phase_config`; ``eqtb train -i``), the recipe of README's "eig_ham with an E3 model".
+The latest checkpoint is then tested on the held-out frames with eqtb's own
 evaluation (:func:`eqtb.train.evaluate.evaluate`, what ``eqtb test --bands`` runs): H MAE
 (onsite, off-site, all; meV), S MAE (1e-3), and the band MAE and max error within E_F +- 5 eV
 (``--window``; E_F from the valence count, 4 per Si), no alignment and mean-aligned, with the
@@ -114,10 +118,10 @@ def experiment_config(model: str, split: dict, r_max: float, avg_num_neighbors: 
     return cfg
 
 
-def train(cfg: dict, out: Path, cpu_budget: float, overrides: dict | None = None) -> dict:
+def train(cfg: dict, out: Path, cpu_budget: float, overrides: dict | None = None, init: str | None = None) -> dict:
     """``eqtb train`` of ``cfg`` (written to ``out/input.json``; ``overrides``: dotted key -> value
-    applied on top) in its own process, stopped after ``cpu_budget`` seconds of its CPU time.
-    Returns the run's figures and the latest checkpoint's path."""
+    applied on top; ``init``: a checkpoint to start from, ``-i``) in its own process, stopped after
+    ``cpu_budget`` seconds of its CPU time. Returns the run's figures and the latest checkpoint's path."""
     from eqtb.config import config_to_dict, load_config
 
     out.mkdir(parents=True, exist_ok=True)
@@ -127,7 +131,7 @@ def train(cfg: dict, out: Path, cpu_budget: float, overrides: dict | None = None
         path.write_text(json.dumps(config_to_dict(load_config(path, overrides)), indent=1))
     run = out / "run"
     cmd = [sys.executable, "-m", "eqtb.cli", "train", str(path), "-o", str(run), "-q",
-           "--max-cpu-time", str(cpu_budget)]
+           "--max-cpu-time", str(cpu_budget)] + (["-i", str(init)] if init else [])
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -186,14 +190,40 @@ def _r(x):
     return None if x is None else round(float(x), 3)
 
 
+#: the band phase (``--bands-phase``): eig_ham with this weight of the block term, started at this
+#: learning rate, decayed by this factor per epoch (far below the block phase's rate: band energies
+#: magnify block errors, README "eig_ham with an E3 model")
+BANDS_COEFF_HAM, BANDS_LR, BANDS_GAMMA = 0.8, 5e-5, 0.995
+
+
+def bands_phase_config(cfg: dict) -> dict:
+    """``cfg`` (a block-phase config, overrides applied) turned into the band phase's: the
+    ``eig_ham`` loss (:data:`BANDS_COEFF_HAM`) on the frames' band energies (eigenvalues.npy at
+    kpoints.npy, every band), Adam from :data:`BANDS_LR` decayed exponentially by :data:`BANDS_GAMMA`."""
+    cfg = json.loads(json.dumps(cfg))
+    to = cfg["train_options"]
+    to["loss_options"]["train"] = {"method": "eig_ham", "coeff_ham": BANDS_COEFF_HAM}
+    to["optimizer"]["lr"] = BANDS_LR
+    to["lr_scheduler"] = {"type": "exp", "gamma": BANDS_GAMMA}
+    cfg["data_options"]["train"]["get_eigenvalues"] = True
+    return cfg
+
+
 def run_model(model: str, split: dict, work: Path, r_max: float, cpu_budget: float,
-              overrides: dict | None = None, window: float = 5.0) -> dict:
-    """Train ``model`` on ``split`` (:func:`split_dataset`) for ``cpu_budget`` CPU seconds, test it on
-    the held-out folders: ``{"train": ..., "test": ..., "train_frames": ...}`` (the last: the block
-    errors on the training frames, to set the unseen frames' beside)."""
+              overrides: dict | None = None, window: float = 5.0, bands_phase: float = 0.0) -> dict:
+    """Train ``model`` on ``split`` (:func:`split_dataset`) for ``cpu_budget`` CPU seconds -- the last
+    ``bands_phase`` of them fine-tuning on band energies (:func:`bands_phase_config`, from the block
+    phase's latest checkpoint) -- and test it on the held-out folders: ``{"train": ..., ["bands_phase":
+    ...,] "test": ..., "train_frames": ...}`` (the last: the block errors on the training frames, to
+    set the unseen frames' beside)."""
     cfg = experiment_config(model, split, r_max, mean_neighbours(split["train"], r_max))
-    tr = train(cfg, work / model, cpu_budget, overrides)
-    return {"train": tr, "test": test(tr["checkpoint"], split["test"], window),
+    tr = train(cfg, work / model, cpu_budget - bands_phase, overrides)
+    out = {"train": tr}
+    if bands_phase > 0:
+        blocks_cfg = json.loads((work / model / "input.json").read_text())
+        out["bands_phase"] = tr = train(bands_phase_config(blocks_cfg), work / model / "bands", bands_phase,
+                                        init=tr["checkpoint"])
+    return {**out, "test": test(tr["checkpoint"], split["test"], window),
             "train_frames": test(tr["checkpoint"], split["train"], bands=False)}
 
 
@@ -220,17 +250,21 @@ def main() -> None:
     ap.add_argument("--prefix", default=None, help="folder prefix (default: the only one in DATA)")
     ap.add_argument("--window", type=float, default=5.0, help="band errors within E_F +- this, eV")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every model")
+    ap.add_argument("--bands-phase", type=float, default=0.0, metavar="SECONDS",
+                    help="CPU seconds of the budget spent last on eig_ham fine-tuning (default 0: blocks only)")
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (runs, checkpoints)")
     args = ap.parse_args()
+    if not 0 <= args.bands_phase < args.budget:
+        raise SystemExit(f"--bands-phase {args.bands_phase}: must lie in [0, --budget)")
     work = args.keep or Path(tempfile.mkdtemp(prefix="eqtb_si_md_"))
     split = split_dataset(args.data, work, args.test_frames, args.prefix)
     overrides = _parse_set(args.set)
     result = {"data": str(args.data.resolve()), "prefix": split["prefix"],
               "train": [Path(f).name for f in split["train"]], "test": [Path(f).name for f in split["test"]],
-              "r_max": args.rmax, "cpu_budget_s": args.budget, "threads": int(os.environ.get("OMP_NUM_THREADS", "1")),
+              "r_max": args.rmax, "cpu_budget_s": args.budget, "bands_phase_s": args.bands_phase, "threads": int(os.environ.get("OMP_NUM_THREADS", "1")),
               "overrides": overrides, "work": str(work)}
     for m in args.models:
-        result[m] = run_model(m, split, work, args.rmax, args.budget, overrides, args.window)
+        result[m] = run_model(m, split, work, args.rmax, args.budget, overrides, args.window, args.bands_phase)
         print(json.dumps({m: result[m]}), file=sys.stderr, flush=True)  # progress: one line per model
     print(json.dumps(result, indent=1))
 
