@@ -87,12 +87,6 @@ class LEM(SLEM):
         out["envelope"] = env.repeat(2).unsqueeze(1)
         return out
 
-    def geometry(self, inputs: ModelInputs) -> dict:
-        cache = self.geometry_cache(inputs)
-        if "envelope" not in cache:
-            cache.update(self._bond_geometry(inputs, slice(None)))
-        return cache
-
     # ------------------------------------------------------------------ stages
     def _neighbour_message(self, k, e, hf_dst, s, env, D):
         """Parts (2E, 2l+1, n_l) of the message of layer k along every directed edge i->j, to be
