@@ -6,7 +6,8 @@
 Each size runs in a fresh subprocess (so peak RSS is that size's own): the Si64 ABACUS structure
 (../shared/data/si64_abacus/Si64.vasp) repeated n x n x n (64 n^3 atoms: 64, 512, 4096, 32768,
 110592, ..., 10^6 at n = 25), or n x n x 1 with ``--sheet`` (a 2-D supercell, 64 n^2 atoms: 10^6 at
-n = 125), the model of the Si64 tutorial config (input_short_cpu.json: 32x0e+32x1o+16x2e, 3 layers,
+n = 125), its atoms renumbered along a Z-order curve (``Structure.spatial_order``, as ``eqtb run``'s
+sparse route does), the model of the Si64 tutorial config (input_short_cpu.json: 32x0e+32x1o+16x2e, 3 layers,
 r_max 7.4 A, overlap head; random weights unless --model gives a checkpoint — the cost does not
 depend on the weights). Timed: neighbour graph, model (chunked, eqtb.predict.DEFAULT_CHUNK), then
 the sparse H and S at Gamma: by default blocks -> Operators -> scipy CSR (``Predictor.predict``);
@@ -59,6 +60,7 @@ def one_size(n: int, model_path: str | None, kpm: bool, chunk: int | None, strea
     cell = Structure.read(DATA / "Si64.vasp")
     predictor.predict(cell)  # warm-up (one-time set-up costs are not part of the scaling)
     structure = cell.repeat((n, n, 1) if sheet else (n, n, n))
+    structure = structure.reordered(structure.spatial_order())  # as eqtb run's sparse route does
     rss0 = _rss_gb()
     t0 = time.perf_counter()
     if streamed:

@@ -950,6 +950,9 @@ def _run_streamed(args, opts: dict, task: str, structure, model, norb: int, prog
     from eqtb.tb.spectrum import progress_lines
 
     dtype = np.float64 if norb <= MAX_NORB_3D else np.float32
+    # the DOS, Fermi level and band edges do not depend on the atom order; Z-order makes the
+    # sparse products ~25 % faster than a supercell's layer order (Structure.spatial_order)
+    structure = structure.reordered(structure.spatial_order())
     with progress_lines(f"predicting {structure.natoms} atoms", progress):
         try:
             pred = model.predict_sparse(structure, **_predict_options(args, progress), dtype=dtype)

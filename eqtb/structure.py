@@ -23,6 +23,11 @@ from eqtb.bonds import canonicalize, sort_order
 MIN_DISTANCE = 0.1
 
 
+#: cube edge (Angstrom) of the bins :meth:`Structure.spatial_order` visits in Z-order (about one
+#: nearest-neighbour shell: 8 Si atoms per bin)
+SPATIAL_BIN = 5.43
+
+
 class StructureError(ValueError):
     """A structure that cannot be used (NaN coordinates, overlapping atoms, bad cell...)."""
 
@@ -108,6 +113,38 @@ class Structure:
     def repeat(self, reps) -> "Structure":
         """Supercell ``reps = (n1, n2, n3)``; atom order as ASE's ``Atoms.repeat``."""
         return Structure.from_ase(self.to_ase().repeat(reps), source=self.source)
+
+    def spatial_order(self, bin_size: float = SPATIAL_BIN) -> np.ndarray:
+        """A renumbering of the atoms along a Z-order (Morton) curve: ``order[k]`` is the old index
+        of the new k-th atom. Positions (wrapped into the cell along periodic axes) are binned into
+        cubes of ``bin_size`` Angstrom, the bins visited in Z-order, atoms within one bin in their
+        old order. Atoms near each other in space get nearby indices, so a sparse matrix over them
+        multiplies a block of vectors with far fewer cache misses: an ASE supercell's order puts a
+        neighbour in the next cell layer ~n1 n2 cells away (884,736-atom Si supercell, product of
+        S with 4 vectors, one thread: 1.5-1.8 s in ASE order, 1.15-1.24 s in Z-order of cells)."""
+        pos = self.positions
+        if self.pbc.any():
+            frac = pos @ np.linalg.inv(self.cell)
+            frac[:, self.pbc] %= 1.0
+            pos = frac @ self.cell
+        if len(pos) == 0:
+            return np.zeros(0, dtype=np.int64)
+        ijk = np.floor((pos - pos.min(axis=0)) / bin_size).astype(np.int64)
+        if ijk.max(initial=0) >= 1 << 21:
+            raise StructureError(f"structure spans more than 2^21 bins of {bin_size} A: use a larger bin_size")
+        code = np.zeros(len(ijk), dtype=np.int64)
+        for bit in range(21):
+            for axis in range(3):
+                code |= ((ijk[:, axis] >> bit) & 1) << (3 * bit + axis)
+        return np.argsort(code, kind="stable")
+
+    def reordered(self, order) -> "Structure":
+        """The structure with atoms ``order`` (new k-th atom = old ``order[k]``), e.g.
+        :meth:`spatial_order`."""
+        order = np.asarray(order, dtype=np.int64)
+        if order.shape != (self.natoms,) or not np.array_equal(np.sort(order), np.arange(self.natoms)):
+            raise StructureError(f"order is not a permutation of the {self.natoms} atoms")
+        return Structure(self.numbers[order], self.positions[order], self.cell.copy(), self.pbc.copy(), self.source)
 
     def check_distances(self, min_distance: float = MIN_DISTANCE) -> None:
         """Raise StructureError if two atoms (or an atom and a periodic image) nearly coincide."""

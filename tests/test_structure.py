@@ -74,3 +74,22 @@ def test_read_formats(data_dir, tmp_path):
         t = Structure.read(tmp_path / f"si.{ext}")
         np.testing.assert_allclose(t.positions, s.positions, atol=1e-6)
         assert t.natoms == 64
+
+
+def test_spatial_order_is_a_local_permutation(data_dir):
+    """Z-order renumbering: a permutation that keeps every bond (same lengths) and puts atoms close
+    in index close in space (the point of it: cache-friendly products): the first eighth of the
+    atoms of a cubic supercell fill a compact box, where ASE's order gives a bar across the cell."""
+    big = Structure.read(data_dir / "si64_abacus" / "Si64.vasp").repeat((4, 4, 4))
+    order = big.spatial_order()
+    assert sorted(order.tolist()) == list(range(big.natoms))
+    new = big.reordered(order)
+    np.testing.assert_array_equal(new.positions, big.positions[order])
+    g_old, g_new = build_graph(big, 5.0), build_graph(new, 5.0)
+    np.testing.assert_allclose(np.sort(g_new.lengths), np.sort(g_old.lengths), atol=1e-9)
+    edge = np.linalg.norm(big.cell, axis=1)
+    extent = lambda s: np.ptp(s.positions[: s.natoms // 8], axis=0) / edge  # noqa: E731
+    assert extent(new).max() < 0.75
+    assert extent(big).max() > 0.95
+    with pytest.raises(StructureError, match="permutation"):
+        big.reordered(np.zeros(big.natoms, dtype=int))
