@@ -978,6 +978,7 @@ def _run_distributed(args, opts: dict, structure, model) -> int:
     distributed.setup("cpu")
     try:
         args.quiet = args.quiet or not distributed.is_main()
+        structure = structure.reordered(structure.spatial_order())  # as _run_streamed: the same random vectors
         args.domain_prediction = pred = model.predict_domain(structure, **({"chunk": args.chunk} if args.chunk else {}))
         if "hamiltonian" not in pred.operators:
             raise CLIError(f"{args.init_model}: the model predicts {', '.join(pred.operators)}, not H")
