@@ -1013,8 +1013,9 @@ def kpm_dos(H, S=None, energies=None, n_moments: int = 256, n_random: int = 8,
     spin_degeneracy : g, multiplies the DOS.
     progress : tqdm bar over moments.
     dtype : None/"float64", "float32" or "auto": storage precision of H and S for the products
-        (float32 halves memory and is ~1.6x faster; the CG vectors follow it, the recursion stays in float64). "auto":
-        float32 when H has more than :data:`FLOAT32_MIN_NNZ` stored nonzeros, else float64.
+        (float32 halves memory and is ~1.6x faster; the CG vectors follow it, the recursion stays
+        in float64). "auto": float32 when H has more than :data:`FLOAT32_MIN_NNZ` stored nonzeros,
+        else float64.
     preconditioner : "auto" = "fsai" (factorized sparse approximate inverse, :mod:`eqtb.tb.fsai`:
         ~4x fewer CG iterations for the Si overlap at ~20 % extra per iteration, built in linear
         time), "jacobi", "block-jacobi", "ilu" (scipy spilu of S, drop_tol 1e-3: ~5x fewer
