@@ -151,6 +151,9 @@ def main() -> None:
     total = {r["atoms"]: r["total_us_per_atom"] for r in rows if "total_us_per_atom" in r and r["atoms"] >= 10**4}
     if len(total) >= 2:  # the flatness: prediction + KPM per atom from 10^4 atoms up
         summary["total_us_per_atom_max_over_min_1e4_up"] = round(max(total.values()) / min(total.values()), 3)
+        mean = sum(total.values()) / len(total)  # "flat within +-20 %": each size against the mean
+        summary["total_us_per_atom_max_deviation_from_mean_1e4_up"] = round(
+            max(abs(v / mean - 1) for v in total.values()), 3)
     for r in rows:
         if r.get("atoms") in DEEPTB:
             summary[f"speedup_vs_deeptb_{r['atoms']}"] = round(DEEPTB[r["atoms"]][0] / r["predict_s"], 2)

@@ -139,7 +139,8 @@ per solve in brackets):
 (one moment per solve and no preconditioner, before: 108 s and 64 s wall for the supercell).
 At scale (``benchmarks/inference_scaling.py --kpm-all --streamed``: predicted Si supercells,
 float32 BSR, M = 256, R = 4, tol 1e-5, one thread): 2.0-2.6 ms per atom from 13,824 to 110,592
-atoms (220 s for 442,368 orbitals); memory: H and S (4.25 bytes per stored float32 entry), G and
+atoms (220 s for 442,368 orbitals); two threads, atoms in Z-order (``Structure.spatial_order``):
+1.94 / 1.79 / 1.44 ms per atom at 13,824 / 110,592 / 10^6 atoms (1439 s for 4e6 orbitals); memory: H and S (4.25 bytes per stored float32 entry), G and
 its transpose (~36 entries per row), and ~10 blocks of R vectors.
 """
 
