@@ -42,7 +42,7 @@ from eqtb.models.inputs import ModelInputs
 from eqtb.quantities import MAIN_QUANTITIES, OVERLAP, SPIN_ORBIT
 from eqtb.structure import pair_cutoffs
 
-__all__ = ["FAMILIES", "Features", "Locality", "ModelError", "OperatorModel", "bond_chunks", "check_hidden_irreps",
+__all__ = ["FAMILIES", "BondGeometry", "Features", "Locality", "ModelError", "OperatorModel", "bond_chunks", "check_hidden_irreps",
            "family_class", "family_name", "register"]
 
 
@@ -227,6 +227,41 @@ def family_class(model_options: dict) -> type["OperatorModel"]:
     if name not in FAMILIES:
         raise ModelError(f"model family {name!r} is not supported yet (supported: {', '.join(sorted(FAMILIES))})")
     return FAMILIES[name]
+
+
+class BondGeometry:
+    """Parameter-free geometry of every directed edge for the E3 families (SLEM, LEM, ELCT), computed
+    once per :class:`ModelInputs` and kept in the model's :meth:`OperatorModel.geometry_cache`:
+    ``"radial"`` (2E, n_radial) the radial basis, ``"D"`` the bond frames
+    (:func:`eqtb.nn.so2.directed_frames`), and with :attr:`WITH_ENVELOPE` ``"envelope"`` (2E, 1) the
+    radial basis' smooth cutoff. Edges ``[fwd; rev]`` of the canonical bonds. Evaluated in float64
+    and returned in the dtype of the bond vectors (the polynomial envelope near the cutoff is a
+    difference of terms ~50x larger than itself: float32 would lose ~5 bits there). The class using
+    it provides ``radial`` (:class:`eqtb.nn.radial.BesselBasis`), ``cutoffs`` (T, T) Angstrom and
+    ``lmax``."""
+
+    WITH_ENVELOPE: ClassVar[bool] = False
+
+    def geometry(self, inputs: ModelInputs) -> dict:
+        cache = self.geometry_cache(inputs)
+        if "radial" not in cache:
+            cache.update(self._bond_geometry(inputs, slice(None)))
+        return cache
+
+    def _bond_geometry(self, inputs: ModelInputs, bonds: slice) -> dict:
+        """The geometry (class docstring) of the directed edges of the canonical bonds ``bonds``."""
+        from eqtb.nn.radial import cosine_cutoff, polynomial_cutoff
+        from eqtb.nn.so2 import directed_frames
+
+        vec = inputs.vectors[bonds]
+        rc = self.cutoffs.double()[inputs.types[inputs.i[bonds]], inputs.types[inputs.j[bonds]]]
+        r = vec.double().norm(dim=1)
+        out = {"radial": self.radial(r, rc).repeat(2, 1).to(vec.dtype), "D": directed_frames(vec, self.lmax)}
+        if self.WITH_ENVELOPE:
+            x = r / rc
+            env = polynomial_cutoff(x, self.radial.p) if self.radial.cutoff == "polynomial" else cosine_cutoff(x)
+            out["envelope"] = env.repeat(2).unsqueeze(1).to(vec.dtype)
+        return out
 
 
 class OperatorModel(nn.Module):

@@ -35,7 +35,7 @@ for each |m|, restricted only by mirror parity).
   then linear) plus the two-body sums of :class:`eqtb.models.heads.PairOnsite` (normalised by one
   over the square root of the training structures' mean neighbour count), both assembled by
   :class:`eqtb.models.assembly.IrrepsAssembler` (exact Hermitian blocks); the overlap by :class:`eqtb.models.heads.OverlapHead`. Radial basis and envelope are
-  evaluated in float64 (:meth:`ELCT._bond_geometry`).
+  evaluated in float64 (:class:`eqtb.models.base.BondGeometry`).
 
 **Locality.** The default, semi-local variant: ``h_i`` starts from atom i alone and each block's
 attention reads the neighbours' features (``h_j`` and ``e_ij``), so after k blocks ``h_i`` depends
@@ -62,6 +62,7 @@ from torch import nn
 from eqtb.basis import Basis
 from eqtb.models.assembly import IrrepsAssembler
 from eqtb.models.base import (
+    BondGeometry,
     Features,
     Locality,
     ModelError,
@@ -76,8 +77,8 @@ from eqtb.models.inputs import ModelInputs
 from eqtb.nn.attention import VertexAttention
 from eqtb.nn.irreps import IrrepsLinear, gate_frame, gate_parts, n_gates
 from eqtb.nn.norm import EquivariantLayerNorm
-from eqtb.nn.radial import MLP, BesselBasis, cosine_cutoff, polynomial_cutoff
-from eqtb.nn.so2 import IrrepsLayout, SO2Linear, directed_frames
+from eqtb.nn.radial import MLP, BesselBasis
+from eqtb.nn.so2 import IrrepsLayout, SO2Linear
 
 
 def _add(a: list, b: list) -> list:
@@ -93,7 +94,7 @@ def _m0(layout: IrrepsLayout) -> IrrepsLayout:
 
 
 @register
-class ELCT(OperatorModel):
+class ELCT(BondGeometry, OperatorModel):
     """Equivariant local-coordinate transformer; see the module docstring.
 
     ``r_max``: float or per-element / per-bond dict (Angstrom). ``n_heads`` attention heads of
@@ -104,6 +105,7 @@ class ELCT(OperatorModel):
     :func:`eqtb.models.model_from_options`)."""
 
     family = "elct"
+    WITH_ENVELOPE = True
 
     def __init__(self, basis: Basis, r_max, irreps_hidden: str, n_layers: int, *, n_heads: int, head_dim: int,
                  strictly_local: bool, n_radial_basis: int, cutoff_type: str, cutoff_p: float, latent_dim: int,
@@ -213,27 +215,6 @@ class ELCT(OperatorModel):
         return out
 
     # ------------------------------------------------------------------ geometry
-    def geometry(self, inputs: ModelInputs) -> dict:
-        """Radial basis (2E, n_radial), frames (:func:`eqtb.nn.so2.directed_frames`) and smooth
-        cutoff envelope (2E, 1) of every directed edge; cached in :meth:`geometry_cache`."""
-        c = self.geometry_cache(inputs)
-        if "envelope" not in c:
-            c.update(self._bond_geometry(inputs, slice(None)))
-        return c
-
-    def _bond_geometry(self, inputs: ModelInputs, bonds: slice) -> dict:
-        """Geometry of the directed edges ``[fwd; rev]`` of the canonical bonds ``bonds``, evaluated
-        in float64 and returned in the dtype of the vectors (the polynomial envelope near the cutoff
-        is a difference of terms ~50x larger than itself: float32 would lose ~5 bits there)."""
-        vec = inputs.vectors[bonds]
-        v64 = vec.detach().double()
-        rc = self.cutoffs.double()[inputs.types[inputs.i[bonds]], inputs.types[inputs.j[bonds]]]
-        r = v64.norm(dim=1)
-        x = r / rc
-        env = polynomial_cutoff(x, self.radial.p) if self.radial.cutoff == "polynomial" else cosine_cutoff(x)
-        return {"radial": self.radial(r, rc).repeat(2, 1).to(vec.dtype), "D": directed_frames(vec, self.lmax),
-                "envelope": env.repeat(2).unsqueeze(1).to(vec.dtype)}
-
     # ------------------------------------------------------------------ stages
     def _edge_scalars(self, radial, ti, tj):
         T = self.basis.n_types

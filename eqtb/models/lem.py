@@ -39,7 +39,6 @@ from eqtb.models.base import Features, Locality, register
 from eqtb.models.inputs import ModelInputs
 from eqtb.models.slem import SLEM
 from eqtb.nn.irreps import gate_frame, n_gates
-from eqtb.nn.radial import cosine_cutoff, polynomial_cutoff
 from eqtb.nn.so2 import IrrepsLayout, SO2Linear
 
 
@@ -50,6 +49,7 @@ class LEM(SLEM):
     :meth:`from_options` or :func:`eqtb.models.model_from_options`."""
 
     family = "lem"
+    WITH_ENVELOPE = True  # the learnable distance weights of the messages ride on the radial cutoff
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -74,18 +74,6 @@ class LEM(SLEM):
     @property
     def locality(self) -> Locality:
         return Locality(self.n_layers + 1)
-
-    # ------------------------------------------------------------------ geometry
-    def _bond_geometry(self, inputs: ModelInputs, bonds: slice) -> dict:
-        """SLEM's radial basis and frames, plus ``"envelope"`` (2E, 1): the radial basis' smooth
-        cutoff of every directed edge ``[fwd; rev]``."""
-        out = super()._bond_geometry(inputs, bonds)
-        vec = inputs.vectors[bonds]
-        rc = self.cutoffs.to(vec)[inputs.types[inputs.i[bonds]], inputs.types[inputs.j[bonds]]]
-        x = vec.norm(dim=1) / rc
-        env = polynomial_cutoff(x, self.radial.p) if self.radial.cutoff == "polynomial" else cosine_cutoff(x)
-        out["envelope"] = env.repeat(2).unsqueeze(1)
-        return out
 
     # ------------------------------------------------------------------ stages
     def _neighbour_message(self, k, e, hf_dst, s, env, D):

@@ -38,6 +38,7 @@ from torch import nn
 from eqtb.basis import Basis
 from eqtb.models.assembly import IrrepsAssembler
 from eqtb.models.base import (
+    BondGeometry,
     Features,
     Locality,
     ModelError,
@@ -52,7 +53,7 @@ from eqtb.models.heads import OverlapHead, PairOnsite
 from eqtb.models.inputs import ModelInputs
 from eqtb.nn.irreps import IrrepsLinear, gate_frame, gate_parts, n_gates
 from eqtb.nn.radial import MLP, BesselBasis
-from eqtb.nn.so2 import IrrepsLayout, SO2Linear, directed_frames
+from eqtb.nn.so2 import IrrepsLayout, SO2Linear
 
 
 class _EdgeModulation(nn.Module):
@@ -74,7 +75,7 @@ class _EdgeModulation(nn.Module):
 
 
 @register
-class SLEM(OperatorModel):
+class SLEM(BondGeometry, OperatorModel):
     """Strictly local equivariant model; see the module docstring.
 
     ``r_max``: float or per-element / per-bond dict (Angstrom), as DeePTB's embedding r_max.
@@ -174,21 +175,6 @@ class SLEM(OperatorModel):
         return out
 
     # ------------------------------------------------------------------ geometry
-    def geometry(self, inputs: ModelInputs) -> dict:
-        """Per-directed-edge quantities that depend on the structure only (no parameters): radial
-        basis (2E, n_radial) and frames (:func:`eqtb.nn.so2.directed_frames`). Cached in :meth:`geometry_cache`."""
-        cache = self.geometry_cache(inputs)
-        if "radial" not in cache:
-            cache.update(self._bond_geometry(inputs, slice(None)))
-        return cache
-
-    def _bond_geometry(self, inputs: ModelInputs, bonds: slice) -> dict:
-        """Radial basis and frames of the directed edges ``[fwd; rev]`` of the canonical bonds ``bonds``."""
-        vec = inputs.vectors[bonds]
-        ti, tj = inputs.types[inputs.i[bonds]], inputs.types[inputs.j[bonds]]
-        rc = self.cutoffs.to(vec)[ti, tj]
-        return {"radial": self.radial(vec.norm(dim=1), rc).repeat(2, 1), "D": directed_frames(vec, self.lmax)}
-
     # ------------------------------------------------------------------ stages
     def _edge_scalars(self, radial, ti, tj):
         T = self.basis.n_types
