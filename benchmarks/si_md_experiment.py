@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/si_md_experiment.py DATA [--models slem lem elct] [--rmax 9]
         [--budget 690] [--bands-phase SECONDS] [--test-frames 8 9 10 11]
-        [--set train_options.lr_scheduler.type=exp ...] [--keep DIR]
+        [--set train_options.lr_scheduler.type=exp ...] [--bands-set KEY=VALUE ...] [--keep DIR]
 
 ``DATA``: a dataset root of single-frame trajectory folders ``<prefix>.<n>`` written by
 ``eqtb generate`` (e.g. ``eqtb generate si8.vasp -o DATA -n 12 --displacement 0.07 --seed 1``: the
@@ -22,7 +22,8 @@ time (``--max-cpu-time``: one thread with ``OMP_NUM_THREADS=1``, independent of 
 machine is; DeePTB needs ~690 s of one thread for the tutorial's 300 epochs); wall time is
 reported beside it. ``--bands-phase S``: the last S seconds of that budget fine-tune the block
 phase's latest checkpoint on the training frames' band energies (``eig_ham``,
-:func:`bands_phase_config`; ``eqtb train -i``), the recipe of README's "eig_ham with an E3 model".
+:func:`bands_phase_config`; ``eqtb train -i``; ``--bands-set`` overrides its config), the recipe of README's "eig_ham with an
+E3 model".
 The latest checkpoint is then tested on the held-out frames with eqtb's own
 evaluation (:func:`eqtb.train.evaluate.evaluate`, what ``eqtb test --bands`` runs): H MAE
 (onsite, off-site, all; meV), S MAE (1e-3), and the band MAE and max error within E_F +- 5 eV
@@ -210,10 +211,11 @@ def bands_phase_config(cfg: dict) -> dict:
 
 
 def run_model(model: str, split: dict, work: Path, r_max: float, cpu_budget: float,
-              overrides: dict | None = None, window: float = 5.0, bands_phase: float = 0.0) -> dict:
+              overrides: dict | None = None, window: float = 5.0, bands_phase: float = 0.0,
+              bands_overrides: dict | None = None) -> dict:
     """Train ``model`` on ``split`` (:func:`split_dataset`) for ``cpu_budget`` CPU seconds -- the last
     ``bands_phase`` of them fine-tuning on band energies (:func:`bands_phase_config`, from the block
-    phase's latest checkpoint) -- and test it on the held-out folders: ``{"train": ..., ["bands_phase":
+    phase's latest checkpoint, ``bands_overrides`` applied to its config) -- and test it on the held-out folders: ``{"train": ..., ["bands_phase":
     ...,] "test": ..., "train_frames": ...}`` (the last: the block errors on the training frames, to
     set the unseen frames' beside)."""
     cfg = experiment_config(model, split, r_max, mean_neighbours(split["train"], r_max))
@@ -222,7 +224,7 @@ def run_model(model: str, split: dict, work: Path, r_max: float, cpu_budget: flo
     if bands_phase > 0:
         blocks_cfg = json.loads((work / model / "input.json").read_text())
         out["bands_phase"] = tr = train(bands_phase_config(blocks_cfg), work / model / "bands", bands_phase,
-                                        init=tr["checkpoint"])
+                                        bands_overrides, init=tr["checkpoint"])
     return {**out, "test": test(tr["checkpoint"], split["test"], window),
             "train_frames": test(tr["checkpoint"], split["train"], bands=False)}
 
@@ -252,19 +254,22 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every model")
     ap.add_argument("--bands-phase", type=float, default=0.0, metavar="SECONDS",
                     help="CPU seconds of the budget spent last on eig_ham fine-tuning (default 0: blocks only)")
+    ap.add_argument("--bands-set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="config overrides for the band phase, e.g. train_options.optimizer.lr=1e-4")
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (runs, checkpoints)")
     args = ap.parse_args()
     if not 0 <= args.bands_phase < args.budget:
         raise SystemExit(f"--bands-phase {args.bands_phase}: must lie in [0, --budget)")
     work = args.keep or Path(tempfile.mkdtemp(prefix="eqtb_si_md_"))
     split = split_dataset(args.data, work, args.test_frames, args.prefix)
-    overrides = _parse_set(args.set)
+    overrides, bands_overrides = _parse_set(args.set), _parse_set(args.bands_set)
     result = {"data": str(args.data.resolve()), "prefix": split["prefix"],
               "train": [Path(f).name for f in split["train"]], "test": [Path(f).name for f in split["test"]],
               "r_max": args.rmax, "cpu_budget_s": args.budget, "bands_phase_s": args.bands_phase, "threads": int(os.environ.get("OMP_NUM_THREADS", "1")),
-              "overrides": overrides, "work": str(work)}
+              "overrides": overrides, "bands_overrides": bands_overrides, "work": str(work)}
     for m in args.models:
-        result[m] = run_model(m, split, work, args.rmax, args.budget, overrides, args.window, args.bands_phase)
+        result[m] = run_model(m, split, work, args.rmax, args.budget, overrides, args.window, args.bands_phase,
+                              bands_overrides)
         print(json.dumps({m: result[m]}), file=sys.stderr, flush=True)  # progress: one line per model
     print(json.dumps(result, indent=1))
 
