@@ -10,7 +10,14 @@ import torch
 
 from eqtb.basis import Basis
 from eqtb.models import FAMILIES, model_from_options
-from eqtb.models.testing import chunk_errors, equivariance_errors, locality_errors, randomize, reversal_errors
+from eqtb.models.testing import (
+    chunk_errors,
+    cutoff_continuity_errors,
+    equivariance_errors,
+    locality_errors,
+    randomize,
+    reversal_errors,
+)
 from eqtb.structure import Structure
 
 SI = Basis({"Si": "1s1p"})
@@ -63,6 +70,13 @@ class TestFamily:
         errors = locality_errors(build(family, SI), si64, seed=5)
         assert errors["outside"] < 1e-12, errors
         assert errors["inside"] > 1e-4, errors
+
+    def test_continuous_at_the_cutoff(self, family, si64):
+        """An atom crossing a cutoff sphere by 2e-7 A changes only the bond that crosses it (a
+        neighbour sum without an envelope jumped by 5 % of the largest block: SLEM before)."""
+        errors = cutoff_continuity_errors(build(family, SI), si64, delta=1e-7)
+        assert errors["onsite"] < 1e-5 and errors["offsite"] < 1e-5, errors
+        assert errors["seen"] > 1e-3, errors
 
     def test_chunked_equals_unchunked(self, family, gaas):
         model = build(family, GAAS)

@@ -81,6 +81,28 @@ def test_fine_tuning_starts_from_the_given_weights(si64_run):
     assert second[0] < 0.8 * first[0]  # not a fresh start
 
 
+def test_a_checkpoint_of_an_earlier_model_revision_is_refused(si64_run, capsys):
+    """A SLEM checkpoint written before SLEM's neighbour sums had their cutoff envelope (no
+    ``model_revision``: revision 1) would predict other blocks with the same weights: loading it for
+    prediction, fine-tuning (-i) and restart (-r) all stop with one line naming the file and why."""
+    from eqtb.models import ModelError
+    from eqtb.predict import load_model
+
+    assert main(["train", "small.json", "-o", "new", "-q", "--num-epoch", "1"]) == 0
+    state = torch.load("new/checkpoint/slem.latest.pth", weights_only=False)
+    assert state["model_revision"] == 2
+    load_model("new/checkpoint/slem.latest.pth")  # the current revision loads
+    del state["model_revision"]
+    torch.save(state, "old.pth")
+    with pytest.raises(ModelError, match="slem model of revision 1, this eqtb's slem is revision 2 .*cutoff envelope"):
+        load_model("old.pth")
+    capsys.readouterr()
+    for flag in ("-i", "-r"):
+        assert main(["train", "small.json", "-o", f"again{flag}", "-q", flag, "old.pth"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 2 and err[-1].startswith("eqtb train: error: old.pth: ") and "revision 1" in err[-1], err
+
+
 def test_cpu_time_budget_stops_the_run_after_the_epoch_that_exceeds_it(si64_run):
     """--max-cpu-time: the epoch that passes the budget is the last one (a budget far below one epoch's
     CPU time: exactly one epoch), with its CPU time logged and the latest checkpoint written."""

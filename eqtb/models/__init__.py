@@ -21,10 +21,10 @@ import torch
 
 from eqtb.basis import Basis
 from eqtb.models import dftbsk, elct, lem, mix, sk, slem  # noqa: F401  (registers the families)
-from eqtb.models.base import FAMILIES, ModelError, OperatorModel, family_class, family_name
+from eqtb.models.base import FAMILIES, ModelError, OperatorModel, check_revision, family_class, family_name
 
-__all__ = ["FAMILIES", "ModelError", "OperatorModel", "build_model", "family_name", "from_checkpoint",
-           "model_from_options"]
+__all__ = ["FAMILIES", "ModelError", "OperatorModel", "build_model", "check_revision", "family_name",
+           "from_checkpoint", "model_from_options"]
 
 
 def build_model(config: dict, stats: dict | None = None, quantity: str = "hamiltonian") -> OperatorModel:
@@ -62,6 +62,7 @@ def from_checkpoint(state: dict, device: str | torch.device = "cpu") -> Operator
     if name not in FAMILIES:
         raise ModelError(f"the checkpoint holds a {name!r} model, which this eqtb does not have "
                          f"(it has {', '.join(sorted(FAMILIES))})")
+    check_revision(FAMILIES[name], state)
     dtype = torch.float64 if cfg["common_options"]["dtype"] == "float64" else torch.float32
     model = build_model(cfg, None, state.get("quantity", "hamiltonian"))
     model.load_state_dict(state["model_state_dict"])

@@ -195,6 +195,18 @@ def state_mismatch(model: nn.Module, saved: dict) -> list[str]:
     return out
 
 
+def check_revision(cls: type["OperatorModel"], state: dict) -> None:
+    """:class:`ModelError` unless the checkpoint dict ``state`` was written for ``cls``'s current
+    :attr:`~OperatorModel.revision` (a checkpoint without ``model_revision`` is revision 1): the
+    weights of an earlier revision would give other blocks, silently."""
+    saved = int(state.get("model_revision", 1))
+    if saved != cls.revision:
+        why = cls.revisions.get(max(saved, cls.revision), "")
+        raise ModelError(f"the checkpoint holds a {cls.family} model of revision {saved}, this eqtb's {cls.family} is "
+                         f"revision {cls.revision}{f' ({why})' if why else ''}: its weights would give other blocks "
+                         f"here; retrain it (or use the eqtb that wrote it)")
+
+
 #: registry name -> family class
 FAMILIES: dict[str, type["OperatorModel"]] = {}
 
@@ -233,14 +245,12 @@ class BondGeometry:
     """Parameter-free geometry of every directed edge for the E3 families (SLEM, LEM, ELCT), computed
     once per :class:`ModelInputs` and kept in the model's :meth:`OperatorModel.geometry_cache`:
     ``"radial"`` (2E, n_radial) the radial basis, ``"D"`` the bond frames
-    (:func:`eqtb.nn.so2.directed_frames`), and with :attr:`WITH_ENVELOPE` ``"envelope"`` (2E, 1) the
-    radial basis' smooth cutoff. Edges ``[fwd; rev]`` of the canonical bonds. Evaluated in float64
+    (:func:`eqtb.nn.so2.directed_frames`), and ``"envelope"`` (2E, 1) the radial basis' smooth
+    cutoff (1 at r = 0, 0 at the pair's cutoff). Edges ``[fwd; rev]`` of the canonical bonds. Evaluated in float64
     and returned in the dtype of the bond vectors (the polynomial envelope near the cutoff is a
     difference of terms ~50x larger than itself: float32 would lose ~5 bits there). The class using
     it provides ``radial`` (:class:`eqtb.nn.radial.BesselBasis`), ``cutoffs`` (T, T) Angstrom and
     ``lmax``."""
-
-    WITH_ENVELOPE: ClassVar[bool] = False
 
     def geometry(self, inputs: ModelInputs) -> dict:
         cache = self.geometry_cache(inputs)
@@ -256,12 +266,10 @@ class BondGeometry:
         vec = inputs.vectors[bonds]
         rc = self.cutoffs.double()[inputs.types[inputs.i[bonds]], inputs.types[inputs.j[bonds]]]
         r = vec.double().norm(dim=1)
-        out = {"radial": self.radial(r, rc).repeat(2, 1).to(vec.dtype), "D": directed_frames(vec, self.lmax)}
-        if self.WITH_ENVELOPE:
-            x = r / rc
-            env = polynomial_cutoff(x, self.radial.p) if self.radial.cutoff == "polynomial" else cosine_cutoff(x)
-            out["envelope"] = env.repeat(2).unsqueeze(1).to(vec.dtype)
-        return out
+        x = r / rc
+        env = polynomial_cutoff(x, self.radial.p) if self.radial.cutoff == "polynomial" else cosine_cutoff(x)
+        return {"radial": self.radial(r, rc).repeat(2, 1).to(vec.dtype), "D": directed_frames(vec, self.lmax),
+                "envelope": env.repeat(2).unsqueeze(1).to(vec.dtype)}
 
 
 class OperatorModel(nn.Module):
@@ -272,6 +280,10 @@ class OperatorModel(nn.Module):
     target, ``"hamiltonian"`` or ``"density_matrix"``) and ``has_overlap``."""
 
     family: ClassVar[str] = ""
+    #: what the family computes from its weights; raised when that changes (checkpoints carry it as
+    #: ``model_revision``, :func:`check_revision`), with the reason in :attr:`revisions`
+    revision: ClassVar[int] = 1
+    revisions: ClassVar[dict[int, str]] = {}
     basis: Basis
     r_max: float | dict
     quantity: str

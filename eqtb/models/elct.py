@@ -105,7 +105,6 @@ class ELCT(BondGeometry, OperatorModel):
     :func:`eqtb.models.model_from_options`)."""
 
     family = "elct"
-    WITH_ENVELOPE = True
 
     def __init__(self, basis: Basis, r_max, irreps_hidden: str, n_layers: int, *, n_heads: int, head_dim: int,
                  strictly_local: bool, n_radial_basis: int, cutoff_type: str, cutoff_p: float, latent_dim: int,

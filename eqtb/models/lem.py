@@ -49,7 +49,6 @@ class LEM(SLEM):
     :meth:`from_options` or :func:`eqtb.models.model_from_options`."""
 
     family = "lem"
-    WITH_ENVELOPE = True  # the learnable distance weights of the messages ride on the radial cutoff
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -94,7 +93,7 @@ class LEM(SLEM):
         D, radial, env = geo["D"], geo["radial"], geo["envelope"]
         s = self._edge_scalars(radial, ti, tj)
         h = self.hidden.zeros(N, radial)
-        self._scatter(h, src, self._init_message(s, D))
+        self._scatter(h, src, self._init_message(s, D, env))
         h = self._embed_types(h, types)
         pair = self.pair_onsite.add(None, s, D, src, N, env)
         e = None

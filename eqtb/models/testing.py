@@ -9,6 +9,8 @@ not zero; a rotation does change them; the moved atom is seen where it should be
 * :func:`equivariance_errors` -- blocks of a rotated / reflected structure are ``D B D^T``;
 * :func:`locality_errors` -- an atom outside the declared receptive field does not change a block;
 * :func:`receptive_field_in_bonds` -- the receptive field counted in bonds (how far a moved atom is seen);
+* :func:`cutoff_continuity_errors` -- an atom crossing a cutoff sphere changes no block but the
+  bond that crosses it (neighbours enter and leave the sums smoothly);
 * :func:`chunk_errors` -- chunked evaluation equals unchunked (where the locality allows chunks);
 * :func:`reversal_errors` -- the raw predicted blocks are Hermitian: onsite blocks symmetric, and the
   bond fed in the opposite direction (j, i, -R) yields the transposed block;
@@ -31,7 +33,7 @@ from eqtb.models.base import OperatorModel
 from eqtb.models.inputs import ModelInputs
 from eqtb.quantities import OVERLAP, SPIN_ORBIT
 from eqtb.so3 import wigner_D
-from eqtb.structure import Structure, build_graph
+from eqtb.structure import Structure, build_graph, pair_cutoffs
 
 __all__ = ["chunk_errors", "displaced", "equivariance_errors", "full_D", "locality_errors", "predict_blocks", "randomize",
            "random_orthogonal", "receptive_field_in_bonds", "rel", "reversal_errors", "time_reversal_errors"]
@@ -161,6 +163,46 @@ def locality_errors(model: OperatorModel, structure: Structure, seed: int = 0) -
 
     bond_out, onsite_out = change(k_out)
     return {"outside": max(bond_out, onsite_out), "inside": max(change(k_in))}
+
+
+def cutoff_continuity_errors(model: OperatorModel, structure: Structure, delta: float = 1e-5) -> dict:
+    """Move one atom k along the line from a central atom i so that their distance is the pair's
+    cutoff minus, then plus, ``delta`` (Angstrom): the bond (i, k) leaves the graph, and every other
+    block -- the onsite blocks of all atoms, the other bonds -- must barely change. Returns
+    ``{"onsite", "offsite"}``: the largest change across the cutoff relative to the largest block,
+    and ``"seen"``: the larger change of i's onsite block and of the bond's block when k moves from
+    0.6 to 0.3 A inside the cutoff (the control: the model does see k there). k is the atom whose
+    distance to i lies nearest the cutoff, so the move is short; moving it also changes its other
+    bonds smoothly, by O(``delta``)."""
+    q = model.quantity
+    centre = structure.positions.mean(axis=0)
+    i = int(np.argmin(np.linalg.norm(structure.positions - centre, axis=1)))
+    d = structure.positions - structure.positions[i]
+    if structure.pbc.any():  # nearest image of every atom, seen from i
+        frac = np.linalg.solve(structure.cell.T, d.T).T
+        d = (frac - np.round(frac)) @ structure.cell
+    dist = np.linalg.norm(d, axis=1)
+    types = model.basis.types_of(structure.numbers)
+    rc = pair_cutoffs(model.r_max, model.basis.symbols)[types[i], types]
+    k = int(np.argmin(np.where(np.arange(len(dist)) == i, np.inf, np.abs(dist - rc))))
+    u = d[k] / dist[k]
+
+    def blocks(r):
+        g, out = predict_blocks(model, _moved(structure, k, (r - dist[k]) * u))
+        on, off = out[q]
+        return on, {(int(a), int(b), tuple(int(x) for x in R)): off[m] for m, (a, b, R) in enumerate(zip(g.i, g.j, g.R))}
+
+    on_in, off_in = blocks(rc[k] - delta)
+    on_out, off_out = blocks(rc[k] + delta)
+    scale = float(max(on_in.abs().max(), max(b.abs().max() for b in off_in.values())))
+    crossing = set(off_in) - set(off_out)
+    assert crossing and all({a, b} == {i, k} for a, b, _ in crossing), "the move should remove bond (i, k) only"
+    offsite = max(float((off_in[key] - off_out[key]).abs().max()) for key in off_out)
+    (on_far, off_far), (on_near, off_near) = blocks(rc[k] - 0.6), blocks(rc[k] - 0.3)
+    seen = max(float((on_far[i] - on_near[i]).abs().max()),
+               max(float((off_far[key] - off_near[key]).abs().max()) for key in crossing))
+    return {"onsite": float((on_in - on_out).abs().max()) / scale, "offsite": offsite / scale,
+            "seen": seen / scale}
 
 
 def receptive_field_in_bonds(model: OperatorModel, structure: Structure, depths, seed: int = 7) -> dict:

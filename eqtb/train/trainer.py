@@ -102,7 +102,7 @@ from eqtb.distributed import (
     share,
     world_size,
 )
-from eqtb.models import ModelError, build_model
+from eqtb.models import ModelError, build_model, check_revision
 from eqtb.models.assembly import to_operators
 from eqtb.models.base import family_class, family_name, state_mismatch
 from eqtb.operator import Operator
@@ -320,6 +320,11 @@ class Trainer:
         starts from them (:meth:`eqtb.models.base.OperatorModel.init_from`: nnsk from another basis or
         onsite mode as DeePTB, mix from nnsk); a restart (``-r``) needs the same model."""
         family = state.get("model_family") or family_name(state["config"]["model_options"])
+        if family == self.family:
+            try:
+                check_revision(type(self.model), state)
+            except ModelError as err:
+                raise TrainError(f"{path}: {err}") from None
         if init:
             try:
                 self.model.init_from(family, state["model_state_dict"], state["config"])
@@ -364,6 +369,7 @@ class Trainer:
                 "iteration": self.iteration, "rng": rng_state(), "checkpoints": self.ckpt.state_dict(),
                 "last_val_loss": self.last_val_loss, "epoch_progress": self._progress,
                 "eqtb_version": __version__, "quantity": self.quantity, "model_family": self.family,
+                "model_revision": self.model.revision,
                 "task": "hamiltonians" if self.quantities else "eigenvalues"}
 
     def _save_iter(self) -> None:
