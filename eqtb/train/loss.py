@@ -43,8 +43,8 @@ DeePTB (``dptb/nnops/loss.py``), with the frame's ``bandinfo`` (:class:`eqtb.dat
   predicted bands are not comparable with the reference band by band: the predicted overlap S(k)
   is not positive definite at one of its k-points, or the mean absolute band error exceeds the
   width of the kept reference bands (all of them span less than the error). Such a frame's band
-  gradient is meaningless and huge (errors of ~10^3 eV after one Adam step at lr 5e-3 on an E3
-  model of the Si64 frame: loss 1.8e6) and kept the run there; without it the block term trains
+  gradient is meaningless and huge (errors of 10-10^3 eV after one Adam step at lr 5e-3 on an E3
+  model of the Si64 frame: loss up to 1.8e6) and kept the run there; without it the block term trains
   the blocks, and the band term counts again as soon as the frame is comparable (DeePTB's loss
   wherever every frame is). Each frame is named in a warning the first time it is left out;
   ``band_skipped`` (a figure) is the share of frames left out, and ``band_mae_meV`` includes them
