@@ -36,7 +36,7 @@ def si64_slem(data_dir, tmp_path_factory):
 
 def _columns(model, inputs) -> np.ndarray:
     """(N, onsite_dim, C + 1): the flat onsite features of PairOnsite with w = edge scalar c (and,
-    last, w = 1), for every atom."""
+    last, w = 1), for every atom, each edge's term times its cutoff envelope as the model sums it."""
     head = model.pair_onsite
     inputs = inputs.to(torch.device("cpu"), torch.float64)
     geo = model.geometry(inputs)
@@ -50,7 +50,7 @@ def _columns(model, inputs) -> np.ndarray:
                 head.lin.weight[:, c] = 1.0
             else:
                 head.lin.bias.fill_(1.0)
-            parts = head.add(None, s, geo["D"], inputs.src, inputs.n_atoms)
+            parts = head.add(None, s, geo["D"], inputs.src, inputs.n_atoms, geo["envelope"])
             cols.append(head.layout.merge(parts).numpy())
         head.lin.weight.zero_()
         head.lin.bias.zero_()

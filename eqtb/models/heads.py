@@ -76,17 +76,16 @@ class PairOnsite(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def add(self, acc: list | None, s: torch.Tensor, D: list[torch.Tensor], src: torch.Tensor, n_atoms: int,
-            envelope: torch.Tensor | None = None) -> list:
+            envelope: torch.Tensor) -> list:
         """``acc`` (parts of ``n_atoms`` atoms, or None for zeros) plus the terms of the directed
         edges with scalars ``s`` (e, latent_dim), frames ``D`` and source atoms ``src`` (e,): the
         sums can be built chunk by chunk of edges. ``envelope`` (e, 1): the smooth cutoff of each
         edge, multiplying its term, so that a neighbour crossing the cutoff enters continuously
-        (families whose other features are smooth there pass it; edge scalars alone do not vanish
-        at the cutoff)."""
+        (edge scalars alone do not vanish at the cutoff)."""
         if acc is None:
             acc = self.layout.zeros(n_atoms, s)
         w = self.lin(s) * self.natural * self.norm.to(s)
-        parts = self.layout.along_axis(w if envelope is None else w * envelope, D)
+        parts = self.layout.along_axis(w * envelope, D)
         for a, p in zip(acc, parts):
             if a is not None:
                 a.index_add_(0, src, p)

@@ -59,8 +59,8 @@ from eqtb.nn.so2 import IrrepsLayout, SO2Linear
 
 
 class _EdgeModulation(nn.Module):
-    """Channel-wise multiplication of frame features by a linear function of the edge scalars
-    (times ``env`` (E, 1), the cutoff envelope, when given)."""
+    """Channel-wise multiplication of frame features by a linear function of the edge scalars;
+    :meth:`forward` also by the cutoff envelope ``env`` (E, 1) of each edge."""
 
     def __init__(self, n_scalars: int, layout: IrrepsLayout):
         super().__init__()
@@ -68,8 +68,8 @@ class _EdgeModulation(nn.Module):
         nn.init.zeros_(self.lin.weight)
         nn.init.ones_(self.lin.bias)
 
-    def forward(self, x, s, env=None):
-        w = self.lin(s) if env is None else self.lin(s) * env
+    def forward(self, x, s, env):
+        w = self.lin(s) * env
         return [x[0] * w] + [xm * w[:, w.shape[1] - xm.shape[2]:].unsqueeze(1) for xm in x[1:]]
 
     def gated(self, x, gates, s, layout: IrrepsLayout):

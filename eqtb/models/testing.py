@@ -35,7 +35,7 @@ from eqtb.quantities import OVERLAP, SPIN_ORBIT
 from eqtb.so3 import wigner_D
 from eqtb.structure import Structure, build_graph, pair_cutoffs
 
-__all__ = ["chunk_errors", "displaced", "equivariance_errors", "full_D", "locality_errors", "predict_blocks", "randomize",
+__all__ = ["chunk_errors", "cutoff_continuity_errors", "displaced", "equivariance_errors", "full_D", "locality_errors", "predict_blocks", "randomize",
            "random_orthogonal", "receptive_field_in_bonds", "rel", "reversal_errors", "time_reversal_errors"]
 
 
@@ -178,9 +178,9 @@ def cutoff_continuity_errors(model: OperatorModel, structure: Structure, delta: 
     centre = structure.positions.mean(axis=0)
     i = int(np.argmin(np.linalg.norm(structure.positions - centre, axis=1)))
     d = structure.positions - structure.positions[i]
-    if structure.pbc.any():  # nearest image of every atom, seen from i
+    if structure.pbc.any():  # nearest image of every atom along the periodic directions, seen from i
         frac = np.linalg.solve(structure.cell.T, d.T).T
-        d = (frac - np.round(frac)) @ structure.cell
+        d = (frac - np.round(frac) * structure.pbc) @ structure.cell
     dist = np.linalg.norm(d, axis=1)
     types = model.basis.types_of(structure.numbers)
     rc = pair_cutoffs(model.r_max, model.basis.symbols)[types[i], types]
