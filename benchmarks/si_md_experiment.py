@@ -2,7 +2,8 @@
 
     OMP_NUM_THREADS=1 python benchmarks/si_md_experiment.py DATA [--models slem lem elct] [--rmax 9]
         [--budget 690] [--bands-phase SECONDS] [--test-frames 8 9 10 11]
-        [--set train_options.lr_scheduler.type=exp ...] [--bands-set KEY=VALUE ...] [--keep DIR]
+        [--set train_options.lr_scheduler.type=exp ...] [--bands-set KEY=VALUE ...]
+        [--bands-info '{"band_min": 6, "band_max": 27}'] [--keep DIR]
 
 ``DATA``: a dataset root of single-frame trajectory folders ``<prefix>.<n>`` written by
 ``eqtb generate`` (e.g. ``eqtb generate si8.vasp -o DATA -n 12 --displacement 0.07 --seed 1``: the
@@ -22,8 +23,10 @@ time (``--max-cpu-time``: one thread with ``OMP_NUM_THREADS=1``, independent of 
 machine is; DeePTB needs ~690 s of one thread for the tutorial's 300 epochs); wall time is
 reported beside it. ``--bands-phase S``: the last S seconds of that budget fine-tune the block
 phase's latest checkpoint on the training frames' band energies (``eig_ham``,
-:func:`bands_phase_config`; ``eqtb train -i``; ``--bands-set`` overrides its config), the recipe of README's "eig_ham with an
-E3 model".
+:func:`bands_phase_config`; ``eqtb train -i``; ``--bands-set`` overrides its config, ``--bands-info``
+sets the frames' band window), the recipe of README's "eig_ham with an E3 model". With ``--keep
+DIR`` a block phase already in DIR (same config and budget) is reused, so that band-phase variants
+start from one block checkpoint.
 The latest checkpoint is then tested on the held-out frames with eqtb's own
 evaluation (:func:`eqtb.train.evaluate.evaluate`, what ``eqtb test --bands`` runs): H MAE
 (onsite, off-site, all; meV), S MAE (1e-3), and the band MAE and max error within E_F +- 5 eV
@@ -210,21 +213,67 @@ def bands_phase_config(cfg: dict) -> dict:
     return cfg
 
 
+def with_bandinfo(folders: list[str], root: Path, bandinfo: dict) -> str:
+    """Copies of the trajectory ``folders`` under ``root`` (symbolic links to every file but
+    info.json) whose info.json carries ``bandinfo`` (:class:`eqtb.data.folder.BandInfo` keys: the
+    band and energy window an eigenvalue loss fits). Returns ``root``."""
+    from eqtb.data.folder import BandInfo
+
+    band = BandInfo.model_validate(bandinfo).model_dump()
+    for f in map(Path, folders):
+        dst = root / f.name
+        dst.mkdir(parents=True, exist_ok=True)
+        for item in f.iterdir():
+            if item.name != "info.json" and not (dst / item.name).exists():
+                (dst / item.name).symlink_to(item.resolve())
+        info = json.loads((f / "info.json").read_text())
+        (dst / "info.json").write_text(json.dumps({**info, "bandinfo": band}, indent=1))
+    return str(root)
+
+
+def block_phase(cfg: dict, out: Path, cpu_budget: float, overrides: dict | None) -> dict:
+    """:func:`train` of the block phase, or the figures of the one already in ``out`` when its
+    ``blocks.json`` records the same config and budget (a kept work folder, ``--keep``: band-phase
+    variants then start from one block checkpoint)."""
+    from eqtb.config import config_to_dict, load_config
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "requested.json").write_text(json.dumps(cfg))
+    full = config_to_dict(load_config(out / "requested.json", overrides or {}))
+    record = out / "blocks.json"
+    if record.exists():
+        done = json.loads(record.read_text())
+        if done["config"] == full and done["cpu_budget"] == cpu_budget and Path(done["train"]["checkpoint"]).exists():
+            print(f"{out}: block phase reused ({done['train']['epochs']} epochs)", file=sys.stderr, flush=True)
+            return done["train"]
+    tr = train(cfg, out, cpu_budget, overrides)
+    record.write_text(json.dumps({"config": full, "cpu_budget": cpu_budget, "train": tr}, indent=1))
+    return tr
+
+
 def run_model(model: str, split: dict, work: Path, r_max: float, cpu_budget: float,
               overrides: dict | None = None, window: float = 5.0, bands_phase: float = 0.0,
-              bands_overrides: dict | None = None) -> dict:
+              bands_overrides: dict | None = None, bandinfo: dict | None = None) -> dict:
     """Train ``model`` on ``split`` (:func:`split_dataset`) for ``cpu_budget`` CPU seconds -- the last
     ``bands_phase`` of them fine-tuning on band energies (:func:`bands_phase_config`, from the block
-    phase's latest checkpoint, ``bands_overrides`` applied to its config) -- and test it on the held-out folders: ``{"train": ..., ["bands_phase":
-    ...,] "test": ..., "train_frames": ...}`` (the last: the block errors on the training frames, to
-    set the unseen frames' beside)."""
+    phase's latest checkpoint, ``bands_overrides`` applied to its config, the training frames'
+    ``bandinfo`` replaced by ``bandinfo`` when given: :func:`with_bandinfo`) -- and test it on the
+    held-out folders: ``{"train": ..., ["bands_phase": ...,] "test": ..., "train_frames": ...}`` (the
+    last: the block errors on the training frames, to set the unseen frames' beside). The block
+    phase of a kept work folder is reused (:func:`block_phase`)."""
     cfg = experiment_config(model, split, r_max, mean_neighbours(split["train"], r_max))
-    tr = train(cfg, work / model, cpu_budget - bands_phase, overrides)
+    tr = block_phase(cfg, work / model, cpu_budget - bands_phase, overrides)
     out = {"train": tr}
     if bands_phase > 0:
-        blocks_cfg = json.loads((work / model / "input.json").read_text())
-        out["bands_phase"] = tr = train(bands_phase_config(blocks_cfg), work / model / "bands", bands_phase,
-                                        bands_overrides, init=tr["checkpoint"])
+        bands_cfg = bands_phase_config(json.loads((work / model / "input.json").read_text()))
+        tag = "bands"
+        if bandinfo:
+            tag = "bands_" + "_".join(f"{k}{v}" for k, v in sorted(bandinfo.items()))
+            bands_cfg["data_options"]["train"]["root"] = with_bandinfo(split["train"], work / f"train_{tag}", bandinfo)
+        if bands_overrides:
+            tag += "_" + "_".join(f"{k.rsplit('.', 1)[-1]}{v}" for k, v in sorted(bands_overrides.items()))
+        out["bands_phase"] = tr = train(bands_cfg, work / model / tag, bands_phase, bands_overrides,
+                                        init=tr["checkpoint"])
     return {**out, "test": test(tr["checkpoint"], split["test"], window),
             "train_frames": test(tr["checkpoint"], split["train"], bands=False)}
 
@@ -256,7 +305,11 @@ def main() -> None:
                     help="CPU seconds of the budget spent last on eig_ham fine-tuning (default 0: blocks only)")
     ap.add_argument("--bands-set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="config overrides for the band phase, e.g. train_options.optimizer.lr=1e-4")
-    ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (runs, checkpoints)")
+    ap.add_argument("--bands-info", type=json.loads, default=None, metavar="JSON",
+                    help="bandinfo of the training frames in the band phase, e.g. '{\"band_min\": 6, \"band_max\": 27}'")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="work folder to keep (runs, checkpoints); a block phase already there with the same "
+                         "config and budget is reused")
     args = ap.parse_args()
     if not 0 <= args.bands_phase < args.budget:
         raise SystemExit(f"--bands-phase {args.bands_phase}: must lie in [0, --budget)")
@@ -266,10 +319,11 @@ def main() -> None:
     result = {"data": str(args.data.resolve()), "prefix": split["prefix"],
               "train": [Path(f).name for f in split["train"]], "test": [Path(f).name for f in split["test"]],
               "r_max": args.rmax, "cpu_budget_s": args.budget, "bands_phase_s": args.bands_phase, "threads": int(os.environ.get("OMP_NUM_THREADS", "1")),
-              "overrides": overrides, "bands_overrides": bands_overrides, "work": str(work)}
+              "overrides": overrides, "bands_overrides": bands_overrides, "bands_info": args.bands_info,
+              "work": str(work)}
     for m in args.models:
         result[m] = run_model(m, split, work, args.rmax, args.budget, overrides, args.window, args.bands_phase,
-                              bands_overrides)
+                              bands_overrides, args.bands_info)
         print(json.dumps({m: result[m]}), file=sys.stderr, flush=True)  # progress: one line per model
     print(json.dumps(result, indent=1))
 

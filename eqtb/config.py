@@ -584,8 +584,12 @@ class _HamilKeys(_Options):
 class _EigvalsKeys(_Options):
     """Eigenvalue loss keys: ``eout_weight`` for bands outside the window, ``diff_on`` /
     ``diff_weight`` for random k-pair differences, ``diff_valence`` (element -> number of DFT
-    valence electrons missing from the TB model), ``spin_deg`` (2 = spin-degenerate bands)."""
+    valence electrons missing from the TB model), ``spin_deg`` (2 = spin-degenerate bands),
+    ``align`` (eqtb's: ``"min"``, DeePTB's, compares the band energies each relative to its own
+    lowest kept one; ``"none"`` compares them as they are, for models of a DFT code's own H and S
+    whose eigenvalues share the reference's energy zero)."""
 
+    align: Literal["min", "none"] = "min"
     diff_on: bool = False
     eout_weight: NonNegFloat = 0.001
     diff_weight: NonNegFloat = 0.01
@@ -594,7 +598,8 @@ class _EigvalsKeys(_Options):
 
 
 class EigvalsLoss(_EigvalsKeys):
-    """MSE of band energies (eV) inside the energy window, each set shifted by its minimum."""
+    """MSE of band energies (eV) inside the energy window, each set shifted by its minimum
+    (``align: "min"``) or not (``"none"``)."""
 
     method: Literal["eigvals"] = "eigvals"
 

@@ -154,6 +154,15 @@ def test_window_semantics():
     value, err, n = loss(info, eout_weight=0.25)
     assert value == pytest.approx(want, rel=1e-12) and n == inside.sum()
     assert widths[-1] == pytest.approx(r[inside].max() - r[inside].min())
+    # align "none": no shift, the window still relative to the lowest kept reference band
+    pa, ra = pred[:, 1:6], ref[:, 1:6]
+    want = ((pa - ra)[inside] ** 2).mean() + 0.25 * ((pa - ra)[~inside] ** 2).mean()
+    value, err, n = loss(info, eout_weight=0.25, align="none")
+    assert value == pytest.approx(want, rel=1e-12) and value > 1e3 and n == inside.sum()
+    assert err / n == pytest.approx(np.abs(pa - ra)[inside].mean(), rel=1e-12)
+    assert loss(BandInfo(), align="none")[0] == pytest.approx(((pred[:, :8] - ref[:, :8]) ** 2).mean(), rel=1e-12)
+    with pytest.raises(LossError, match='align must be "min" or "none"'):
+        loss(info, align="max")
     # k-point weights
     w = rng.uniform(0.5, 2.0, size=5)
     value = EigvalsLoss(basis, {}).sample_loss(torch.as_tensor(pred), _fake(ref, BandInfo(band_max=6), kweights=w))[0]

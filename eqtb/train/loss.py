@@ -29,8 +29,10 @@ DeePTB (``dptb/nnops/loss.py``), with the frame's ``bandinfo`` (:class:`eqtb.dat
 * ``eigvals`` (:class:`EigvalsLoss`), per frame: drop the ``diff_valence`` lowest reference bands
   (electrons per element / ``spin_deg``); keep bands ``[band_min, band_max)`` of both; shift each
   set by its own minimum over the kept bands and k-points (*alignment*: energies are relative to
-  the lowest kept band, so the absolute level of the model is free); energies inside the energy
-  window ``emin < E_ref < emax`` (eV, aligned reference) give the mean-square error, those
+  the lowest kept band, so the absolute level of the model is free; eqtb's ``align: "none"`` leaves
+  both as they are, for a model of a DFT code's own H and S, whose eigenvalues share the
+  reference's energy zero: the band term then also fits that level); energies inside the energy
+  window ``emin < E_ref < emax`` (eV, reference relative to its lowest kept band) give the mean-square error, those
   outside it the same times ``eout_weight``; ``diff_on`` adds ``diff_weight`` times the
   mean-square error of band-energy differences between random pairs of k-points (inside the
   window); a ``bandinfo.gap_penalty`` adds ``0.1 * MSE(1/(gap + loss_gap_eta))`` of the gap above
@@ -257,6 +259,9 @@ class EigvalsLoss(SummedLoss):
                             f"but the model predicts the {quantity}")
         self.basis, self.overlap = basis, overlap
         self._warned: set[str] = set()  # frames the guard of sums has named in a warning
+        self.align = options.get("align", "min")
+        if self.align not in ("min", "none"):
+            raise LossError(f"loss_options: align must be \"min\" or \"none\", got {self.align!r}")
         self.diff_on = bool(options.get("diff_on", False))
         self.eout_weight = float(options.get("eout_weight", 0.001))
         self.diff_weight = float(options.get("diff_weight", 0.01))
@@ -315,10 +320,11 @@ class EigvalsLoss(SummedLoss):
         if lo >= hi:
             raise LossError(f"{src}: bandinfo.band_min = {lo} leaves no band below band_max = {hi}")
         p, r = eig[:, lo:hi], ref[:, lo:hi]
-        p, r = p - p.min(), r - r.min()
+        window, zero = info.energy_window, r.min()
+        if self.align == "min":
+            p, r, zero = p - p.min(), r - zero, 0.0
         w = sample.bands.kweights.to(eig.dtype)[:, None].expand_as(r)
-        window = info.energy_window
-        inside = (r > window[0]) & (r < window[1]) if window else torch.ones_like(r, dtype=torch.bool)
+        inside = (r - zero > window[0]) & (r - zero < window[1]) if window else torch.ones_like(r, dtype=torch.bool)
         d2 = (p - r) ** 2
 
         def mse(mask):
