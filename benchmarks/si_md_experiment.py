@@ -32,7 +32,8 @@ evaluation (:func:`eqtb.train.evaluate.evaluate`, what ``eqtb test --bands`` run
 (onsite, off-site, all; meV), S MAE (1e-3), and the band MAE and max error within E_F +- 5 eV
 (``--window``; E_F from the valence count, 4 per Si), no alignment and mean-aligned, with the
 cutoff floor at the model's r_max on the same frames (the exact blocks truncated at r_max: what no
-model at this cutoff removes).
+model at this cutoff removes) and the attribution (``eqtb test --attribute``: the window MAE with
+the exact onsite, then off-site, H blocks put in).
 
 Prints JSON: the data, the split, per model the training figures (epochs, CPU and wall seconds,
 median CPU s/epoch, peak RSS, parameters, losses), the test figures, and the block errors on the
@@ -170,7 +171,8 @@ def test(checkpoint: str | Path, folders: list[str], window: float = 5.0, nel_at
     model = load_model(checkpoint)
     samples, fermis = load_test_samples(folders, model.basis, model.r_max, [model.quantity], ["overlap"],
                                         eigenvalues=bands, dtype=next(model.parameters()).dtype)
-    res = evaluate(model, samples, bands=bands, window=window, fermi_levels=fermis, nel_atom=nel_atom or {"Si": 4})
+    res = evaluate(model, samples, bands=bands, window=window, fermi_levels=fermis, nel_atom=nel_atom or {"Si": 4},
+                   attribute=bands)
     blocks = res["blocks"]
     out = {"frames": res["frames"], "n_params": sum(p.numel() for p in model.parameters())}
     for q, tag in (("hamiltonian", "H"), ("overlap", "S")):
@@ -187,6 +189,8 @@ def test(checkpoint: str | Path, folders: list[str], window: float = 5.0, nel_at
             w = src.get("window") or {}
             out["bands"][f"{name}_{a}"] = {"mae_window": _r(w.get("mae")), "max_window": _r(w.get("max_abs")),
                                            "mae_all": _r(src.get("mae")), "max_all": _r(src.get("max_abs"))}
+    out["bands"]["attribution_none"] = {kind: _r(((r["none"] or {}).get("window") or {}).get("mae"))
+                                        for kind, r in b["attribution"].items()}
     return out
 
 

@@ -1569,7 +1569,9 @@ def _add_test(sub) -> None:
                     "within E_F +- --window eV when a Fermi level is known (fermi_level.json of the folder, "
                     "else --nel-atom), with the cutoff floor beside them: the same errors for the dataset's exact "
                     "blocks on the model's bonds, the least any model at its r_max reaches (eqtb cutoff: "
-                    "other r_max). Prints the table and writes OUT/test_results.json.")
+                    "other r_max). --attribute adds what each kind of block costs: the errors of the bands "
+                    "with the exact onsite (off-site) blocks put in the predicted ones. Prints the table and "
+                    "writes OUT/test_results.json.")
     p.add_argument("input", metavar="INPUT", help="test/train config JSON, trajectory folder or dataset root")
     p.add_argument("-i", "--init-model", "--model", dest="model", required=True, metavar="MODEL",
                    help="model checkpoint written by eqtb train (e.g. checkpoint/slem.latest.pth)")
@@ -1577,6 +1579,8 @@ def _add_test(sub) -> None:
     p.add_argument("-p", "--prefix", default=None,
                    help="with a dataset root: test the folders <prefix>.* (e.g. Si64)")
     p.add_argument("--bands", action="store_true", help="also compare band energies (needs eigenvalues.npy)")
+    p.add_argument("--attribute", action="store_true",
+                   help="with --bands: also the band errors with the exact onsite, then off-site, blocks put in")
     p.add_argument("--window", type=float, default=1.0, metavar="EV",
                    help="band errors also within E_F +- EV (default 1.0)")
     p.add_argument("--nel-atom", default=None, metavar="JSON",
@@ -1605,8 +1609,10 @@ def run_test(args) -> int:
     if not data.samples:
         raise CLIError(f"{args.input}: no frames to test")
     bands = args.bands or any(s.eigenvalues is not None for s in data.samples)  # or a config's get_eigenvalues
+    if args.attribute and not bands:
+        raise CLIError(f"--attribute compares bands: give --bands (and eigenvalues.npy in {args.input})")
     res = evaluate(model, data.samples, progress=progress, bands=bands, window=args.window,
-                   fermi_levels=data.fermi_levels, nel_atom=nel)
+                   fermi_levels=data.fermi_levels, nel_atom=nel, attribute=args.attribute)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     report = {"model": str(args.model), "input": str(args.input), "dataset": data.describe(),

@@ -115,6 +115,11 @@ def test_bands_cli(setup, tmp_path, capsys):
             assert len(r["per_band_mae"]) == b["nbands"]
             assert r["window"]["count"] > 0 and np.isfinite(r["window"]["mae"])
         assert b["align"]["none"]["shift_mean"] == 0.0
+    rc, cap = _run([setup["folder"], "-i", setup["ckpt"], "-o", out, "--attribute", "-q"], capsys)
+    assert rc == 2 and "--attribute compares bands: give --bands" in cap.err
+    rc, cap = _run([setup["folder"], "-i", setup["ckpt"], "-o", out, "--bands", "--attribute", "-q"], capsys)
+    attribution = json.loads((out / "test_results.json").read_text())["bands"]["attribution"]
+    assert rc == 0 and set(attribution) == {"exact_onsite", "exact_offsite"}
 
 
 class _Oracle(torch.nn.Module):
@@ -158,6 +163,39 @@ def test_evaluate_exact_with_perfect_predictions(setup):
         assert r["mae"] < 1e-6 and r["count"] == NK * 200 and len(r["per_band_mae"]) == 200
         assert r["window"]["count"] > 0 and r["window"]["mae"] < 1e-6
     assert "bands: errors in meV" in res["table"] and "hamiltonian: errors in meV" in res["table"]
+
+
+def test_attribution_puts_in_each_kind_of_exact_block(setup):
+    """A 'model' with exact onsite blocks and perturbed off-site ones (and the exact S): its band
+    error is all the off-site blocks', so putting in the exact off-site blocks removes it and putting
+    in the exact onsite ones changes nothing; swapped roles with perturbed onsite blocks."""
+    from eqtb.basis import Basis
+    from eqtb.tb.spectrum import band_energies
+    from eqtb.train.evaluate import ATTRIBUTIONS, evaluate, load_test_samples
+    from eqtb.train.trainer import sample_operator
+
+    basis = Basis(BASIS)
+    gen = torch.Generator().manual_seed(0)
+    for wrong in (1, 0):  # 1: off-site blocks perturbed, 0: onsite ones
+        samples, _ = load_test_samples([setup["folder"]], basis, {"Si": 5.0}, ["hamiltonian"], ["overlap"],
+                                       eigenvalues=True, dtype=torch.float64)
+        s = samples[0]
+        s.eigenvalues = band_energies(sample_operator(s, basis, "hamiltonian"),
+                                      sample_operator(s, basis, "overlap"), s.kpoints)
+        oracle = _Oracle(samples, basis, {"Si": 5.0})
+        blocks = list(s.targets["hamiltonian"])
+        noise = 1e-3 * torch.randn(blocks[wrong].shape, generator=gen, dtype=torch.float64)
+        if wrong == 0:
+            noise = noise + noise.transpose(1, 2)  # onsite blocks stay symmetric
+        blocks[wrong] = blocks[wrong] + noise
+        oracle._targets = iter([{**s.targets, "hamiltonian": tuple(blocks)}])
+        res = evaluate(oracle, samples, bands=True, window=None, attribute=True)
+        b = res["bands"]
+        model = b["align"]["none"]["mae"]
+        fixed, same = (b["attribution"][k]["none"]["mae"] for k in (ATTRIBUTIONS[wrong], ATTRIBUTIONS[1 - wrong]))
+        assert model > 0.1 and fixed < 1e-6 and same == pytest.approx(model, rel=1e-12)
+        assert "exact onsite" in res["table"] and "exact offsite" in res["table"]
+    assert "attribution" not in evaluate(_Oracle(samples, basis, {"Si": 5.0}), samples, bands=True)["bands"]
 
 
 def test_basis_mismatch_folder(setup, tmp_path, capsys):

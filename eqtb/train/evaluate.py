@@ -34,7 +34,7 @@ from eqtb.quantities import DATA_FLAGS
 from eqtb.tb.spectrum import SpectrumError, band_energies, fermi_level, n_electrons
 from eqtb.train.data import Sample, make_sample
 
-__all__ = ["BAND_ALIGNS", "EvaluationError", "TestSet", "basis_mismatch", "evaluate", "load_test_samples",
+__all__ = ["ATTRIBUTIONS", "BAND_ALIGNS", "EvaluationError", "TestSet", "basis_mismatch", "evaluate", "load_test_samples",
            "load_test_set", "read_test_config", "reference_fermi"]
 
 #: the band alignments reported by :func:`evaluate` (see :func:`eqtb.metrics.band_errors`)
@@ -330,6 +330,12 @@ def _band_table(b: dict) -> str:
         lines += _align_rows(floor["align"], "floor ")
         for f in floor["failed"]:
             lines.append(f"floor failed: {f['frame']}: {f['error']}")
+    attribution = b.get("attribution")
+    if attribution is not None:
+        lines.append("attribution: the predicted bands with the exact onsite (off-site) blocks of the model's "
+                     "quantity put in, the rest predicted:")
+        for kind in ATTRIBUTIONS:
+            lines += _align_rows(attribution[kind], kind.replace("exact_", "exact ") + " ")
     for f in b["failed"]:
         lines.append(f"failed: {f['frame']}: {f['error']}")
     return "\n".join(lines)
@@ -341,9 +347,14 @@ def _model_device_dtype(model) -> tuple[torch.device, torch.dtype | None]:
     return (p.device, p.dtype) if p is not None else (torch.device("cpu"), None)
 
 
+#: the hybrid operators of ``evaluate(..., attribute=True)``: the predicted ones with the exact
+#: blocks of one kind of the model's quantity put in
+ATTRIBUTIONS = ("exact_onsite", "exact_offsite")
+
+
 def evaluate(model, samples: Sequence[Sample], progress: bool | None = False, bands: bool = False,
              window: float | None = 1.0, fermi_levels: Sequence[float | None] | None = None,
-             nel_atom: Mapping[str, float] | None = None) -> dict:
+             nel_atom: Mapping[str, float] | None = None, attribute: bool = False) -> dict:
     """Errors of ``model`` on ``samples``.
 
     ``model``: a trained model (:func:`eqtb.predict.load_model`) with ``basis``, ``quantity``,
@@ -370,7 +381,11 @@ def evaluate(model, samples: Sequence[Sample], progress: bool | None = False, ba
     above for the bands of the samples' exact target blocks (the model's quantity, and the dataset's
     overlap when loaded, else S = 1) on the model's bonds: the dataset's blocks truncated at the
     model's cutoff, the least band error any model with this cutoff can reach (the bonds beyond it
-    are not predicted). ``progress``: a tqdm bar (None: only on a terminal)."""
+    are not predicted). ``attribute``: also ``bands["attribution"]`` -> {``"exact_onsite"``,
+    ``"exact_offsite"``} -> ``align`` as above, the errors of the bands with the predicted blocks of
+    one kind (onsite, off-site) of the model's quantity replaced by the exact ones, everything else
+    (the other kind, S) predicted: how much of the band error each kind of block costs (two more
+    eigenproblems per frame). ``progress``: a tqdm bar (None: only on a terminal)."""
     from tqdm import tqdm
 
     if fermi_levels is not None and len(fermi_levels) != len(samples):
@@ -381,6 +396,7 @@ def evaluate(model, samples: Sequence[Sample], progress: bool | None = False, ba
     errors = BlockErrors(basis)
     acc = {a: _BandAccumulator() for a in BAND_ALIGNS}
     floor_acc = {a: _BandAccumulator() for a in BAND_ALIGNS}
+    attr_acc = {kind: {a: _BandAccumulator() for a in BAND_ALIGNS} for kind in ATTRIBUTIONS}
     failed, floor_failed, compared, with_fermi, nbands, s_from = [], [], 0, 0, None, set()
     if hasattr(model, "eval"):
         model.eval()
@@ -429,6 +445,17 @@ def evaluate(model, samples: Sequence[Sample], progress: bool | None = False, ba
                                        fermi if use_window else None, align=a))
             compared += 1
             s_from.add(src)
+            if attribute and model.quantity in s.targets:
+                (p_on, p_off), (t_on, t_off) = pred[model.quantity], s.targets[model.quantity]
+                for kind, blocks in zip(ATTRIBUTIONS, ((t_on, p_off), (p_on, t_off))):
+                    hybrid = to_operators(s.structure, basis, inputs.i, inputs.j, inputs.R, {model.quantity: blocks})
+                    try:
+                        hybrid_eigs = band_energies(hybrid[model.quantity], S, s.kpoints)
+                    except SpectrumError:  # S is the one the model's bands used: it solved there
+                        continue
+                    for a in BAND_ALIGNS:
+                        attr_acc[kind][a].add(band_errors(hybrid_eigs[:, :nb], ref[:, :nb], window if use_window
+                                                          else None, fermi if use_window else None, align=a))
             if model.quantity in s.targets:  # the cutoff floor: the exact blocks of the model's bonds
                 exact = to_operators(s.structure, basis, inputs.i, inputs.j, inputs.R,
                                      {q: s.targets[q] for q in (model.quantity, "overlap") if q in s.targets})
@@ -450,6 +477,9 @@ def evaluate(model, samples: Sequence[Sample], progress: bool | None = False, ba
                         "align": {a: acc[a].result(win) for a in BAND_ALIGNS},
                         "floor": {"r_max": getattr(model, "r_max", None), "failed": floor_failed,
                                   "align": {a: floor_acc[a].result(win) for a in BAND_ALIGNS}}}
+        if attribute:
+            out["bands"]["attribution"] = {kind: {a: attr_acc[kind][a].result(win) for a in BAND_ALIGNS}
+                                           for kind in ATTRIBUTIONS}
         table += "\n\n" + _band_table(out["bands"])
     out["table"] = table
     return out
