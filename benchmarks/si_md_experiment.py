@@ -221,9 +221,14 @@ def with_bandinfo(folders: list[str], root: Path, bandinfo: dict) -> str:
     """Copies of the trajectory ``folders`` under ``root`` (symbolic links to every file but
     info.json) whose info.json carries ``bandinfo`` (:class:`eqtb.data.folder.BandInfo` keys: the
     band and energy window an eigenvalue loss fits). Returns ``root``."""
+    from pydantic import ValidationError
+
     from eqtb.data.folder import BandInfo
 
-    band = BandInfo.model_validate(bandinfo).model_dump()
+    try:
+        band = BandInfo.model_validate(bandinfo).model_dump()
+    except ValidationError as err:
+        raise SystemExit(f"--bands-info {json.dumps(bandinfo)}: not a bandinfo ({err.errors()[0]['msg']})") from None
     for f in map(Path, folders):
         dst = root / f.name
         dst.mkdir(parents=True, exist_ok=True)
@@ -250,7 +255,7 @@ def block_phase(cfg: dict, out: Path, cpu_budget: float, overrides: dict | None)
         if done["config"] == full and done["cpu_budget"] == cpu_budget and Path(done["train"]["checkpoint"]).exists():
             print(f"{out}: block phase reused ({done['train']['epochs']} epochs)", file=sys.stderr, flush=True)
             return done["train"]
-    tr = train(cfg, out, cpu_budget, overrides)
+    tr = train(full, out, cpu_budget)
     record.write_text(json.dumps({"config": full, "cpu_budget": cpu_budget, "train": tr}, indent=1))
     return tr
 
